@@ -1,0 +1,92 @@
+"""The one configuration model of the operator.
+
+Sources, highest priority first: command-line flags (passed as init arguments by the CLI), the
+environment (the blueprint manager's names, e.g. ``HTTP_RPC_URL``, ``SERVICE_ID``; nested tables
+with ``__``, e.g. ``SERVER__PORT``), a TOML file (``--config`` or ``BLUEPRINT_CONFIG``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from blueprint.balancer.settings import BalancerSettings
+from blueprint.llm.config import NodeConfig
+from blueprint.server.settings import ServerSettings
+
+CONFIG_ENV = "BLUEPRINT_CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__", extra="forbid", case_sensitive=False, populate_by_name=True
+    )
+
+    # --- the blueprint manager's environment (../shared/DESIGN.md section 3) ---
+    http_rpc_url: str = "http://127.0.0.1:8545"
+    ws_rpc_url: str | None = None
+    keystore_uri: str = "./keystore"
+    keystore_password: SecretStr | None = None
+    keystore_password_file: Path | None = None
+    data_dir: Path = Path("./data")
+    blueprint_id: int | None = None
+    service_id: int | None = Field(default=None, description="Absent: registration mode.")
+    protocol: Literal["tangle"] = "tangle"
+    chain: Literal["local_testnet", "local_mainnet", "testnet", "mainnet"] = "local_testnet"
+    tangle_contract: str = "0x0165878A594ca255338adfa4d48449f69242Eb8F"
+    staking_contract: str = "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9"
+    status_registry_contract: str = "0x2bdCC0de6bE1f7D2ee689a0342D76F52E8EFABa3"
+    registration_mode_on: bool = False
+    registration_output_path: Path | None = None
+    registration_capture_only: bool = False
+    test_mode: bool = False
+    dry_run: bool = False
+
+    # --- LLM nodes, balancer and HTTP API ---
+    nodes: list[NodeConfig] = Field(default_factory=list)
+    balancer: BalancerSettings = Field(default_factory=BalancerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = os.environ.get(CONFIG_ENV)
+        if config_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_path)))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file (argument, else ``BLUEPRINT_CONFIG``), the environment and
+    ``overrides`` (flags; ``None`` values are dropped so an unset flag never hides the env)."""
+    flags = {key: value for key, value in overrides.items() if value is not None}
+    if config_file is None:
+        return Settings(**flags)
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    previous = os.environ.get(CONFIG_ENV)
+    os.environ[CONFIG_ENV] = str(path)
+    try:
+        return Settings(**flags)
+    finally:
+        if previous is None:
+            os.environ.pop(CONFIG_ENV, None)
+        else:
+            os.environ[CONFIG_ENV] = previous

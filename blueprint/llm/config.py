@@ -1,0 +1,44 @@
+"""How an operator declares an LLM node (one ``[[nodes]]`` table of the TOML config)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from blueprint.llm.types import Pricing
+
+
+class NodeConfig(BaseModel):
+    """One LLM node. ``engine`` is ``transformers``, ``openai`` (any OpenAI-compatible server:
+    ``vllm serve``, SGLang, llama.cpp, Ollama, another operator), ``vllm`` (in-process), or a
+    custom engine as ``package.module:Class`` or the name of a ``blueprint.engines`` entry point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="Unique node name; defaults to engine:model.")
+    engine: str = "transformers"
+    model: str = Field(description="The model id clients ask for (OpenAI `model`).")
+    path: str | None = Field(default=None, description="Local model directory or HF id (in-process engines).")
+    base_url: str | None = Field(default=None, description="Server URL up to /v1 (openai engine).")
+    api_key: str | None = Field(default=None, repr=False, description="Bearer key for base_url.")
+    served_model: str | None = Field(default=None, description="Model name the backend knows, when it differs.")
+    device: str = Field(default="auto", description="cpu, cuda, cuda:N or auto.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_batch_size: int = Field(default=16, ge=1, description="Requests decoded together.")
+    max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond the batch before 429.")
+    context_length: int | None = Field(default=None, ge=1, description="Override the model's context length.")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on generated tokens per request.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Whole-request timeout (openai engine).")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    weight: float = Field(default=1.0, gt=0, description="Static weight for the weighted strategy.")
+    hugging_face_id: str | None = None
+    display_name: str | None = None
+    description: str | None = None
+    quantization: str | None = None
+    pricing: Pricing = Field(default_factory=Pricing)
+    options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options.")
+
+    @property
+    def node_name(self) -> str:
+        return self.name or f"{self.engine}:{self.model}"

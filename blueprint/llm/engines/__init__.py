@@ -1,0 +1,1 @@
+"""One module per engine; built by ``blueprint.llm.registry.create_client``."""

@@ -1,0 +1,63 @@
+"""Build an LLM client from its node config: built-in engines by name, custom engines by dotted
+path (``pkg.module:Class``) or by an entry point in the ``blueprint.engines`` group.
+
+Engines are imported lazily so that a node running only HTTP backends never imports torch, and so
+that the vLLM extra is needed only when a vLLM node is configured.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from blueprint.errors import InvalidRequestError
+from blueprint.llm.client import LlmClient
+from blueprint.llm.config import NodeConfig
+
+EngineFactory = Callable[[NodeConfig], LlmClient]
+
+BUILTIN_ENGINES: dict[str, str] = {
+    "transformers": "blueprint.llm.engines.transformers:TransformersClient",
+    "openai": "blueprint.llm.engines.openai_http:OpenAIHttpClient",
+    "vllm": "blueprint.llm.engines.vllm:VllmClient",
+}
+ENTRY_POINT_GROUP = "blueprint.engines"
+
+
+def _load(target: str) -> EngineFactory:
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise InvalidRequestError(f"Engine {target!r} must be written as 'package.module:Class'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidRequestError(f"Cannot import engine module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise InvalidRequestError(f"Engine module {module_name!r} has no {attr!r}.") from exc
+
+
+def resolve_engine(engine: str) -> EngineFactory:
+    """The factory (usually a class) for an engine name, dotted path or entry point."""
+    if engine in BUILTIN_ENGINES:
+        return _load(BUILTIN_ENGINES[engine])
+    if ":" in engine:
+        return _load(engine)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == engine:
+            return ep.load()
+    known = ", ".join(sorted(BUILTIN_ENGINES))
+    raise InvalidRequestError(
+        f"Unknown engine {engine!r}: use one of {known}, 'package.module:Class', or an entry "
+        f"point in the {ENTRY_POINT_GROUP!r} group."
+    )
+
+
+def create_client(config: NodeConfig) -> LlmClient:
+    """Instantiate (not start) the client for one node."""
+    client = resolve_engine(config.engine)(config)
+    if not isinstance(client, LlmClient):
+        raise InvalidRequestError(f"Engine {config.engine!r} did not produce an LlmClient.")
+    return client
