@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -82,7 +83,10 @@ class MetricsTracker:
     alpha: float = 0.2
     window_s: float = 10.0
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
-    _token_events: list[tuple[float, int]] = field(default_factory=list)
+    #: Deque plus a running sum: ``snapshot`` runs on every routing decision, so it must not
+    #: walk the whole window (that cost grows with the request rate).
+    _token_events: deque[tuple[float, int]] = field(default_factory=deque)
+    _window_tokens: int = 0
 
     def started(self) -> float:
         self.metrics.in_flight += 1
@@ -106,15 +110,16 @@ class MetricsTracker:
             m.time_per_output_token_s = self._ewma(m.time_per_output_token_s, per_token)
         if completion_tokens:
             self._token_events.append((now, completion_tokens))
+            self._window_tokens += completion_tokens
 
     def snapshot(self) -> NodeMetrics:
         now = time.perf_counter()
         horizon = now - self.window_s
         events = self._token_events
         while events and events[0][0] < horizon:
-            events.pop(0)
+            self._window_tokens -= events.popleft()[1]
         m = self.metrics
-        m.tokens_per_second = sum(n for _, n in events) / self.window_s if events else 0.0
+        m.tokens_per_second = self._window_tokens / self.window_s if events else 0.0
         return NodeMetrics(
             in_flight=m.in_flight, queued=m.queued, tokens_per_second=m.tokens_per_second,
             ttft_s=m.ttft_s, time_per_output_token_s=m.time_per_output_token_s,

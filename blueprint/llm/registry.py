@@ -47,7 +47,11 @@ def resolve_engine(engine: str) -> EngineFactory:
         return _load(engine)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == engine:
-            return ep.load()
+            try:
+                return ep.load()
+            except (ImportError, AttributeError) as exc:
+                raise InvalidRequestError(
+                    f"Engine entry point {engine!r} ({ep.value}) cannot be loaded: {exc}") from exc
     known = ", ".join(sorted(BUILTIN_ENGINES))
     raise InvalidRequestError(
         f"Unknown engine {engine!r}: use one of {known}, 'package.module:Class', or an entry "

@@ -1,0 +1,597 @@
+"""A node that forwards to an OpenAI-compatible HTTP server: ``vllm serve``, SGLang, llama.cpp's
+server, Ollama's ``/v1``, or another operator's gateway.
+
+Why it looks the way it does:
+
+* **aiohttp with one pooled session** (keep-alive connections, bounded by ``max_connections``):
+  the proxy hop must add well under a millisecond, so no connection is opened per request and no
+  request body is validated twice (requests are already validated wire types; they are dumped once
+  with ``model_dump_json``, and every streamed chunk is parsed once with ``model_validate_json``).
+* **SSE is relayed as it arrives**: bytes are split into lines incrementally, ``data:`` payloads
+  are parsed as they complete, comments (``: keep-alive``) are ignored, ``[DONE]`` ends the stream.
+* **A hung backend never hangs us**: a connect timeout (``connect_timeout_s``), a first-chunk
+  timeout for streams (from sending the request to the first SSE event) and a total timeout
+  (``timeout_s``, which also bounds a non-streamed answer) bound every request.
+* **Errors become our types** so the balancer can retry what is retryable (5xx, connection errors,
+  429) and report the rest; once a stream has yielded its first chunk, a failure is a
+  :class:`StreamInterruptedError` (never retried: the client already has tokens).
+
+Engine options (``NodeConfig.options``): ``first_chunk_timeout_s`` (default: the smaller of
+``timeout_s`` and 60), ``read_timeout_s`` (longest silence between two reads; default none),
+``max_connections`` (default ``max_batch_size + max_queue``), ``keepalive_s`` (default 4, below
+uvicorn's 5 s so we never reuse a connection the server is closing), ``health_timeout_s`` (2),
+``health_path`` (``/health``), ``metrics_path`` (``/metrics``), ``metrics_max_age_s`` (30: older
+backend metrics are ignored), ``stream_usage`` (true: always ask the backend for usage in streams
+so tokens can be counted; it is passed on only if the caller asked), and the feature flags
+``embeddings``, ``tools``, ``json_mode``, ``logprobs`` (default false: what the backend serves is
+not discoverable from ``/v1/models``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from blueprint.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BlueprintError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+    StreamInterruptedError,
+)
+from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
+from blueprint.llm.config import NodeConfig
+from blueprint.llm.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelInfo,
+    StreamOptions,
+)
+
+log = structlog.get_logger(__name__)
+
+ResponseT = TypeVar("ResponseT", bound=BaseModel)
+ChunkT = TypeVar("ChunkT", ChatCompletionChunk, CompletionChunk)
+
+_CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
+                  "prompt is too long", "exceeds the context")
+#: vLLM's gauges, current and pre-0.10 spelling of the KV-cache one.
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    """The message and code of an error body in OpenAI's shape (``{"error": {...}}``), vLLM's
+    older flat shape (``{"object": "error", "message": ...}``) or plain text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()[:500] or "no error message", None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            message = str(err.get("message") or err.get("detail") or err)[:500]
+            code = err.get("code") or err.get("type")
+            return message, str(code) if code is not None else None
+        if isinstance(err, str):
+            return err[:500], None
+    return str(data)[:500], None
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header (delta seconds or an HTTP date); 1 s when absent."""
+    if not value:
+        return 1.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return max(0.0, when.timestamp() - time.time())
+
+
+def map_http_error(status: int, body: bytes, retry_after: str | None, model: str) -> BlueprintError:
+    """Our error for a backend's non-2xx answer (or an error event inside a stream)."""
+    message, code = _error_message(body)
+    lowered = message.lower()
+    if status == 413 or code == "context_length_exceeded" or any(h in lowered for h in _CONTEXT_HINTS):
+        return ContextLengthExceededError(message)
+    if status == 429:
+        return OverloadedError(f"Backend overloaded: {message}", retry_after=_retry_after(retry_after))
+    if status == 404:
+        if "model" in lowered or code == "model_not_found":
+            return ModelNotFoundError(model)
+        return BackendError(f"Backend endpoint not found (check base_url): {message}")
+    if status in (400, 422):
+        return InvalidRequestError(message)
+    if status in (408, 504):
+        return BackendTimeoutError(f"Backend timed out ({status}): {message}")
+    return BackendError(f"Backend answered {status}: {message}")
+
+
+def parse_prometheus(text: str, names: set[str]) -> dict[str, list[float]]:
+    """The samples of the wanted metric names in a Prometheus text exposition (labels ignored:
+    a backend with several engines reports one sample per engine)."""
+    found: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        brace = line.find("{")
+        if brace >= 0:
+            name = line[:brace]
+            end = line.rfind("}")
+            rest = line[end + 1:] if end > brace else ""
+        else:
+            name, _, rest = line.partition(" ")
+        if name not in names:
+            continue
+        fields = rest.split()
+        if not fields:
+            continue
+        try:
+            found.setdefault(name, []).append(float(fields[0]))
+        except ValueError:
+            continue
+    return found
+
+
+class _SseReader:
+    """Incremental SSE parser: feed bytes, get complete ``data`` payloads (multi-line data joined
+    by newlines as the SSE spec says; comments and other fields ignored)."""
+
+    __slots__ = ("_buffer", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        events: list[bytes] = []
+        buffer = self._buffer + chunk
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                self._data.append(line[5:].lstrip(b" "))
+            # ":" comments, "event:", "id:", "retry:" carry nothing we use
+        self._buffer = buffer[start:]
+        return events
+
+    def flush(self) -> list[bytes]:
+        """Whatever a server left without the final blank line."""
+        events = self.feed(b"\n\n") if self._buffer else []
+        if self._data:
+            events.append(b"\n".join(self._data))
+            self._data = []
+        return events
+
+
+# ------------------------------------------------------------------------------------ client
+
+
+class OpenAIHttpClient(LlmClient):
+    """One node backed by an OpenAI-compatible server at ``config.base_url`` (up to ``/v1``)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        if not config.base_url:
+            raise InvalidRequestError(f"Node {config.node_name!r}: the openai engine needs base_url "
+                                      "(e.g. http://127.0.0.1:8000/v1).")
+        opts = config.options
+        self.name = config.node_name
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        self.root_url = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        self._served_model = config.served_model or config.model
+        self._first_chunk_timeout_s = float(opts.get("first_chunk_timeout_s", min(config.timeout_s, 60.0)))
+        read_timeout = opts.get("read_timeout_s")
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.timeout_s, sock_connect=config.connect_timeout_s,
+            sock_read=float(read_timeout) if read_timeout is not None else None,
+        )
+        self._health_timeout = aiohttp.ClientTimeout(total=float(opts.get("health_timeout_s", 2.0)))
+        self._health_path = str(opts.get("health_path", "/health"))
+        self._metrics_path = str(opts.get("metrics_path", "/metrics"))
+        self._metrics_max_age_s = float(opts.get("metrics_max_age_s", 30.0))
+        self._max_connections = int(opts.get("max_connections", config.max_batch_size + config.max_queue))
+        self._keepalive_s = float(opts.get("keepalive_s", 4.0))
+        self._stream_usage = bool(opts.get("stream_usage", True))
+        self._capacity = config.max_batch_size + config.max_queue
+        self._capabilities = Capabilities(
+            embeddings=bool(opts.get("embeddings", False)), tools=bool(opts.get("tools", False)),
+            json_mode=bool(opts.get("json_mode", False)), logprobs=bool(opts.get("logprobs", False)),
+            max_concurrency=config.max_batch_size,
+        )
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._tracker = MetricsTracker()
+        self._backend_info: dict[str, Any] = {}
+        self._ready = False
+        self._backend_running = 0
+        self._backend_waiting = 0
+        self._backend_kv: float | None = None
+        self._backend_metrics_at: float | None = None
+        self._model_info = self._build_model_info()
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Open the connection pool and read ``/v1/models``. A backend that is down at start is
+        not fatal: the node reports not ready and the balancer's health checks find it later."""
+        self._ensure_session()
+        try:
+            await self.refresh_models()
+        except BlueprintError as exc:
+            log.warning("openai_backend_models_unreadable", node=self.name, error=str(exc))
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                             keepalive_timeout=self._keepalive_s, ttl_dns_cache=300)
+            session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                            headers=self._headers, raise_for_status=False)
+            self._session = session
+        return session
+
+    # -------------------------------------------------------------------------- descriptors
+
+    def _build_model_info(self) -> ModelInfo:
+        cfg = self.config
+        context = cfg.context_length or self._backend_info.get("max_model_len")
+        endpoints: list[Any] = ["chat", "completion"]
+        if self._capabilities.embeddings:
+            endpoints.append("embedding")
+        fields: dict[str, Any] = {
+            "id": cfg.model, "hugging_face_id": cfg.hugging_face_id,
+            "name": cfg.display_name or cfg.model, "description": cfg.description,
+            "quantization": cfg.quantization, "max_output_length": cfg.max_output_tokens,
+            "pricing": cfg.pricing, "supported_features": self._capabilities.features(),
+            "is_ready": self._ready, "endpoints": endpoints,
+        }
+        if isinstance(context, int) and context > 0:
+            fields["context_length"] = context
+        created = self._backend_info.get("created")
+        if isinstance(created, int):
+            fields["created"] = created
+        return ModelInfo(**fields)
+
+    def models(self) -> list[ModelInfo]:
+        return [self._model_info]
+
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def metrics(self) -> NodeMetrics:
+        """Our own counters, merged with the backend's gauges when they are fresh: in flight is
+        the larger of our in-flight count and the backend's running count (the backend may serve
+        other clients too; ours is never stale), queued is the backend's waiting count."""
+        snap = self._tracker.snapshot()
+        at = self._backend_metrics_at
+        if at is not None and time.monotonic() - at <= self._metrics_max_age_s:
+            snap.in_flight = max(snap.in_flight, self._backend_running)
+            snap.queued = self._backend_waiting
+            snap.kv_cache_usage = self._backend_kv
+        return snap
+
+    # -------------------------------------------------------------------------- backend probes
+
+    async def refresh_models(self) -> list[ModelInfo]:
+        """Read ``/v1/models`` and merge what the backend says about our model (vLLM's
+        ``max_model_len``) with the node config (the config wins)."""
+        session = self._ensure_session()
+        try:
+            async with session.get(f"{self.base_url}/models", timeout=self._health_timeout) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    self._ready = False
+                    raise map_http_error(resp.status, body, resp.headers.get("Retry-After"),
+                                         self.config.model)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self._ready = False
+            self._model_info = self._build_model_info()
+            raise BackendError(f"Cannot read {self.base_url}/models: {exc!r}") from exc
+        try:
+            entries = json.loads(body).get("data") or []
+        except (ValueError, AttributeError) as exc:
+            raise BackendError(f"{self.base_url}/models answered malformed JSON") from exc
+        entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == self._served_model), None)
+        if entry is None:
+            self._ready = False
+            known = [e.get("id") for e in entries if isinstance(e, dict)]
+            log.warning("openai_backend_model_missing", node=self.name, model=self._served_model, known=known)
+        else:
+            self._backend_info = entry
+            self._ready = True
+        self._model_info = self._build_model_info()
+        return self.models()
+
+    async def health_check(self) -> bool:
+        """A cheap GET of ``/health`` (falling back to ``/v1/models`` where there is none)."""
+        session = self._ensure_session()
+        try:
+            async with session.get(self.root_url + self._health_path, timeout=self._health_timeout) as resp:
+                if resp.status == 404:
+                    async with session.get(f"{self.base_url}/models", timeout=self._health_timeout) as alt:
+                        healthy = alt.status == 200
+                else:
+                    healthy = resp.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            healthy = False
+        if healthy != self._ready:
+            self._ready = healthy
+            self._model_info = self._build_model_info()
+        return healthy
+
+    async def refresh_backend_metrics(self) -> bool:
+        """Read vLLM's Prometheus ``/metrics`` (server root) into our node metrics: running,
+        waiting and KV-cache use, summed (KV: the fullest engine) over the backend's engines.
+        Returns whether any of them was found; backends without them are fine."""
+        session = self._ensure_session()
+        try:
+            async with session.get(self.root_url + self._metrics_path, timeout=self._health_timeout) as resp:
+                if resp.status != 200:
+                    return False
+                text = await resp.text()
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE})
+        if not samples:
+            return False
+        self._backend_running = int(sum(samples.get(_RUNNING, ())))
+        self._backend_waiting = int(sum(samples.get(_WAITING, ())))
+        kv = samples.get(_KV_USAGE[0]) or samples.get(_KV_USAGE[1])
+        self._backend_kv = max(kv) if kv else None
+        self._backend_metrics_at = time.monotonic()
+        return True
+
+    # -------------------------------------------------------------------------- requests
+
+    def _prepare(self, request: Any, *, stream: bool) -> tuple[bytes, bool]:
+        """The body to send: our model id swapped for the backend's, stream flag forced, usage
+        asked for in streams, and the node's output cap applied. Returns (body, caller wants
+        usage in the stream)."""
+        if request.model != self.config.model:
+            raise ModelNotFoundError(request.model)
+        if self._tracker.metrics.in_flight >= self._capacity:
+            raise OverloadedError(f"Node {self.name!r} has {self._capacity} requests in flight.")
+        if isinstance(request, EmbeddingRequest):
+            return request.model_copy(update={"model": self._served_model}).model_dump_json(
+                exclude_none=True).encode(), False
+        update: dict[str, Any] = {"model": self._served_model, "stream": stream}
+        wants_usage = stream and request.wants_usage_in_stream()
+        if stream and self._stream_usage and not wants_usage:
+            update["stream_options"] = StreamOptions(include_usage=True)
+        elif not stream and request.stream_options is not None:
+            update["stream_options"] = None
+        cap = self.config.max_output_tokens
+        if cap is not None:
+            if isinstance(request, ChatCompletionRequest):
+                asked = request.requested_max_tokens()
+                if asked is None or asked > cap:
+                    update["max_tokens"] = cap
+                    update["max_completion_tokens"] = None
+            elif request.max_tokens is None or request.max_tokens > cap:
+                update["max_tokens"] = cap
+        body = request.model_copy(update=update).model_dump_json(exclude_none=True).encode()
+        return body, wants_usage
+
+    def _connection_error(self, exc: BaseException, *, streamed: bool) -> BackendError:
+        if streamed:
+            return StreamInterruptedError(f"Backend {self.name!r} failed mid-stream: {exc!r}")
+        if isinstance(exc, TimeoutError):
+            return BackendTimeoutError(f"Backend {self.name!r} timed out: {exc!r}")
+        return BackendError(f"Backend {self.name!r} unreachable: {exc!r}")
+
+    async def _post(self, path: str, body: bytes, response_type: type[ResponseT]) -> ResponseT:
+        """One non-streamed request: the whole answer within the total timeout."""
+        session = self._ensure_session()
+        try:
+            async with session.post(self.base_url + path, data=body) as resp:
+                payload = await resp.read()
+                if resp.status >= 300:
+                    raise map_http_error(resp.status, payload, resp.headers.get("Retry-After"),
+                                         self.config.model)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._connection_error(exc, streamed=False) from exc
+        try:
+            return response_type.model_validate_json(payload)
+        except ValidationError as exc:
+            message, _ = _error_message(payload)
+            raise BackendError(f"Backend {self.name!r} sent a malformed answer: {message}") from exc
+
+    async def _unary(self, path: str, request: Any, response_type: type[ResponseT]) -> ResponseT:
+        body, _ = self._prepare(request, stream=False)
+        tracker = self._tracker
+        started = tracker.started()
+        try:
+            result = await self._post(path, body, response_type)
+        except asyncio.CancelledError:  # the caller gave up: not the backend's fault
+            tracker.finished(started, prompt_tokens=0, completion_tokens=0)
+            raise
+        except BaseException:
+            tracker.finished(started, prompt_tokens=0, completion_tokens=0, error=True)
+            raise
+        usage = getattr(result, "usage", None)
+        prompt = usage.prompt_tokens if usage is not None else 0
+        completion = getattr(usage, "completion_tokens", 0) if usage is not None else 0
+        tracker.first_token(started)
+        tracker.finished(started, prompt_tokens=prompt, completion_tokens=completion)
+        result.model = self.config.model  # type: ignore[attr-defined]
+        return result
+
+    async def _stream(self, path: str, request: Any, chunk_type: type[ChunkT]) -> AsyncIterator[ChunkT]:
+        """Relay the backend's SSE stream chunk by chunk as it arrives."""
+        body, wants_usage = self._prepare(request, stream=True)
+        session = self._ensure_session()
+        tracker = self._tracker
+        started = tracker.started()
+        first_at: float | None = None
+        prompt_tokens = completion_tokens = 0
+        saw_usage = done = False
+        failed = True
+        our_model = self.config.model
+        reader = _SseReader()
+        response: aiohttp.ClientResponse | None = None
+        try:
+            # Until the first event: bounded by the first-chunk timeout; errors here are
+            # retryable. No yield happens inside this window, so the deadline never hits the
+            # consumer's code.
+            try:
+                async with asyncio.timeout(self._first_chunk_timeout_s):
+                    response = await session.post(self.base_url + path, data=body)
+                    if response.status >= 300:
+                        payload = await response.read()
+                        raise map_http_error(response.status, payload, response.headers.get("Retry-After"),
+                                             our_model)
+                    content = response.content
+                    pending = await self._next_events(content, reader)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise self._connection_error(exc, streamed=False) from exc
+            try:
+                while pending:
+                    for payload in pending:
+                        if payload == b"[DONE]":
+                            done = True
+                            break
+                        chunk = self._parse_chunk(payload, chunk_type, streamed=first_at is not None)
+                        usage = chunk.usage
+                        if usage is not None:
+                            saw_usage = True
+                            prompt_tokens = usage.prompt_tokens
+                            completion_tokens = usage.completion_tokens
+                            if not chunk.choices and not wants_usage:
+                                continue  # we asked for usage only to count tokens
+                        elif chunk.choices and not saw_usage:
+                            completion_tokens += 1
+                        if first_at is None:
+                            first_at = time.perf_counter()
+                            tracker.first_token(started)
+                        chunk.model = our_model
+                        yield chunk
+                    if done:
+                        break
+                    pending = await self._next_events(content, reader)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise self._connection_error(exc, streamed=first_at is not None) from exc
+            if not done:
+                raise self._connection_error(ConnectionError("the stream ended without [DONE]"),
+                                             streamed=first_at is not None)
+            failed = False
+        except (GeneratorExit, asyncio.CancelledError):
+            failed = False  # the consumer stopped listening: not the backend's fault
+            raise
+        finally:
+            if response is not None:
+                if done:
+                    response.release()
+                else:
+                    response.close()  # unread data left: this connection cannot be reused
+            tracker.finished(started, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                             first_token_at=first_at, error=failed)
+
+    @staticmethod
+    async def _next_events(content: aiohttp.StreamReader, reader: _SseReader) -> list[bytes]:
+        """Read until at least one complete SSE event is available; [] at the end of the body."""
+        while True:
+            data = await content.readany()
+            if not data:
+                return reader.flush()
+            events = reader.feed(data)
+            if events:
+                return events
+
+    def _parse_chunk(self, payload: bytes, chunk_type: type[ChunkT], *, streamed: bool) -> ChunkT:
+        try:
+            return chunk_type.model_validate_json(payload)
+        except ValidationError:
+            pass
+        # Not a chunk: an error event (vLLM sends {"error": {...}} mid-stream) or garbage.
+        status = _error_status(payload)
+        if status is None:
+            error: BlueprintError = BackendError(
+                f"Backend {self.name!r} sent a malformed chunk: {payload[:200]!r}")
+        else:
+            error = map_http_error(status, payload, None, self.config.model)
+        if streamed:
+            raise StreamInterruptedError(f"Backend {self.name!r} failed mid-stream: {error.message}")
+        raise error
+
+    # -------------------------------------------------------------------------- LlmClient API
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+        return await self._unary("/chat/completions", request, ChatCompletion)
+
+    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        return self._stream("/chat/completions", request, ChatCompletionChunk)
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        return await self._unary("/completions", request, Completion)
+
+    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        return self._stream("/completions", request, CompletionChunk)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        if not self._capabilities.embeddings:
+            return await super().embed(request)
+        return await self._unary("/embeddings", request, EmbeddingResponse)
+
+
+def _error_status(payload: bytes) -> int | None:
+    """The HTTP status an in-stream error event stands for (its numeric ``code`` when it has one,
+    else 500); None when the payload is not an error event at all."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    err = data.get("error")
+    if err is None and data.get("object") == "error":
+        err = data
+    if err is None:
+        return None
+    code = err.get("code") if isinstance(err, dict) else None
+    if isinstance(code, int) and 400 <= code <= 599:
+        return code
+    return 500
