@@ -1,8 +1,58 @@
-"""Settings of the OpenAI-compatible HTTP API (the ``[server]`` table)."""
+"""Settings of the OpenAI-compatible HTTP API (the ``[server]`` table).
+
+Keys come from the TOML file, from ``SERVER__API_KEYS`` (a JSON list or a comma-separated string)
+or from ``API_KEYS`` (comma-separated) when neither of the others sets any. They are
+``SecretStr`` so that no repr, log line or error message ever shows them.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import ipaddress
+import json
+import os
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from blueprint.llm.types import ModelInfo, Pricing
+
+API_KEYS_ENV = "API_KEYS"
+
+
+def _split_keys(value: Any) -> Any:
+    """Accept ``"k1,k2"`` and ``'["k1", "k2"]'`` as well as a list (env vars are strings)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        return json.loads(value)
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ModelCatalogEntry(BaseModel):
+    """What an operator adds to a model's ``/v1/models`` entry (OpenRouter's optional fields);
+    every field left unset keeps what the engine reports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str | None = None
+    hugging_face_id: str | None = None
+    quantization: str | None = None
+    context_length: int | None = Field(default=None, ge=1)
+    max_output_length: int | None = Field(default=None, ge=1)
+    capacity_tpm: int | None = Field(default=None, ge=0, description="Tokens/minute this operator serves.")
+    is_ready: bool | None = None
+    pricing: Pricing | None = None
+    supported_features: list[str] | None = None
+    supported_sampling_parameters: list[str] | None = None
+
+    def apply(self, info: ModelInfo) -> ModelInfo:
+        """``info`` with this entry's set fields laid over it."""
+        update = self.model_dump(exclude_none=True)
+        if "pricing" in update:
+            update["pricing"] = self.pricing
+        return info.model_copy(update=update) if update else info
 
 
 class ServerSettings(BaseModel):
@@ -11,7 +61,58 @@ class ServerSettings(BaseModel):
     enabled: bool = Field(default=True, description="Serve the HTTP API from `run` too.")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    api_keys: list[SecretStr] = Field(default_factory=list, description="Accepted Bearer keys.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Accepted Bearer keys."
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Keys for /admin/*; empty: the api_keys are admin keys."
+    )
     allow_public_without_auth: bool = Field(
         default=False, description="Allow a non-loopback host with no API key (explicit opt-out)."
     )
+    rate_limit_per_minute: float | None = Field(
+        default=None, gt=0, description="Requests per minute per API key (token bucket); None: no limit."
+    )
+    rate_limit_burst: int | None = Field(
+        default=None, ge=1, description="Bucket size; None: one minute's worth of requests."
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
+    request_timeout_s: float = Field(default=600.0, gt=0, description="Bound on one whole request.")
+    first_token_timeout_s: float = Field(default=120.0, gt=0, description="Bound on the first token's wait.")
+    stream_keepalive_s: float = Field(
+        default=5.0, gt=0, description="SSE comment keep-alive interval while no token has come yet."
+    )
+    stream_header_grace_s: float = Field(
+        default=0.005, ge=0, le=1.0,
+        description="How long a stream may wait for its first event before headers are flushed: an "
+        "error raised at once (429, 503) still gets its real status instead of an SSE error.",
+    )
+    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Bound on finishing in-flight work.")
+    access_log: bool = Field(default=False, description="aiohttp access log (costs throughput).")
+    model_catalog: dict[str, ModelCatalogEntry] = Field(
+        default_factory=dict, description="Per model id: fields laid over /v1/models entries."
+    )
+
+    _split_api_keys = field_validator("api_keys", "admin_keys", mode="before")(_split_keys)
+
+    @model_validator(mode="after")
+    def _keys_from_env(self) -> ServerSettings:
+        if not self.api_keys:
+            raw = os.environ.get(API_KEYS_ENV, "")
+            self.api_keys = [SecretStr(key) for key in _split_keys(raw)]
+        return self
+
+    def is_loopback(self) -> bool:
+        """Whether ``host`` only accepts connections from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def admin_key_values(self) -> list[str]:
+        return [key.get_secret_value() for key in (self.admin_keys or self.api_keys)]
+
+    def api_key_values(self) -> list[str]:
+        return [key.get_secret_value() for key in self.api_keys]

@@ -1,0 +1,311 @@
+"""The aiohttp application: one guard middleware (request id, auth, rate limit, errors, metrics)
+and the endpoint handlers, all talking to LLMs only through the balancer.
+
+The hot path is kept lean on purpose (the gateway must add well under a millisecond): the body is
+parsed once by pydantic from bytes, responses are serialised once by pydantic, metric children are
+pre-bound, and nothing is logged per request above debug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, is_dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel
+
+from blueprint.errors import (
+    AuthenticationError,
+    BackendTimeoutError,
+    BlueprintError,
+    ModelNotFoundError,
+    RequestTooLargeError,
+)
+from blueprint.llm.config import NodeConfig
+from blueprint.llm.types import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelInfo,
+    ModelList,
+    StreamOptions,
+    parse_request,
+)
+from blueprint.server.auth import KeyRing, RateLimiter
+from blueprint.server.metrics import NO_MODEL, ServerMetrics
+from blueprint.server.openapi import build_openapi
+from blueprint.server.responses import JSON, HttpStatusError, error_response, model_response
+from blueprint.server.routes import BY_NAME, ROUTES, RouteSpec
+from blueprint.server.settings import ServerSettings
+from blueprint.server.sse import StreamOutcome, stream_sse
+
+if TYPE_CHECKING:
+    from blueprint.balancer import Balancer
+
+log = structlog.get_logger(__name__)
+
+#: Request keys (aiohttp ``web.Request`` is a mutable mapping scoped to one request).
+REQUEST_ID = web.RequestKey("request_id", str)
+MODEL = web.RequestKey("model", str)
+OUTCOME = web.RequestKey("outcome", StreamOutcome)
+BALANCER_KEY = web.AppKey("balancer", object)
+API_KEY = web.AppKey("api", object)
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type=JSON)
+
+
+def _node_row(state: Any) -> dict[str, Any]:
+    """A node as plain data, whatever form the balancer keeps it in."""
+    if hasattr(state, "describe"):
+        row = dict(state.describe())
+    elif isinstance(state, BaseModel):
+        row = state.model_dump(mode="json")
+    elif is_dataclass(state) and not isinstance(state, type):
+        row = asdict(state)
+    else:
+        row = dict(state)
+    if "healthy" not in row:
+        breaker = getattr(state, "breaker", None)
+        if breaker is not None and hasattr(breaker, "available"):
+            row["healthy"] = bool(breaker.available())
+        elif "health" in row:
+            row["healthy"] = row["health"] != "open"
+    metrics = getattr(state, "metrics", None)
+    if callable(metrics):
+        try:
+            snapshot = metrics()
+            for field in ("queued", "tokens_per_second", "kv_cache_usage"):
+                row.setdefault(field, getattr(snapshot, field, None))
+            row["tokens_per_second"] = getattr(snapshot, "tokens_per_second", None)
+        except Exception:  # a broken node must not break /metrics
+            pass
+    row.setdefault("queued", row.get("backend_queued"))
+    return row
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class Api:
+    """The handlers and the guard, bound to one balancer and one settings object."""
+
+    def __init__(self, balancer: Balancer, settings: ServerSettings) -> None:
+        self.balancer = balancer
+        self.settings = settings
+        self.keys = KeyRing(settings.api_key_values())
+        self.admin_keys = KeyRing(settings.admin_key_values())
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.telemetry = ServerMetrics(self.node_rows)
+        self._openapi = json.dumps(build_openapi()).encode()
+
+    # ---- guard ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def guard(self, request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = request.headers.get("X-Request-Id")
+        if rid is None or not _REQUEST_ID_RE.match(rid):
+            rid = uuid.uuid4().hex
+        request[REQUEST_ID] = rid
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        spec: RouteSpec | None = BY_NAME.get(request.match_info.route.name or "")
+        tracked = spec is not None and spec.tracked
+        if tracked:
+            self.telemetry.in_flight.inc()
+        status = 499
+        try:
+            if spec is not None and spec.auth != "none":
+                self._authorize(request, spec)
+            response = await handler(request)
+            outcome: StreamOutcome | None = request.get(OUTCOME)
+            status = outcome.status if outcome is not None else response.status
+            return response
+        except BlueprintError as exc:
+            status = exc.http_status
+            if isinstance(exc, ModelNotFoundError):  # keep unknown names out of the metric labels
+                request[MODEL] = NO_MODEL
+            if status >= 500:
+                log.warning("request failed", code=exc.code, status=status)
+            return error_response(exc)
+        except web.HTTPException as exc:
+            status = exc.status
+            if status == 413:
+                error: BlueprintError = RequestTooLargeError(
+                    f"Request body larger than {self.settings.max_body_bytes} bytes.")
+            else:
+                error = HttpStatusError(status, exc.reason, _HTTP_CODES.get(status, "http_error"))
+            return error_response(error)
+        except Exception:
+            status = 500
+            log.exception("unhandled error")
+            return error_response(BlueprintError("Internal server error."))
+        finally:
+            if tracked:
+                self.telemetry.in_flight.dec()
+                self.telemetry.route(spec.name, request.get(MODEL, NO_MODEL)).finished(  # type: ignore[union-attr]
+                    status, time.perf_counter() - started)
+
+    def _authorize(self, request: web.Request, spec: RouteSpec) -> None:
+        keys = self.admin_keys if spec.auth == "admin" else self.keys
+        if not keys.enabled:
+            if spec.auth == "admin":
+                raise AuthenticationError(
+                    "The admin API is disabled: configure server.admin_keys or server.api_keys.",
+                    code="admin_disabled")
+            return
+        index = keys.check(request.headers.get("Authorization"))
+        if self.limiter.enabled:
+            self.limiter.check(index if spec.auth == "api" else -1 - index)
+
+    @staticmethod
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        rid = request.get(REQUEST_ID)
+        if rid is not None:
+            response.headers["X-Request-Id"] = rid
+
+    # ---- inference --------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.settings.max_body_bytes:
+            raise RequestTooLargeError(f"Request body larger than {self.settings.max_body_bytes} bytes.")
+        return await request.read()
+
+
+    async def _call(self, call: Awaitable[BaseModel]) -> BaseModel:
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await call
+        except TimeoutError:
+            raise BackendTimeoutError(f"The request ran past {self.settings.request_timeout_s:g} s.",
+                                      code="request_timeout") from None
+
+    async def _generate(self, request: web.Request, req: ChatCompletionRequest | CompletionRequest,
+                        route: str, once: Callable[[Any], Awaitable[BaseModel]],
+                        stream: Callable[[Any], AsyncIterator[BaseModel]]) -> web.StreamResponse:
+        started = time.perf_counter()
+        if req.stream:
+            wants_usage = req.wants_usage_in_stream()
+            if not wants_usage:  # always ask the engine, for the token metrics
+                req = req.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
+            outcome = StreamOutcome()
+            request[OUTCOME] = outcome
+            return await stream_sse(request, stream(req), settings=self.settings, metrics=self.telemetry,
+                                    route=route, model=req.model, include_usage=wants_usage,
+                                    started=started, outcome=outcome)
+        result = await self._call(once(req))
+        self.telemetry.route(route, req.model).usage(getattr(result, "usage", None))
+        return model_response(result)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        req = parse_request(ChatCompletionRequest, await self._body(request))
+        request[MODEL] = req.model
+        return await self._generate(request, req, "chat_completions", self.balancer.chat,
+                                    self.balancer.chat_stream)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req = parse_request(CompletionRequest, await self._body(request))
+        request[MODEL] = req.model
+        return await self._generate(request, req, "completions", self.balancer.complete,
+                                    self.balancer.complete_stream)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        req = parse_request(EmbeddingRequest, await self._body(request))
+        request[MODEL] = req.model
+        result = await self._call(self.balancer.embed(req))
+        self.telemetry.route("embeddings", req.model).usage(getattr(result, "usage", None))
+        return model_response(result)
+
+    # ---- catalog and probes -----------------------------------------------------------------
+
+    def catalog(self) -> list[ModelInfo]:
+        """The balancer's models with the operator's ``model_catalog`` extras laid over them."""
+        extras = self.settings.model_catalog
+        infos = self.balancer.models()
+        return [extras[info.id].apply(info) if info.id in extras else info for info in infos]
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        return model_response(ModelList(data=self.catalog()))
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return _json({"status": "ok"})
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        return [_node_row(state) for state in self.balancer.nodes()]
+
+    async def ready(self, request: web.Request) -> web.StreamResponse:
+        rows = self.node_rows()
+        healthy = [row["name"] for row in rows if row.get("healthy") and not row.get("draining")]
+        body = {"status": "ready" if healthy else "not_ready", "healthy_nodes": healthy,
+                "nodes": len(rows)}
+        return _json(body, 200 if healthy else 503)
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self.telemetry.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._openapi, content_type=JSON)
+
+    # ---- admin ------------------------------------------------------------------------------
+
+    async def admin_list_nodes(self, request: web.Request) -> web.StreamResponse:
+        return _json({"data": self.node_rows()})
+
+    async def admin_add_node(self, request: web.Request) -> web.StreamResponse:
+        from blueprint.llm.registry import create_client
+
+        config = parse_request(NodeConfig, await self._body(request))
+        client = create_client(config)
+        await _maybe_await(self.balancer.add_node(client, config))
+        log.info("node added", node=config.node_name, engine=config.engine, model=config.model)
+        return _json({"name": config.node_name, "models": [m.id for m in client.models()]}, 201)
+
+    def _row(self, name: str) -> dict[str, Any]:
+        for row in self.node_rows():
+            if row.get("name") == name:
+                return row
+        raise HttpStatusError(404, f"No node named {name!r}.", "node_not_found")
+
+    async def admin_drain_node(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self._row(name)
+        await _maybe_await(self.balancer.drain_node(name))
+        log.info("node draining", node=name)
+        return _json(self._row(name))
+
+    async def admin_remove_node(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self._row(name)
+        await _maybe_await(self.balancer.remove_node(name))
+        log.info("node removed", node=name)
+        return _json({"name": name, "removed": True})
+
+
+def create_app(balancer: Balancer, settings: ServerSettings | None = None) -> web.Application:
+    """The API as an aiohttp app, ready to mount or to run (see :func:`blueprint.server.serve`).
+    The balancer's lifetime is the caller's (start it before, close it after)."""
+    settings = settings or ServerSettings()
+    api = Api(balancer, settings)
+    app = web.Application(middlewares=[api.guard], client_max_size=settings.max_body_bytes)
+    app[API_KEY] = api
+    app[BALANCER_KEY] = balancer
+    for spec in ROUTES:
+        app.router.add_route(spec.method, spec.path, getattr(api, spec.name), name=spec.name)
+    app.on_response_prepare.append(api.on_prepare)
+    return app

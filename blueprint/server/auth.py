@@ -1,0 +1,91 @@
+"""Bearer-key authentication and the per-key rate limit.
+
+Keys are hashed once at start-up; a request's key is hashed and compared with every configured
+digest by ``hmac.compare_digest`` (no early exit), so neither the position of a match nor a common
+prefix shows in the timing. Keys are never logged: only their index in the configuration is
+kept, and that index is what the rate limiter and logs see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+
+from blueprint.errors import AuthenticationError, OverloadedError
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+class KeyRing:
+    """A set of accepted Bearer keys. ``enabled`` is False when no key is configured (open API)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._digests = tuple(_digest(key.encode()) for key in keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def check(self, authorization: str | None) -> int:
+        """The index of the key an ``Authorization`` header carries, or AuthenticationError."""
+        if not authorization:
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError("Malformed Authorization header: expected 'Bearer <key>'.")
+        presented = _digest(token.strip().encode())
+        found = -1
+        for index, digest in enumerate(self._digests):
+            if hmac.compare_digest(presented, digest):
+                found = index
+        if found < 0:
+            raise AuthenticationError("Invalid API key.")
+        return found
+
+
+class TokenBucket:
+    """A classic token bucket: ``rate`` tokens per second up to ``capacity``."""
+
+    __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self._rate = rate
+        self._capacity = capacity
+        self._tokens = capacity
+        self._stamp = time.monotonic()
+
+    def take(self) -> float:
+        """0.0 when a token was taken, else the seconds until one is available."""
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
+
+class RateLimiter:
+    """One bucket per API key index; ``check`` raises a 429 OverloadedError when it is empty."""
+
+    def __init__(self, per_minute: float | None, burst: int | None) -> None:
+        self._rate = per_minute / 60.0 if per_minute else 0.0
+        self._capacity = float(burst or max(1.0, per_minute or 1.0))
+        self._buckets: dict[int, TokenBucket] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self._rate > 0
+
+    def check(self, key_index: int) -> None:
+        bucket = self._buckets.get(key_index)
+        if bucket is None:
+            bucket = self._buckets[key_index] = TokenBucket(self._rate, self._capacity)
+        wait = bucket.take()
+        if wait:
+            raise OverloadedError("Rate limit of this API key exceeded.", retry_after=wait,
+                                  code="rate_limit_exceeded")

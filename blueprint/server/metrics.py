@@ -1,0 +1,133 @@
+"""Prometheus metrics of the HTTP API.
+
+Each app owns its own ``CollectorRegistry`` (two servers in one process never clash). The hot path
+only touches pre-bound children, cached per (route, model) and per (route, model, status), so an
+update is a dict lookup and a locked add. Per-node gauges are read from ``balancer.nodes()`` at
+scrape time by a custom collector, so routing never pays for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from blueprint.llm.types import Usage
+
+#: Model label for requests that never named a served model (bounded label cardinality).
+NO_MODEL = "-"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+#: Fields of a node row exported as ``blueprint_node_<field>`` gauges.
+NODE_GAUGES: tuple[tuple[str, str], ...] = (
+    ("in_flight", "Requests the node is running."),
+    ("queued", "Requests waiting for the node."),
+    ("healthy", "1 when the node passes its health checks."),
+    ("draining", "1 while the node finishes its work before removal."),
+    ("tokens_per_second", "Output tokens per second over the recent window."),
+    ("ttft_s", "Moving average of time to first token."),
+    ("time_per_output_token_s", "Moving average of time per output token."),
+    ("kv_cache_usage", "KV-cache use in [0, 1] where the engine reports it."),
+    ("requests_total", "Requests the node has served."),
+    ("errors_total", "Requests the node failed."),
+)
+
+
+class RouteMetrics:
+    """Pre-bound children for one (route, model)."""
+
+    __slots__ = ("_latency", "_model", "_requests", "_requests_family", "_route", "_tokens_in",
+                 "_tokens_out", "_ttft")
+
+    def __init__(self, owner: ServerMetrics, route: str, model: str) -> None:
+        self._route, self._model = route, model
+        self._latency = owner.latency.labels(route, model)
+        self._requests: dict[int, Any] = {}
+        self._requests_family: Counter = owner.requests
+        if model == NO_MODEL:  # failed before any model was served: no token or TTFT series
+            self._ttft = self._tokens_in = self._tokens_out = None
+        else:
+            self._ttft = owner.ttft.labels(route, model)
+            self._tokens_in = owner.tokens.labels(model, "prompt")
+            self._tokens_out = owner.tokens.labels(model, "completion")
+
+    def finished(self, status: int, elapsed_s: float) -> None:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests_family.labels(self._route, self._model, str(status))
+            self._requests[status] = child
+        child.inc()
+        self._latency.observe(elapsed_s)
+
+    def first_token(self, elapsed_s: float) -> None:
+        if self._ttft is not None:
+            self._ttft.observe(elapsed_s)
+
+    def usage(self, usage: Usage | Any | None) -> None:
+        if usage is None or self._tokens_in is None or self._tokens_out is None:
+            return
+        if usage.prompt_tokens:
+            self._tokens_in.inc(usage.prompt_tokens)
+        completion = getattr(usage, "completion_tokens", 0)
+        if completion:
+            self._tokens_out.inc(completion)
+
+
+class _NodeCollector(Collector):
+    """Per-node gauges read from the balancer when Prometheus scrapes."""
+
+    def __init__(self, rows: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows = list(self._rows())
+        for field, doc in NODE_GAUGES:
+            family = GaugeMetricFamily(f"blueprint_node_{field}", doc, labels=["node"])
+            for row in rows:
+                value = row.get(field)
+                if isinstance(value, bool):
+                    value = float(value)
+                if isinstance(value, int | float):
+                    family.add_metric([str(row.get("name"))], float(value))
+            yield family
+
+
+class ServerMetrics:
+    """The API's metric families and the cache of their bound children."""
+
+    def __init__(self, node_rows: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("blueprint_http_requests", "HTTP requests by route, model and status.",
+                                ["route", "model", "status"], registry=r)
+        self.latency = Histogram("blueprint_http_request_duration_seconds",
+                                 "Time from request to the end of the response (whole stream).",
+                                 ["route", "model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("blueprint_http_time_to_first_token_seconds",
+                              "Time from request to the first streamed token.", ["route", "model"],
+                              buckets=_TTFT_BUCKETS, registry=r)
+        self.tokens = Counter("blueprint_http_tokens", "Tokens in (prompt) and out (completion).",
+                              ["model", "kind"], registry=r)
+        self.in_flight = Gauge("blueprint_http_in_flight", "Requests being served now.", registry=r)
+        self.streams = Gauge("blueprint_http_streams_open", "SSE streams open now.", registry=r)
+        self.waiting_first_token = Gauge(
+            "blueprint_http_waiting_first_token", "Streams still waiting for their first token (queued).",
+            registry=r)
+        if node_rows is not None:
+            r.register(_NodeCollector(node_rows))
+        self._routes: dict[tuple[str, str], RouteMetrics] = {}
+
+    def route(self, route: str, model: str = NO_MODEL) -> RouteMetrics:
+        key = (route, model)
+        found = self._routes.get(key)
+        if found is None:
+            found = self._routes[key] = RouteMetrics(self, route, model)
+        return found
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,44 @@
+"""JSON responses and OpenAI-shaped error responses, built with as little work as possible."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from blueprint.errors import BlueprintError, OverloadedError
+
+JSON = "application/json"
+
+
+def model_response(model: BaseModel, status: int = 200) -> web.Response:
+    """A pydantic model as a JSON body (``None`` fields left out, as OpenAI does)."""
+    return web.Response(body=model.model_dump_json(exclude_none=True).encode(), status=status,
+                        content_type=JSON)
+
+
+def error_response(exc: BlueprintError) -> web.Response:
+    """``{"error": {...}}`` with the error's status; ``Retry-After`` (whole seconds) on 429."""
+    response = web.Response(body=json.dumps(exc.to_error_object()).encode(), status=exc.http_status,
+                            content_type=JSON)
+    if isinstance(exc, OverloadedError):
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
+
+
+class HttpStatusError(BlueprintError):
+    """An HTTP-level refusal (unknown path, wrong method) in the OpenAI error shape."""
+
+    error_type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message, code=code)
+        self.http_status = status
+
+
+class UnsafeBindError(BlueprintError):
+    """Serving on a public address without any API key, and without the explicit opt-out."""
+
+    code = "unsafe_bind"

@@ -1,0 +1,110 @@
+"""Running the API: bind, serve until told to stop, shut down gracefully.
+
+``handler_cancellation=True`` makes aiohttp cancel a request's handler when its client goes away,
+which is how a disconnected client cancels its generation and frees its balancer slot.
+Shutdown stops accepting first, then gives in-flight requests ``shutdown_timeout_s`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+from aiohttp import web
+
+from blueprint.server.app import create_app
+from blueprint.server.responses import UnsafeBindError
+from blueprint.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from blueprint.balancer import Balancer
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def check_exposure(settings: ServerSettings) -> None:
+    """Refuse a public bind without any API key unless the operator opted out explicitly."""
+    if settings.is_loopback() or settings.api_keys or settings.allow_public_without_auth:
+        return
+    raise UnsafeBindError(
+        f"Refusing to serve on {settings.host!r} without an API key: set server.api_keys "
+        "(or API_KEYS), bind to 127.0.0.1, or set server.allow_public_without_auth = true.")
+
+
+class RunningServer:
+    """A started API server; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite, port: int) -> None:
+        self.runner, self.site, self.port = runner, site, port
+
+    @property
+    def url(self) -> str:
+        host = self.site._host or "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), release the socket."""
+        await self.runner.cleanup()
+
+
+async def start_server(balancer: Balancer, settings: ServerSettings,
+                       app: web.Application | None = None) -> RunningServer:
+    """Bind and start serving in the running loop; returns at once."""
+    check_exposure(settings)
+    app = app if app is not None else create_app(balancer, settings)
+    extra: dict[str, Any] = {} if settings.access_log else {"access_log": None}
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout_s,
+                           **extra)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    await site.start()
+    port = settings.port
+    server = site._server
+    if server is not None and getattr(server, "sockets", None):
+        port = server.sockets[0].getsockname()[1]
+    log.info("http api listening", host=settings.host, port=port, auth=bool(settings.api_keys))
+    return RunningServer(runner, site, port)
+
+
+async def serve(balancer: Balancer, settings: ServerSettings, *, stop: asyncio.Event | None = None,
+                on_ready: Callable[[RunningServer], None] | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM when no event is given), then shut down."""
+    own_signals = stop is None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if own_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    running = await start_server(balancer, settings)
+    try:
+        if on_ready is not None:
+            on_ready(running)
+        await stop.wait()
+        log.info("http api stopping", grace_s=settings.shutdown_timeout_s)
+    finally:
+        await running.close()
+        if own_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def run_with_uvloop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop where it is installed (the fast loop), else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (tests and benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
