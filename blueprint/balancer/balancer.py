@@ -1,0 +1,597 @@
+"""The balancer: the one way the HTTP server and the job handlers reach an LLM.
+
+For every request it (1) admits it (a free slot on some node now, else a place in the model's
+bounded FIFO queue, else :class:`OverloadedError` at once), (2) lets the model's strategy pick a
+node among the healthy candidates with a free slot, (3) runs it, and (4) on a retryable failure
+before the first token retries on another node with jittered exponential backoff. After the
+first streamed chunk a failure is surfaced as :class:`StreamInterruptedError`, never retried and
+never turned into a silently short answer.
+
+Health comes from three sources: failures seen on requests (passive), an active
+``health_check`` loop, and a circuit breaker per node that turns both into "selectable or not".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from blueprint.balancer import routing
+from blueprint.balancer.breaker import BreakerState, CircuitBreaker
+from blueprint.balancer.node import NodeState
+from blueprint.balancer.settings import BalancerSettings
+from blueprint.balancer.strategies import RoutingRequest, Strategy, create_strategy
+from blueprint.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BlueprintError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NoHealthyNodeError,
+    OverloadedError,
+    StreamInterruptedError,
+)
+from blueprint.llm.client import LlmClient, NodeMetrics
+from blueprint.llm.config import NodeConfig
+from blueprint.llm.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelInfo,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+ChunkT = TypeVar("ChunkT", ChatCompletionChunk, CompletionChunk)
+
+DEFAULT_MAX_QUEUE = NodeConfig.model_fields["max_queue"].default
+
+
+@dataclass(eq=False)
+class _Waiter:
+    request: RoutingRequest
+    exclude: frozenset[str]
+    future: asyncio.Future[NodeState]
+
+
+def _as_backend_error(exc: BaseException, node: str) -> BlueprintError:
+    if isinstance(exc, BlueprintError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return BackendTimeoutError(f"Node {node!r} did not answer in time.")
+    return BackendError(f"Node {node!r} failed: {type(exc).__name__}: {exc}")
+
+
+def _counts_against_node(exc: BlueprintError) -> bool:
+    """Failures that say the node is unwell (not the request, not a momentary overload)."""
+    return exc.retryable and not isinstance(exc, OverloadedError)
+
+
+class Balancer:
+    """Routes requests over LLM nodes. Construct, ``await start()``, use, ``await close()``."""
+
+    def __init__(self, clients: Sequence[LlmClient], settings: BalancerSettings | None = None, *,
+                 node_configs: Mapping[str, NodeConfig] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings or BalancerSettings()
+        self._clock = clock
+        self._rng = random.Random(self.settings.seed)
+        self._nodes: dict[str, NodeState] = {}
+        self._strategies: dict[str, Strategy] = {}
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._closed = False
+        configs = dict(node_configs or {})
+        for client in clients:
+            self._register(client, configs.get(client.name))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start every client, then the health-check and backend-metrics loops."""
+        if self._started:
+            return
+        self._started = True
+        await asyncio.gather(*(self._start_node(node) for node in list(self._nodes.values())))
+        self._tasks = [
+            asyncio.create_task(self._health_loop(), name="balancer-health"),
+            asyncio.create_task(self._metrics_loop(), name="balancer-metrics"),
+        ]
+
+    async def close(self) -> None:
+        """Stop the loops, fail queued requests, close every client."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        for queue in self._queues.values():
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(NoHealthyNodeError("The balancer is shutting down."))
+        await asyncio.gather(*(self._close_client(node) for node in self._nodes.values()))
+
+    async def __aenter__(self) -> Balancer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ introspection
+
+    def nodes(self) -> list[NodeState]:
+        return list(self._nodes.values())
+
+    def node(self, name: str) -> NodeState:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise InvalidRequestError(f"No node named {name!r}.", code="node_not_found") from None
+
+    def models(self) -> list[ModelInfo]:
+        """One entry per model id over all nodes; ``is_ready`` when any serving node is usable."""
+        result: dict[str, ModelInfo] = {}
+        ready: dict[str, bool] = {}
+        for node in self._nodes.values():
+            usable = not node.draining and node.breaker.state is not BreakerState.OPEN
+            for info in self._client_models(node):
+                if info.id not in result:
+                    result[info.id] = info
+                ready[info.id] = ready.get(info.id, False) or usable
+        return [info.model_copy(update={"is_ready": ready[model]}) for model, info in result.items()]
+
+    def model_info(self, model: str) -> ModelInfo:
+        for info in self.models():
+            if info.id == model:
+                return info
+        raise ModelNotFoundError(model)
+
+    def strategy_for(self, model: str) -> Strategy:
+        strategy = self._strategies.get(model)
+        if strategy is None:
+            strategy = create_strategy(self.settings.strategy_for(model), self.settings,
+                                       rng=random.Random(self._rng.random()))
+            self._strategies[model] = strategy
+        return strategy
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready picture for an admin GET: strategies, queues and every node's state."""
+        models = sorted({model for node in self._nodes.values() for model in node.models})
+        return {
+            "strategy": self.settings.strategy,
+            "models": {
+                model: {
+                    "strategy": self.settings.strategy_for(model),
+                    "queued": len(self._queues.get(model, ())),
+                    "queue_capacity": self._queue_capacity(model),
+                    "nodes": sorted(n.name for n in self._nodes.values() if model in n.models),
+                }
+                for model in models
+            },
+            "nodes": [node.describe() for node in self._nodes.values()],
+        }
+
+    # ------------------------------------------------------------------ requests
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+        return await self._unary(routing.for_chat(request), lambda client: client.chat(request))
+
+    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        return self._stream(routing.for_chat(request), lambda client: client.chat_stream(request))
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        return await self._unary(routing.for_completion(request), lambda client: client.complete(request))
+
+    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        return self._stream(routing.for_completion(request), lambda client: client.complete_stream(request))
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        return await self._unary(routing.for_embedding(request), lambda client: client.embed(request))
+
+    # ------------------------------------------------------------------ scale-out
+
+    async def add_node(self, client: LlmClient, config: NodeConfig | None = None) -> None:
+        """Add a node while running; it takes requests once started."""
+        name = config.node_name if config is not None else client.name
+        if name in self._nodes:
+            raise InvalidRequestError(f"A node named {name!r} already exists.", code="node_exists")
+        node = self._register(client, config)
+        if self._started:
+            await self._start_node(node)
+        log.info("node_added", node=name, models=sorted(node.models))
+        self._dispatch_all()
+
+    async def drain_node(self, name: str, *, wait: bool = True) -> None:
+        """Stop sending new requests to the node; with ``wait``, return when its in-flight
+        requests have finished (or after ``drain_timeout_s``)."""
+        node = self.node(name)
+        node.draining = True
+        log.info("node_draining", node=name, in_flight=node.in_flight)
+        if wait and node.in_flight > 0:
+            node.idle = node.idle or asyncio.Event()
+            try:
+                await asyncio.wait_for(node.idle.wait(), self.settings.drain_timeout_s)
+            except TimeoutError:
+                log.warning("node_drain_timeout", node=name, in_flight=node.in_flight)
+        self._dispatch_all()
+
+    async def remove_node(self, name: str) -> None:
+        """Drain the node, then forget it and close its client."""
+        await self.drain_node(name, wait=True)
+        node = self._nodes.pop(name, None)
+        if node is None:
+            return
+        for strategy in self._strategies.values():
+            strategy.forget(name)
+        await self._close_client(node)
+        log.info("node_removed", node=name)
+        self._dispatch_all()
+
+    # ------------------------------------------------------------------ internals: nodes
+
+    def _register(self, client: LlmClient, config: NodeConfig | None) -> NodeState:
+        name = config.node_name if config is not None else client.name
+        limit = config.max_batch_size if config is not None else client.capabilities().max_concurrency
+        node = NodeState(
+            name=name, client=client, config=config,
+            breaker=CircuitBreaker(self.settings.health, name=name, clock=self._clock,
+                                   rng=random.Random(self._rng.random())),
+            limit=max(1, limit),
+            max_queue=config.max_queue if config is not None else DEFAULT_MAX_QUEUE,
+            alpha=self.settings.latency.alpha,
+        )
+        node.models = frozenset(info.id for info in self._client_models(node))
+        self._nodes[name] = node
+        return node
+
+    @staticmethod
+    def _client_models(node: NodeState) -> list[ModelInfo]:
+        try:
+            return node.client.models()
+        except Exception as exc:  # a node that cannot list its models serves none for now
+            log.warning("node_models_failed", node=node.name, error=str(exc))
+            return []
+
+    async def _start_node(self, node: NodeState) -> None:
+        try:
+            await node.client.start()
+        except Exception as exc:
+            log.error("node_start_failed", node=node.name, error=str(exc))
+            node.breaker.trip(f"start failed: {exc}")
+            return
+        node.started = True
+        node.models = frozenset(info.id for info in self._client_models(node))
+
+    async def _close_client(self, node: NodeState) -> None:
+        try:
+            await node.client.close()
+        except Exception as exc:
+            log.warning("node_close_failed", node=node.name, error=str(exc))
+
+    # ------------------------------------------------------------------ internals: admission
+
+    def _serving(self, model: str) -> list[NodeState]:
+        return [node for node in self._nodes.values() if model in node.models]
+
+    def _candidates(self, model: str, exclude: frozenset[str]) -> list[NodeState]:
+        return [node for node in self._serving(model) if node.selectable() and node.name not in exclude]
+
+    def _queue_capacity(self, model: str) -> int:
+        return sum(node.max_queue for node in self._serving(model) if not node.draining)
+
+    def _try_assign(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState | None:
+        free = [node for node in self._candidates(request.model, exclude) if node.has_slot()]
+        if not free:
+            return None
+        by_name = {node.name: node for node in free}
+        view = self.strategy_for(request.model).select(
+            [node.view(request.model) for node in free], request
+        )
+        node = by_name[view.name]
+        node.in_flight += 1
+        node.requests_total += 1
+        node.breaker.on_dispatch()
+        return node
+
+    def _retry_after(self, model: str) -> float:
+        """A hint for the client: about how long until a queue place frees up."""
+        latencies = [
+            (node.ttft_s or 0.0) + (node.tpot_s or 0.0) * self.settings.latency.expected_tokens
+            for node in self._serving(model)
+        ]
+        known = [value for value in latencies if value > 0]
+        return round(min(30.0, max(0.5, min(known) if known else 1.0)), 2)
+
+    async def _acquire(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState:
+        """A node with a slot reserved for this request, waiting in the model's FIFO queue when
+        every candidate is busy; OverloadedError at once when that queue is full."""
+        if self._closed:
+            raise NoHealthyNodeError("The balancer is shut down.")
+        model = request.model
+        if not self._serving(model):
+            raise ModelNotFoundError(model)
+        if not self._candidates(model, exclude):
+            raise NoHealthyNodeError(f"No healthy node serves {model!r} right now.")
+        queue = self._queues.setdefault(model, deque())
+        if not queue:
+            node = self._try_assign(request, exclude)
+            if node is not None:
+                return node
+        if len(queue) >= self._queue_capacity(model):
+            raise OverloadedError(
+                f"All nodes serving {model!r} are busy and the queue is full.",
+                retry_after=self._retry_after(model),
+            )
+        waiter = _Waiter(request, exclude, asyncio.get_running_loop().create_future())
+        queue.append(waiter)
+        try:
+            async with asyncio.timeout(self.settings.queue_timeout_s):
+                return await waiter.future
+        except TimeoutError:
+            raise OverloadedError(
+                f"No node serving {model!r} freed up within {self.settings.queue_timeout_s}s.",
+                retry_after=self._retry_after(model),
+            ) from None
+        except asyncio.CancelledError:
+            fut = waiter.future
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result())
+            raise
+        finally:
+            if waiter in queue:
+                queue.remove(waiter)
+
+    def _release(self, node: NodeState) -> None:
+        node.in_flight = max(0, node.in_flight - 1)
+        if node.in_flight == 0 and node.idle is not None:
+            node.idle.set()
+        for model in node.models:
+            self._dispatch(model)
+
+    def _dispatch_all(self) -> None:
+        for model in list(self._queues):
+            self._dispatch(model)
+
+    def _dispatch(self, model: str) -> None:
+        """Hand free slots to waiters in FIFO order. A waiter that cannot use any free slot
+        (its free nodes were all tried) does not block those behind it."""
+        queue = self._queues.get(model)
+        if not queue:
+            return
+        for waiter in list(queue):
+            if waiter.future.done():
+                queue.remove(waiter)
+                continue
+            serving = self._serving(model)
+            if not serving:
+                queue.remove(waiter)
+                waiter.future.set_exception(ModelNotFoundError(model))
+                continue
+            alive = [n for n in serving if not n.draining and n.breaker.state is not BreakerState.OPEN
+                     and n.name not in waiter.exclude]
+            if not alive:
+                queue.remove(waiter)
+                waiter.future.set_exception(NoHealthyNodeError(f"No healthy node serves {model!r}."))
+                continue
+            node = self._try_assign(waiter.request, waiter.exclude)
+            if node is None:
+                if not any(n.has_slot() and n.selectable() for n in serving):
+                    return
+                continue
+            queue.remove(waiter)
+            waiter.future.set_result(node)
+
+    # ------------------------------------------------------------------ internals: running
+
+    async def _backoff(self, attempt: int) -> None:
+        knobs = self.settings.retry
+        delay = min(knobs.backoff_max_s, knobs.backoff_base_s * (2 ** (attempt - 1)))
+        await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+
+    def _on_failure(self, node: NodeState, exc: BlueprintError) -> None:
+        if _counts_against_node(exc):
+            node.errors_total += 1
+            node.breaker.record_failure(exc.message)
+            if node.breaker.state is BreakerState.OPEN:
+                self._dispatch_all()
+        else:
+            # The node answered (an invalid request, a 429): it is alive; free a half-open probe.
+            node.breaker.release_probe()
+        log.warning("node_request_failed", node=node.name, error=exc.message, retryable=exc.retryable)
+
+    async def _next_node(self, request: RoutingRequest, tried: set[str],
+                         last_error: BlueprintError | None, attempt: int) -> NodeState:
+        if attempt:
+            await self._backoff(attempt)
+        try:
+            return await self._acquire(request, frozenset(tried))
+        except (NoHealthyNodeError, OverloadedError):
+            if last_error is not None:  # nothing left to retry on: report the real failure
+                raise last_error from None
+            raise
+
+    async def _unary(self, request: RoutingRequest, call: Callable[[LlmClient], Awaitable[T]]) -> T:
+        tried: set[str] = set()
+        last_error: BlueprintError | None = None
+        timeout = self.settings.retry.request_timeout_s
+        for attempt in range(self.settings.retry.max_attempts):
+            node = await self._next_node(request, tried, last_error, attempt)
+            tried.add(node.name)
+            if attempt:
+                node.retries_total += 1
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await call(node.client)
+            except asyncio.CancelledError:
+                node.breaker.release_probe()
+                raise
+            except Exception as raw:
+                exc = _as_backend_error(raw, node.name)
+                self._on_failure(node, exc)
+                if not exc.retryable:
+                    raise exc from (None if exc is raw else raw)
+                last_error = exc
+                continue
+            else:
+                node.breaker.record_success()
+                usage = getattr(result, "usage", None)
+                if getattr(usage, "completion_tokens", 0) <= 1:
+                    # With at most one token the whole latency is time to first token.
+                    node.observe_latency(time.perf_counter() - started, None)
+                return result
+            finally:
+                self._release(node)
+        assert last_error is not None
+        raise last_error
+
+    async def _stream(self, request: RoutingRequest,
+                      open_stream: Callable[[LlmClient], AsyncIterator[ChunkT]]) -> AsyncIterator[ChunkT]:
+        tried: set[str] = set()
+        last_error: BlueprintError | None = None
+        first_timeout = self.settings.retry.first_token_timeout_s
+        for attempt in range(self.settings.retry.max_attempts):
+            node = await self._next_node(request, tried, last_error, attempt)
+            tried.add(node.name)
+            if attempt:
+                node.retries_total += 1
+            started = time.perf_counter()
+            stream = open_stream(node.client)
+            verdict = False
+            try:
+                try:
+                    async with asyncio.timeout(first_timeout):
+                        first = await anext(stream)
+                except StopAsyncIteration:
+                    verdict = True
+                    node.breaker.record_success()
+                    return
+                except Exception as raw:
+                    exc = _as_backend_error(raw, node.name)
+                    verdict = True
+                    self._on_failure(node, exc)
+                    if not exc.retryable:
+                        raise exc from (None if exc is raw else raw)
+                    last_error = exc
+                    continue
+                first_at = time.perf_counter()
+                tokens = 1
+                usage_tokens: int | None = None
+                yield first
+                try:
+                    async for chunk in stream:
+                        tokens += 1
+                        if chunk.usage is not None:
+                            usage_tokens = chunk.usage.completion_tokens
+                        yield chunk
+                except Exception as raw:
+                    exc = _as_backend_error(raw, node.name)
+                    verdict = True
+                    self._on_failure(node, exc)
+                    raise StreamInterruptedError(
+                        f"Node {node.name!r} failed after the stream started: {exc.message}"
+                    ) from raw
+                verdict = True
+                node.breaker.record_success()
+                done = time.perf_counter()
+                produced = usage_tokens if usage_tokens is not None else tokens
+                tpot = (done - first_at) / (produced - 1) if produced > 1 else None
+                node.observe_latency(first_at - started, tpot)
+                return
+            finally:
+                self._release(node)  # free the slot first: the consumer may have gone away
+                if not verdict:
+                    node.breaker.release_probe()
+                try:
+                    await stream.aclose()  # type: ignore[attr-defined]
+                except Exception as exc:
+                    log.debug("stream_close_failed", node=node.name, error=str(exc))
+        assert last_error is not None
+        raise last_error
+
+    # ------------------------------------------------------------------ internals: loops
+
+    async def _check_node(self, node: NodeState) -> None:
+        breaker = node.breaker
+        state = breaker.state
+        if node.draining or state is BreakerState.OPEN or not breaker.available():
+            return
+        breaker.on_dispatch()
+        try:
+            if not node.started:
+                await node.client.start()
+                node.started = True
+                node.models = frozenset(info.id for info in self._client_models(node))
+            async with asyncio.timeout(self.settings.health.check_timeout_s):
+                ok = await node.client.health_check()
+        except asyncio.CancelledError:
+            breaker.release_probe()
+            raise
+        except Exception as exc:
+            ok = False
+            breaker.last_error = f"health check: {exc}"
+        if ok:
+            if state is BreakerState.HALF_OPEN:
+                breaker.record_success()
+            else:
+                breaker.release_probe()
+        else:
+            node.errors_total += 1
+            breaker.record_failure(breaker.last_error or "health check failed")
+
+    async def check_health(self) -> None:
+        """One round of active health checks over all nodes (the loop calls this)."""
+        await asyncio.gather(*(self._check_node(node) for node in list(self._nodes.values())))
+        self._dispatch_all()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health.check_interval_s)
+            try:
+                await self.check_health()
+            except Exception as exc:  # keep checking whatever one round did
+                log.error("health_round_failed", error=str(exc))
+
+    async def refresh_metrics(self) -> None:
+        """Pull backend-reported metrics (vLLM ``/metrics``) from clients that offer them."""
+        for node in list(self._nodes.values()):
+            refresh = getattr(node.client, "refresh_backend_metrics", None)
+            if refresh is None:
+                continue
+            try:
+                result = refresh()
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                log.debug("backend_metrics_failed", node=node.name, error=str(exc))
+                continue
+            if isinstance(result, NodeMetrics):
+                node.backend = result
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await self.refresh_metrics()
+            await asyncio.sleep(self.settings.health.metrics_interval_s)
