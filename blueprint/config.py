@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from blueprint.balancer.settings import BalancerSettings
+from blueprint.jobs.settings import JobsSettings
 from blueprint.llm.config import NodeConfig
 from blueprint.server.settings import ServerSettings
 
@@ -32,29 +33,50 @@ class Settings(BaseSettings):
     )
 
     # --- the blueprint manager's environment (../shared/DESIGN.md section 3) ---
-    http_rpc_url: str = "http://127.0.0.1:8545"
-    ws_rpc_url: str | None = None
-    keystore_uri: str = "./keystore"
-    keystore_password: SecretStr | None = None
-    keystore_password_file: Path | None = None
-    data_dir: Path = Path("./data")
-    blueprint_id: int | None = None
+    http_rpc_url: str = Field(
+        default="http://127.0.0.1:8545", description="HTTP JSON-RPC endpoint of the chain."
+    )
+    ws_rpc_url: str | None = Field(
+        default=None, description="WebSocket endpoint: logs pushed by subscription (else polled)."
+    )
+    keystore_uri: str = Field(
+        default="./keystore", description="SDK keystore folder (`Ecdsa/<blake3>`) or a V3 keystore JSON file."
+    )
+    keystore_password: SecretStr | None = Field(default=None, description="Password of a V3 keystore.")
+    keystore_password_file: Path | None = Field(
+        default=None, description="File holding that password (mode 600)."
+    )
+    data_dir: Path = Field(default=Path("./data"), description="Where the job ledger (SQLite) lives.")
+    blueprint_id: int | None = Field(default=None, description="The blueprint this operator serves.")
     service_id: int | None = Field(default=None, description="Absent: registration mode.")
-    protocol: Literal["tangle"] = "tangle"
-    chain: Literal["local_testnet", "local_mainnet", "testnet", "mainnet"] = "local_testnet"
-    tangle_contract: str = "0x0165878A594ca255338adfa4d48449f69242Eb8F"
-    staking_contract: str = "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9"
-    status_registry_contract: str = "0x2bdCC0de6bE1f7D2ee689a0342D76F52E8EFABa3"
-    registration_mode_on: bool = False
-    registration_output_path: Path | None = None
-    registration_capture_only: bool = False
-    test_mode: bool = False
-    dry_run: bool = False
+    protocol: Literal["tangle"] = Field(default="tangle", description="Only Tangle v2 (EVM) is supported.")
+    chain: Literal["local_testnet", "local_mainnet", "testnet", "mainnet"] = Field(
+        default="local_testnet", description="Network name (as the blueprint manager passes it)."
+    )
+    tangle_contract: str = Field(
+        default="0x0165878A594ca255338adfa4d48449f69242Eb8F", description="Tangle proxy address."
+    )
+    staking_contract: str = Field(
+        default="0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9",
+        description="MultiAssetDelegation proxy address.",
+    )
+    status_registry_contract: str = Field(
+        default="0x2bdCC0de6bE1f7D2ee689a0342D76F52E8EFABa3",
+        description="OperatorStatusRegistry (heartbeats).",
+    )
+    registration_mode_on: bool = Field(default=False, description="Write registration inputs and exit.")
+    registration_output_path: Path | None = Field(
+        default=None, description="Where registration mode writes them."
+    )
+    registration_capture_only: bool = Field(default=False, description="Capture registration inputs only.")
+    test_mode: bool = Field(default=False, description="Set by the manager in test runs.")
+    dry_run: bool = Field(default=False, description="Compute results but never submit them.")
 
     # --- LLM nodes, balancer and HTTP API ---
     nodes: list[NodeConfig] = Field(default_factory=list)
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
 
     @classmethod
     def settings_customise_sources(

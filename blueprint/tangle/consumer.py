@@ -1,0 +1,463 @@
+"""The consumer: job results to ``submitResult`` / ``submitResults`` on TNT Core, tracked in the ledger.
+
+Why batching: under a burst many answers are ready within a few milliseconds of each other, and
+one ``submitResults`` transaction replaces many (one nonce, one receipt wait). Results wait at
+most ``batch_window`` seconds for company, up to ``max_batch`` per transaction. A batch whose
+simulation reverts (say one job was already answered) is split into single submissions, so one
+bad job never blocks the others.
+
+``ResultAlreadySubmitted`` and ``JobAlreadyCompleted`` mean the chain already has what we wanted:
+the job is ``confirmed`` (with that note), not failed. Other reverts fail the job with the decoded
+reason. Transport errors (the node is down) are retried with backoff for ``retry_for`` seconds;
+the job stays ``answered`` in the ledger meanwhile, so a restart resumes it.
+
+Ledger states written here: ``answered`` (result stored) -> ``submitted`` (tx hash) ->
+``confirmed`` (receipt) or ``failed`` (reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from web3 import AsyncWeb3
+
+from blueprint.tangle.abi import JOB_RESULT_SUBMITTED_TOPIC, TANGLE_ABI, fragment, selector
+from blueprint.tangle.events import address_topic, decode_result_log, uint_topic
+from blueprint.tangle.ledger import IllegalTransitionError, JobState, Ledger, LedgerError
+from blueprint.tangle.txmanager import (
+    Receipt,
+    SentTx,
+    TxError,
+    TxManager,
+    TxReplacedError,
+    TxRevertedError,
+)
+from blueprint.tangle.types import JobCall, JobResult
+
+log = structlog.get_logger(__name__)
+
+#: Reverts that mean "the chain already has an answer from us / needs none": count as done.
+DONE_ERRORS = frozenset({"ResultAlreadySubmitted", "JobAlreadyCompleted"})
+_SUBMIT_RESULT = selector(fragment(TANGLE_ABI, "submitResult"))
+_SUBMIT_RESULTS = selector(fragment(TANGLE_ABI, "submitResults"))
+_GET_JOB_CALL = selector(fragment(TANGLE_ABI, "getJobCall"))
+
+#: ``deferred``: the consumer was closed before this result went out (or before its receipt
+#: came); the job stays ``answered``/``submitted`` in the ledger and :meth:`Consumer.resume`
+#: sends it on the next start.
+Status = Literal["confirmed", "already_answered", "failed", "orphaned", "dry_run", "deferred"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    """What became of one result: the ledger holds the same, this is for the caller's logs/metrics."""
+
+    service_id: int
+    call_id: int
+    status: Status
+    tx_hash: str | None = None
+    reason: str | None = None
+
+
+def encode_submit_result(service_id: int, call_id: int, output: bytes) -> bytes:
+    return _SUBMIT_RESULT + abi_encode(["uint64", "uint64", "bytes"], [service_id, call_id, output])
+
+
+def encode_submit_results(service_id: int, call_ids: list[int], outputs: list[bytes]) -> bytes:
+    return _SUBMIT_RESULTS + abi_encode(["uint64", "uint64[]", "bytes[]"], [service_id, call_ids, outputs])
+
+
+@dataclass
+class _Item:
+    result: JobResult
+    future: asyncio.Future[SubmitOutcome]
+
+
+class Consumer:
+    """Submits results through one :class:`TxManager`; use ``async with`` or start()/close().
+
+    Args:
+        ledger: the job ledger (every job submitted must be in it: the producer put it there).
+        txm: the operator key's transaction manager.
+        tangle_address: the TNT Core (Tangle proxy) contract.
+        batch_window: seconds a ready result waits for others to share a transaction.
+        max_batch: most results in one ``submitResults``.
+        gas_base / gas_per_result: gas limit = base + per_result x n (generous: the manager's
+            result hook has a 500k stipend per result; a result costs ~160-200k without a hook).
+        max_tx_gas: the most gas one transaction may ask for (stay under the block gas limit);
+            it also bounds the batch size.
+        retry_for: seconds to keep retrying transport errors before failing a job.
+        max_dispatch: transactions simulated/broadcast concurrently (more overlap vs bigger batches).
+        dry_run: compute and record answers but never send a transaction.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        txm: TxManager,
+        tangle_address: str,
+        *,
+        batch_window: float = 0.002,
+        max_batch: int = 32,
+        gas_base: int = 1_500_000,
+        gas_per_result: int = 800_000,
+        max_tx_gas: int = 25_000_000,
+        retry_for: float = 300.0,
+        dry_run: bool = False,
+        max_dispatch: int = 3,
+    ) -> None:
+        self.ledger = ledger
+        self.txm = txm
+        self.w3: AsyncWeb3 = txm.w3
+        self.tangle = AsyncWeb3.to_checksum_address(tangle_address)
+        self.batch_window = batch_window
+        self.max_batch = max(1, min(max_batch, (max_tx_gas - gas_base) // gas_per_result))
+        self.gas_base = gas_base
+        self.gas_per_result = gas_per_result
+        self.retry_for = retry_for
+        self.dry_run = dry_run
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(max(1, max_dispatch))
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batching loop (``submit`` also starts it on first use)."""
+        self._closed = False
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._batch_loop(), name="consumer-batcher")
+
+    async def close(self, grace: float = 30.0) -> None:
+        """Stop taking results; wait up to ``grace`` s for submissions in flight.
+
+        Results not sent by then resolve as ``deferred`` (they stay in the ledger for resume).
+        """
+        self._closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        while not self._queue.empty():  # not yet sent: they stay `answered` for the next start
+            _defer([self._queue.get_nowait()])
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- public API ---------------------------------------------------------------------------
+
+    async def submit(self, result: JobResult) -> SubmitOutcome:
+        """Record the answer and send it; returns once it is confirmed, found done, or failed.
+
+        The job must be in the ledger (else UnknownJobError): seen, running, answered or
+        submitted. An orphaned job is not sent (its block left the chain). Resumed
+        ``answered``/``submitted`` jobs are sent again; the chain's ``ResultAlreadySubmitted``
+        keeps that single.
+        """
+        record = await self.ledger.prepare_answer(result.service_id, result.call_id, result.output)
+        if record.state is JobState.ORPHANED:
+            return SubmitOutcome(result.service_id, result.call_id, "orphaned", reason=record.reason)
+        if record.state is JobState.CONFIRMED:
+            return SubmitOutcome(result.service_id, result.call_id, "already_answered",
+                                 tx_hash=record.submit_tx_hash, reason=record.reason)
+        if record.state is JobState.FAILED:
+            return SubmitOutcome(result.service_id, result.call_id, "failed", reason=record.reason)
+        if self.dry_run:
+            return SubmitOutcome(result.service_id, result.call_id, "dry_run")
+        if self._closed:
+            return SubmitOutcome(result.service_id, result.call_id, "deferred", reason="consumer closed")
+        if self._loop_task is None:
+            await self.start()
+        future: asyncio.Future[SubmitOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(result, future))
+        return await future
+
+    async def is_answered_on_chain(self, service_id: int, call_id: int, operator: str | None = None,
+                                   *, from_block: int = 0) -> bool:
+        """Whether the chain needs no result from ``operator`` (default: our key) for this call.
+
+        True when the job is completed, or when a ``JobResultSubmitted`` from the operator exists
+        (searched from ``from_block``, e.g. the job's block from the ledger). A call the contract
+        does not know (reverts) is not answered.
+        """
+        operator = operator or self.txm.address
+        data = _GET_JOB_CALL + abi_encode(["uint64", "uint64"], [service_id, call_id])
+        try:
+            raw = await self.txm.simulate(self.tangle, data)
+        except TxRevertedError:
+            return False
+        (_index, _caller, _created, result_count, completed, _rfq, _payment), = abi_decode(
+            ["(uint8,address,uint64,uint32,bool,bool,uint256)"], raw
+        )
+        if completed:
+            return True
+        if result_count == 0:
+            return False
+        logs = await self.w3.eth.get_logs({
+            "address": self.tangle,
+            "fromBlock": from_block,
+            "toBlock": "latest",
+            "topics": [JOB_RESULT_SUBMITTED_TOPIC, uint_topic(service_id), uint_topic(call_id),
+                       address_topic(operator)],
+        })
+        return any(decode_result_log(entry).operator.lower() == operator.lower() for entry in logs)
+
+    async def resume(self, service_id: int | None = None) -> list[JobCall]:
+        """Pick up the ledger's unfinished jobs after a restart; returns the jobs to run again.
+
+        * ``answered``/``submitted`` jobs: their stored result is sent again in the background
+          (``ResultAlreadySubmitted`` from the chain makes that a no-op, counted as done);
+        * ``seen``/``running`` jobs already answered on chain (:meth:`is_answered_on_chain`)
+          are marked confirmed;
+        * the rest are returned, oldest first, in state ``seen`` (``running`` ones are requeued),
+          for the daemon to run like freshly delivered jobs.
+        """
+        to_run: list[JobCall] = []
+        for record in await self.ledger.pending_on_start(service_id):
+            sid, cid = record.service_id, record.call_id
+            if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:
+                self._spawn(self._resubmit(JobResult(sid, cid, record.result)))
+                continue
+            if await self.is_answered_on_chain(sid, cid, from_block=record.block_number):
+                await self.ledger.mark_confirmed(sid, cid, note="answered on chain before restart")
+                log.info("consumer.resume_already_answered", service_id=sid, call_id=cid)
+                continue
+            if record.state is JobState.RUNNING:
+                await self.ledger.transition(sid, cid, JobState.SEEN, reason="requeued on restart")
+            to_run.append(record.to_job_call())
+        log.info("consumer.resumed", rerun=len(to_run))
+        return to_run
+
+    async def _resubmit(self, result: JobResult) -> None:
+        try:
+            outcome = await self.submit(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("consumer.resubmit_failed", service_id=result.service_id, call_id=result.call_id)
+            return
+        log.info("consumer.resubmitted", service_id=result.service_id, call_id=result.call_id,
+                 status=outcome.status)
+
+    # --- batching -----------------------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        """Take ready results, group them per service, send each group as one transaction.
+
+        At most ``max_dispatch`` transactions are being simulated and broadcast at once (their
+        simulations overlap; broadcasts are serialized by the nonce lock). While every slot is
+        busy, new results queue up and go out together in the next transaction: batches grow
+        with the load by themselves. Receipts are awaited in separate tasks.
+        """
+        while True:
+            await self._slots.acquire()
+            try:
+                first = await self._queue.get()
+            except BaseException:
+                self._slots.release()
+                raise
+            if self.batch_window > 0:
+                await asyncio.sleep(self.batch_window)
+            items = [first]
+            while not self._queue.empty() and len(items) < self.max_batch:
+                items.append(self._queue.get_nowait())
+            groups: dict[int, list[_Item]] = defaultdict(list)
+            for item in items:
+                groups[item.result.service_id].append(item)
+            self._spawn(self._dispatch_all(list(groups.values())))
+
+    async def _dispatch_all(self, groups: list[list[_Item]]) -> None:
+        try:
+            for group in groups:
+                try:
+                    await self._dispatch(group)
+                except asyncio.CancelledError:
+                    _defer(group)
+                    raise
+                except Exception as exc:  # never let one group kill the consumer
+                    log.exception("consumer.dispatch_crashed", size=len(group))
+                    for item in group:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+        finally:
+            self._slots.release()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, items: list[_Item]) -> None:
+        """Simulate and broadcast one transaction for ``items``; its receipt is awaited apart."""
+        service_id = items[0].result.service_id
+        call_ids = [i.result.call_id for i in items]
+        if len(items) == 1:
+            data = encode_submit_result(service_id, call_ids[0], items[0].result.output)
+        else:
+            data = encode_submit_results(service_id, call_ids, [i.result.output for i in items])
+        gas = self.gas_base + self.gas_per_result * len(items)
+        try:
+            sent = await self.txm.send(self.tangle, data, gas=gas)
+        except TxRevertedError as exc:
+            if len(items) > 1:
+                log.info("consumer.batch_split", size=len(items), reason=str(exc.revert))
+            self._spawn(self._singles(items))  # singles decide done / failed / retry per job
+            return
+        except Exception as exc:
+            log.warning("consumer.send_failed", size=len(items), error=str(exc) or type(exc).__name__)
+            self._spawn(self._singles(items))
+            return
+        keys = [(service_id, c) for c in call_ids]
+        await self._mark_submitted(keys, sent)
+        self._spawn(self._finish(items, keys, sent))
+
+    async def _finish(self, items: list[_Item], keys: list[tuple[int, int]], sent: SentTx) -> None:
+        try:
+            receipt = await self.txm.wait(sent)
+        except asyncio.CancelledError:
+            _defer(items)
+            raise
+        except Exception as exc:
+            log.warning("consumer.wait_failed", size=len(items), error=str(exc) or type(exc).__name__)
+            await self._back_to_answered(keys)
+            await self._singles(items)
+            return
+        if receipt.status != 1:
+            log.warning("consumer.tx_reverted", size=len(items), tx_hash=receipt.tx_hash)
+            await self._back_to_answered(keys)
+            await self._singles(items)
+            return
+        await self._confirm(keys, receipt)
+        for item in items:
+            _resolve(item, SubmitOutcome(item.result.service_id, item.result.call_id, "confirmed",
+                                         receipt.tx_hash))
+        log.info("consumer.confirmed", service_id=keys[0][0], call_ids=[c for _, c in keys],
+                 tx_hash=receipt.tx_hash, block=receipt.block_number, gas_used=receipt.gas_used)
+
+    async def _singles(self, items: list[_Item]) -> None:
+        try:
+            outcomes = await asyncio.gather(*(self._single(i.result) for i in items), return_exceptions=True)
+        except asyncio.CancelledError:
+            _defer(items)
+            raise
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                _defer([item])
+            elif isinstance(outcome, BaseException):
+                if not item.future.done():
+                    item.future.set_exception(outcome)
+            else:
+                _resolve(item, outcome)
+
+    async def _single(self, result: JobResult) -> SubmitOutcome:
+        """Send one result until it is confirmed, found done, or fails for good."""
+        sid, cid = result.service_id, result.call_id
+        key = [(sid, cid)]
+        bound = log.bind(service_id=sid, call_id=cid)
+        data = encode_submit_result(sid, cid, result.output)
+        gas = self.gas_base + self.gas_per_result
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.2
+        while True:
+            record = await self.ledger.get(sid, cid)
+            if record is not None and record.state is JobState.ORPHANED:
+                return SubmitOutcome(sid, cid, "orphaned", reason=record.reason)
+            try:
+                sent = await self.txm.send(self.tangle, data, gas=gas)
+                await self._mark_submitted(key, sent)
+                receipt = await self.txm.wait(sent)
+                if receipt.status == 1:
+                    await self._confirm(key, receipt)
+                    bound.info("consumer.confirmed", tx_hash=receipt.tx_hash, block=receipt.block_number,
+                               gas_used=receipt.gas_used)
+                    return SubmitOutcome(sid, cid, "confirmed", receipt.tx_hash)
+                revert = await self.txm.revert_reason(self.tangle, data, gas=gas)
+                await self._back_to_answered(key)
+                if revert.name == "EmptyRevert":  # reverted on chain, not in simulation: try again
+                    raise TxError(f"{receipt.tx_hash} reverted without a reproducible reason")
+                raise TxRevertedError(revert, tx_hash=receipt.tx_hash)
+            except TxRevertedError as exc:
+                name = exc.revert.name
+                if name in DONE_ERRORS:
+                    await self._confirm(key, None, note=name)
+                    bound.info("consumer.already_answered", reason=name)
+                    return SubmitOutcome(sid, cid, "already_answered", reason=name)
+                reason = str(exc.revert)
+                await self._fail(sid, cid, reason)
+                bound.warning("consumer.failed", reason=reason)
+                return SubmitOutcome(sid, cid, "failed", reason=reason)
+            except (LedgerError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # transport trouble, timeouts, a stolen nonce: retry a while
+                await self._back_to_answered(key)
+                if isinstance(exc, TxReplacedError):  # our nonce went to someone else's tx
+                    bound.warning("consumer.replaced", error=str(exc))
+                    delay = 0.0
+                if time.monotonic() >= deadline:
+                    reason = f"gave up after {self.retry_for:.0f}s: {exc}"
+                    await self._fail(sid, cid, reason)
+                    bound.error("consumer.failed", reason=reason)
+                    return SubmitOutcome(sid, cid, "failed", reason=reason)
+                bound.warning("consumer.retry", error=str(exc) or type(exc).__name__, delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(max(delay * 2, 0.2), 5.0)
+
+    # --- ledger helpers (tolerant of a reorg orphaning a job mid-flight) -----------------------
+
+    async def _each(self, keys: list[tuple[int, int]], target: JobState, **kwargs: object) -> None:
+        try:
+            await self.ledger.transition_many(keys, target, **kwargs)  # type: ignore[arg-type]
+        except IllegalTransitionError:
+            for key in keys:  # some job moved meanwhile (orphaned, or already there): one by one
+                try:
+                    await self.ledger.transition(*key, target, **kwargs)  # type: ignore[arg-type]
+                except IllegalTransitionError as exc:
+                    log.info("consumer.ledger_skip", service_id=key[0], call_id=key[1], error=exc.message)
+
+    async def _mark_submitted(self, keys: list[tuple[int, int]], sent: SentTx) -> None:
+        await self._each(keys, JobState.SUBMITTED, tx_hash=sent.tx_hash)
+
+    async def _confirm(self, keys: list[tuple[int, int]], receipt: Receipt | None,
+                       note: str | None = None) -> None:
+        await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash if receipt else None, reason=note)
+
+    async def _back_to_answered(self, keys: list[tuple[int, int]]) -> None:
+        for key in keys:
+            record = await self.ledger.get(*key)
+            if record is not None and record.state is JobState.SUBMITTED:
+                await self._each([key], JobState.ANSWERED, result=record.result or b"")
+
+    async def _fail(self, service_id: int, call_id: int, reason: str) -> None:
+        await self._each([(service_id, call_id)], JobState.FAILED, reason=reason)
+
+
+def _resolve(item: _Item, outcome: SubmitOutcome) -> None:
+    if not item.future.done():
+        item.future.set_result(outcome)
+
+
+def _defer(items: list[_Item]) -> None:
+    for item in items:
+        if not item.future.done():
+            result = item.result
+            item.future.set_result(SubmitOutcome(result.service_id, result.call_id, "deferred",
+                                                 reason="consumer closed; resumed on next start"))

@@ -1,0 +1,735 @@
+"""The durable job ledger: the log cursor and every job's life, in SQLite under ``DATA_DIR``.
+
+Why it exists: a job's inputs live only in its ``JobSubmitted`` log, so a job we saw but did not
+answer must survive a crash, and a job we answered must never be answered twice. The producer
+writes the cursor and the newly seen jobs in **one** transaction, so after any crash either both
+are there or neither is (and then the chain still has the logs: we scan them again).
+
+Durability: WAL journal with ``synchronous=NORMAL``. In WAL mode NORMAL never corrupts the database
+and survives a crash of the process (``kill -9``) with every committed transaction; only a power
+loss or kernel crash may drop the last few commits. That loss is safe here because the cursor and
+the jobs roll back *together* and the chain is the source of truth: the producer re-scans from the
+older cursor and the consumer's on-chain checks (``ResultAlreadySubmitted`` counts as done) keep
+answers single. ``FULL`` would fsync on every commit, which costs milliseconds per job transition
+on ordinary disks and would eat the daemon's 50 ms overhead budget under a burst.
+
+Threading: one connection, owned by one worker thread; every public method is a coroutine that
+runs its statement on that thread, so the event loop never blocks on disk and statements never
+interleave (the state machine checks and the writes are atomic).
+
+State machine (``ALLOWED``; anything else raises :class:`IllegalTransitionError`)::
+
+    seen -> running -> answered -> submitted -> confirmed
+      \\________\\__________\\___________\\-> failed (reason) | confirmed (already answered on chain)
+    any state -> orphaned (its block left the canonical chain); orphaned -> seen (it came back)
+    running -> seen (requeued on restart); submitted -> answered (tx dropped, send again);
+    failed -> seen (retry by hand)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from blueprint.errors import BlueprintError
+from blueprint.tangle.types import JobCall
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+LEDGER_FILE = "ledger.sqlite3"
+SCHEMA_VERSION = 1
+#: How many recent (block number, hash) pairs the producer keeps for finding a reorg's ancestor.
+DEFAULT_BLOCK_HISTORY = 512
+
+
+class JobState(StrEnum):
+    SEEN = "seen"
+    RUNNING = "running"
+    ANSWERED = "answered"
+    SUBMITTED = "submitted"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    ORPHANED = "orphaned"
+
+
+S = JobState
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    S.SEEN: frozenset({S.RUNNING, S.ANSWERED, S.CONFIRMED, S.FAILED, S.ORPHANED}),
+    S.RUNNING: frozenset({S.ANSWERED, S.SEEN, S.CONFIRMED, S.FAILED, S.ORPHANED}),
+    S.ANSWERED: frozenset({S.SUBMITTED, S.CONFIRMED, S.FAILED, S.ORPHANED}),
+    S.SUBMITTED: frozenset({S.CONFIRMED, S.ANSWERED, S.FAILED, S.ORPHANED}),
+    S.CONFIRMED: frozenset({S.ORPHANED}),
+    S.FAILED: frozenset({S.SEEN, S.ORPHANED}),
+    S.ORPHANED: frozenset({S.SEEN}),
+}
+#: States of a job the daemon still owes an answer (resumed on start).
+PENDING_STATES: tuple[JobState, ...] = (S.SEEN, S.RUNNING, S.ANSWERED, S.SUBMITTED)
+#: Which timing column a state stamps.
+_STAMP = {
+    S.RUNNING: "started_at",
+    S.ANSWERED: "answered_at",
+    S.SUBMITTED: "submitted_at",
+    S.CONFIRMED: "confirmed_at",
+}
+
+
+class LedgerError(BlueprintError):
+    code = "ledger_error"
+
+
+class IllegalTransitionError(LedgerError):
+    """A job was asked to move to a state its current state does not lead to."""
+
+    code = "illegal_transition"
+
+    def __init__(self, service_id: int, call_id: int, current: JobState, target: JobState) -> None:
+        super().__init__(f"job {service_id}/{call_id}: {current} -> {target} is not allowed")
+        self.current = current
+        self.target = target
+
+
+class UnknownJobError(LedgerError):
+    code = "unknown_job"
+
+    def __init__(self, service_id: int, call_id: int) -> None:
+        super().__init__(f"job {service_id}/{call_id} is not in the ledger")
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """The last log the producer has fully processed: ``log_index`` -1 means the whole block."""
+
+    block_number: int
+    block_hash: str
+    log_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One row of the jobs table."""
+
+    service_id: int
+    call_id: int
+    job_index: int
+    caller: str
+    inputs: bytes | None
+    from_quote: bool
+    block_number: int
+    block_hash: str
+    log_index: int
+    tx_hash: str
+    state: JobState
+    reason: str | None
+    result: bytes | None
+    result_hash: str | None
+    submit_tx_hash: str | None
+    attempts: int
+    seen_at: float | None
+    started_at: float | None
+    answered_at: float | None
+    submitted_at: float | None
+    confirmed_at: float | None
+
+    def to_job_call(self) -> JobCall:
+        """The job as the producer delivered it (inputs are kept until confirmed)."""
+        return JobCall(
+            service_id=self.service_id,
+            call_id=self.call_id,
+            job_index=self.job_index,
+            caller=self.caller,
+            inputs=self.inputs or b"",
+            block_number=self.block_number,
+            block_hash=self.block_hash,
+            log_index=self.log_index,
+            tx_hash=self.tx_hash,
+            from_quote=self.from_quote,
+        )
+
+
+_JOB_COLUMNS = (
+    "service_id, call_id, job_index, caller, inputs, from_quote, block_number, block_hash, log_index, "
+    "tx_hash, state, reason, result, result_hash, submit_tx_hash, attempts, seen_at, started_at, "
+    "answered_at, submitted_at, confirmed_at"
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cursor (
+    stream TEXT PRIMARY KEY,
+    block_number INTEGER NOT NULL,
+    block_hash TEXT NOT NULL,
+    log_index INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    service_id INTEGER NOT NULL,
+    call_id INTEGER NOT NULL,
+    job_index INTEGER NOT NULL,
+    caller TEXT NOT NULL,
+    inputs BLOB,
+    from_quote INTEGER NOT NULL DEFAULT 0,
+    block_number INTEGER NOT NULL,
+    block_hash TEXT NOT NULL,
+    log_index INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    result BLOB,
+    result_hash TEXT,
+    submit_tx_hash TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    seen_at REAL,
+    started_at REAL,
+    answered_at REAL,
+    submitted_at REAL,
+    confirmed_at REAL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (service_id, call_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_block ON jobs (block_number);
+"""
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    values = list(row)
+    values[5] = bool(values[5])
+    values[10] = JobState(values[10])
+    return JobRecord(*values)
+
+
+_GROUP_MAX = 512
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[], Any]
+    in_tx: bool
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(items: list[tuple[_Op, Any, BaseException | None]]) -> None:
+    for op, value, exc in items:
+        if op.future.done():
+            continue
+        if exc is not None:
+            op.future.set_exception(exc)
+        else:
+            op.future.set_result(value)
+
+
+class Ledger:
+    """The job ledger. Open with ``await Ledger.open(data_dir)``; close with ``await close()``.
+
+    Every method is a coroutine safe to call from any task. Operations run one at a time on the
+    ledger's own thread; the operations queued while it was busy run together in one transaction
+    (group commit), each under its own savepoint, so a burst costs one commit and one thread hop
+    for many jobs, and one failing operation (an illegal transition) leaves the others intact.
+    """
+
+    def __init__(self, path: Path, *, block_history: int = DEFAULT_BLOCK_HISTORY) -> None:
+        self.path = path
+        self.block_history = block_history
+        self._conn: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._worker, name="ledger", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    async def open(cls, location: str | Path, *, block_history: int = DEFAULT_BLOCK_HISTORY) -> Ledger:
+        """Open (creating if needed) the ledger. ``location`` is ``DATA_DIR`` or a ``.sqlite3`` file."""
+        path = Path(location)
+        if path.suffix not in (".sqlite3", ".db", ".sqlite"):
+            path = path / LEDGER_FILE
+        ledger = cls(path, block_history=block_history)
+        try:
+            await ledger._submit(ledger._connect, in_tx=False)
+        except BaseException:
+            await ledger.close()
+            raise
+        return ledger
+
+    async def close(self) -> None:
+        """Close the database and stop the ledger thread (idempotent)."""
+        if not self._thread.is_alive():
+            return
+        if self._conn is not None:
+            await self._submit(self._close, in_tx=False)
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join, 10.0)
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on the ledger thread, inside the current group transaction."""
+        return await self._submit(fn, in_tx=True)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(db)`` on the ledger thread, atomically (its own savepoint in the group)."""
+        return await self._submit(lambda: fn(self._db), in_tx=True)
+
+    def _submit(self, fn: Callable[[], T], *, in_tx: bool) -> asyncio.Future[T]:
+        if not self._thread.is_alive():
+            raise LedgerError("ledger is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, in_tx, future, loop))
+        return future
+
+    # --- the ledger thread --------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < _GROUP_MAX:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    self._queue.put(None)  # finish this group, then stop
+                    break
+                batch.append(op)
+            self._run_group(batch)
+
+    def _run_group(self, batch: list[_Op]) -> None:
+        done: list[tuple[_Op, Any, BaseException | None]] = []
+        in_tx = False
+        try:
+            for op in batch:
+                if op.in_tx and not in_tx and self._conn is not None:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    in_tx = True
+                if not op.in_tx and in_tx:
+                    self._db.execute("COMMIT")
+                    in_tx = False
+                if in_tx:
+                    self._db.execute("SAVEPOINT op")
+                try:
+                    value = op.fn()
+                except Exception as exc:
+                    if in_tx:
+                        self._db.execute("ROLLBACK TO op")
+                        self._db.execute("RELEASE op")
+                    done.append((op, None, exc))
+                    continue
+                if in_tx:
+                    self._db.execute("RELEASE op")
+                done.append((op, value, None))
+            if in_tx:
+                self._db.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed (disk full, I/O error): nothing stuck
+            if in_tx and self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            log.error("ledger.commit_failed", error=str(exc), ops=len(batch))
+            done = [(op, None, exc) for op in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]] = {}
+        for item in done:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, items)
+
+    # --- connection (ledger thread) -----------------------------------------------------------
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if int(version) != SCHEMA_VERSION:
+            conn.close()
+            raise LedgerError(f"ledger {self.path} has schema {version}, this build reads {SCHEMA_VERSION}")
+        self._conn = conn
+
+    def _close(self) -> None:
+        assert self._conn is not None
+        self._conn.close()
+        self._conn = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LedgerError("ledger is closed")
+        return self._conn
+
+    # --- cursor and block history -------------------------------------------------------------
+
+    async def get_cursor(self, stream: str = "jobs") -> Cursor | None:
+        """The producer's cursor, or None before the first scan."""
+
+        def read() -> Cursor | None:
+            row = self._db.execute(
+                "SELECT block_number, block_hash, log_index FROM cursor WHERE stream = ?", (stream,)
+            ).fetchone()
+            return Cursor(*row) if row else None
+
+        return await self._run(read)
+
+    async def set_cursor(self, cursor: Cursor, blocks: Iterable[tuple[int, str]] = (),
+                         stream: str = "jobs") -> None:
+        """Move the cursor (and remember block hashes) without any job."""
+        await self.record_seen((), cursor=cursor, blocks=blocks, stream=stream)
+
+    async def block_hashes(self, below_or_at: int,
+                           limit: int = DEFAULT_BLOCK_HISTORY) -> list[tuple[int, str]]:
+        """Remembered canonical (number, hash) pairs, newest first, at or below a block."""
+
+        def read() -> list[tuple[int, str]]:
+            rows = self._db.execute(
+                "SELECT number, hash FROM blocks WHERE number <= ? ORDER BY number DESC LIMIT ?",
+                (below_or_at, limit),
+            ).fetchall()
+            return [(int(n), str(h)) for n, h in rows]
+
+        return await self._run(read)
+
+    def _put_cursor(self, db: sqlite3.Connection, stream: str, cursor: Cursor) -> None:
+        db.execute(
+            "INSERT INTO cursor (stream, block_number, block_hash, log_index, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream) DO UPDATE SET "
+            "block_number = excluded.block_number, block_hash = excluded.block_hash, "
+            "log_index = excluded.log_index, updated_at = excluded.updated_at",
+            (stream, cursor.block_number, cursor.block_hash.lower(), cursor.log_index, time.time()),
+        )
+
+    def _put_blocks(self, db: sqlite3.Connection, blocks: Iterable[tuple[int, str]]) -> None:
+        rows = [(int(n), h.lower()) for n, h in blocks]
+        if not rows:
+            return
+        db.executemany("INSERT OR REPLACE INTO blocks (number, hash) VALUES (?, ?)", rows)
+        newest = max(n for n, _ in rows)
+        db.execute("DELETE FROM blocks WHERE number <= ?", (newest - self.block_history,))
+
+    # --- jobs: intake -------------------------------------------------------------------------
+
+    async def record_seen(
+        self,
+        jobs: Sequence[JobCall],
+        *,
+        cursor: Cursor | None = None,
+        blocks: Iterable[tuple[int, str]] = (),
+        scanned: tuple[int, int, int] | None = None,
+        stream: str = "jobs",
+    ) -> list[JobCall]:
+        """Record jobs read from logs, and optionally the new cursor, in one transaction.
+
+        Idempotent: a job already known is not returned again (a re-delivered log is a no-op,
+        though its block fields follow the chain if it moved to another block). An ``orphaned``
+        job that reappears goes back to ``seen`` and is returned. Returns the jobs to deliver.
+
+        ``scanned=(service_id, first, last)`` says ``jobs`` are *all* that service's job logs in
+        that canonical block range: a known job of the service recorded in the range but absent
+        from ``jobs`` (seen earlier on a fork, e.g. pushed by a subscription just before a reorg)
+        is orphaned.
+        """
+        blocks = list(blocks)
+
+        def write(db: sqlite3.Connection) -> list[JobCall]:
+            now = time.time()
+            fresh: list[JobCall] = []
+            for job in jobs:
+                row = db.execute(
+                    "SELECT state, block_hash, log_index FROM jobs WHERE service_id = ? AND call_id = ?",
+                    (job.service_id, job.call_id),
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO jobs (service_id, call_id, job_index, caller, inputs, from_quote, "
+                        "block_number, block_hash, log_index, tx_hash, state, seen_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (job.service_id, job.call_id, job.job_index, job.caller, job.inputs,
+                         int(job.from_quote), job.block_number, job.block_hash.lower(), job.log_index,
+                         job.tx_hash.lower(), S.SEEN.value, now, now),
+                    )
+                    fresh.append(job)
+                    continue
+                state = JobState(row[0])
+                moved = row[1] != job.block_hash.lower() or row[2] != job.log_index
+                if state is S.ORPHANED:
+                    db.execute(
+                        "UPDATE jobs SET state = ?, reason = NULL, job_index = ?, caller = ?, inputs = ?, "
+                        "block_number = ?, block_hash = ?, log_index = ?, tx_hash = ?, seen_at = ?, "
+                        "updated_at = ? WHERE service_id = ? AND call_id = ?",
+                        (S.SEEN.value, job.job_index, job.caller, job.inputs, job.block_number,
+                         job.block_hash.lower(), job.log_index, job.tx_hash.lower(), now, now,
+                         job.service_id, job.call_id),
+                    )
+                    fresh.append(job)
+                elif moved:
+                    db.execute(
+                        "UPDATE jobs SET block_number = ?, block_hash = ?, log_index = ?, tx_hash = ?, "
+                        "updated_at = ? WHERE service_id = ? AND call_id = ?",
+                        (job.block_number, job.block_hash.lower(), job.log_index, job.tx_hash.lower(), now,
+                         job.service_id, job.call_id),
+                    )
+            if scanned is not None:
+                found = {(j.service_id, j.call_id) for j in jobs}
+                rows = db.execute(
+                    "SELECT service_id, call_id FROM jobs WHERE service_id = ? "
+                    "AND block_number BETWEEN ? AND ? AND state != ?",
+                    (*scanned, S.ORPHANED.value),
+                ).fetchall()
+                gone = [(int(s), int(c)) for s, c in rows if (int(s), int(c)) not in found]
+                if gone:
+                    log.warning("ledger.orphaned_not_in_chain", jobs=gone, first=scanned[1], last=scanned[2])
+                db.executemany(
+                    "UPDATE jobs SET state = ?, reason = 'not in canonical chain', updated_at = ? "
+                    "WHERE service_id = ? AND call_id = ?",
+                    [(S.ORPHANED.value, now, s, c) for s, c in gone],
+                )
+            if cursor is not None:
+                self._put_cursor(db, stream, cursor)
+            self._put_blocks(db, blocks)
+            return fresh
+
+        return await self._write(write)
+
+    async def rewind(
+        self,
+        ancestor: Cursor,
+        *,
+        service_id: int | None = None,
+        keep: Iterable[tuple[int, int]] = (),
+        stream: str = "jobs",
+    ) -> list[tuple[int, int]]:
+        """A reorg: move the cursor back to the common ancestor and orphan the jobs of later blocks.
+
+        ``keep`` lists (service_id, call_id) pairs already found again in the new chain: those are
+        not orphaned. Only ``service_id``'s jobs when given. Forgets the block hashes above the
+        ancestor. Returns the orphaned pairs.
+        """
+        keep_set = {(int(s), int(c)) for s, c in keep}
+
+        def write(db: sqlite3.Connection) -> list[tuple[int, int]]:
+            now = time.time()
+            sql = "SELECT service_id, call_id FROM jobs WHERE block_number > ? AND state != ?"
+            args: list[Any] = [ancestor.block_number, S.ORPHANED.value]
+            if service_id is not None:
+                sql += " AND service_id = ?"
+                args.append(service_id)
+            rows = db.execute(sql, args).fetchall()
+            orphaned = [(int(s), int(c)) for s, c in rows if (int(s), int(c)) not in keep_set]
+            db.executemany(
+                "UPDATE jobs SET state = ?, reason = 'reorg', updated_at = ? "
+                "WHERE service_id = ? AND call_id = ?",
+                [(S.ORPHANED.value, now, s, c) for s, c in orphaned],
+            )
+            db.execute("DELETE FROM blocks WHERE number > ?", (ancestor.block_number,))
+            self._put_cursor(db, stream, ancestor)
+            return orphaned
+
+        return await self._write(write)
+
+    async def orphan_if_in_block(self, service_id: int, call_id: int, block_hash: str) -> bool:
+        """Orphan a job whose log a node reported ``removed`` (only if it is still from that block)."""
+
+        def write(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, reason = 'removed log', updated_at = ? "
+                "WHERE service_id = ? AND call_id = ? AND block_hash = ? AND state != ?",
+                (S.ORPHANED.value, time.time(), service_id, call_id, block_hash.lower(), S.ORPHANED.value),
+            )
+            return cur.rowcount > 0
+
+        return await self._write(write)
+
+    # --- jobs: life cycle ---------------------------------------------------------------------
+
+    async def transition(
+        self,
+        service_id: int,
+        call_id: int,
+        target: JobState,
+        *,
+        reason: str | None = None,
+        result: bytes | None = None,
+        tx_hash: str | None = None,
+    ) -> JobRecord:
+        """Move one job to ``target`` (checked against :data:`ALLOWED`) and return the new row."""
+        records = await self.transition_many([(service_id, call_id)], target, reason=reason, result=result,
+                                             tx_hash=tx_hash)
+        return records[0]
+
+    async def transition_many(
+        self,
+        keys: Sequence[tuple[int, int]],
+        target: JobState,
+        *,
+        reason: str | None = None,
+        result: bytes | None = None,
+        tx_hash: str | None = None,
+    ) -> list[JobRecord]:
+        """Move several jobs at once (one transaction; all or none). See :meth:`transition`.
+
+        ``answered`` stores ``result`` and its sha256; ``submitted`` stores ``tx_hash`` and counts
+        an attempt; ``confirmed`` drops the inputs and result bytes (no longer needed; the hash
+        stays); ``failed`` and ``orphaned`` store ``reason``.
+        """
+        target = JobState(target)
+
+        def write(db: sqlite3.Connection) -> list[JobRecord]:
+            now = time.time()
+            out: list[JobRecord] = []
+            for service_id, call_id in keys:
+                current = self._state(db, service_id, call_id)
+                if target not in ALLOWED[current]:
+                    raise IllegalTransitionError(service_id, call_id, current, target)
+                self._apply(db, service_id, call_id, target, now, reason=reason, result=result,
+                            tx_hash=tx_hash)
+                out.append(self._get(db, service_id, call_id))  # type: ignore[arg-type]
+            return out
+
+        return await self._write(write)
+
+    async def prepare_answer(self, service_id: int, call_id: int, result: bytes) -> JobRecord:
+        """Store ``result`` as the job's answer, in one step, and return the row.
+
+        ``seen``/``running`` jobs become ``answered``; a ``submitted`` job (resumed after a
+        restart) goes back to ``answered`` to be sent again; an ``answered`` job gets the new
+        bytes. ``orphaned``, ``confirmed`` and ``failed`` jobs are returned unchanged: the caller
+        must not send them.
+        """
+
+        def write(db: sqlite3.Connection) -> JobRecord:
+            current = self._state(db, service_id, call_id)
+            if current in (S.SEEN, S.RUNNING, S.SUBMITTED, S.ANSWERED):
+                self._apply(db, service_id, call_id, S.ANSWERED, time.time(), result=result)
+            return self._get(db, service_id, call_id)  # type: ignore[return-value]
+
+        return await self._write(write)
+
+    @staticmethod
+    def _state(db: sqlite3.Connection, service_id: int, call_id: int) -> JobState:
+        row = db.execute(
+            "SELECT state FROM jobs WHERE service_id = ? AND call_id = ?", (service_id, call_id)
+        ).fetchone()
+        if row is None:
+            raise UnknownJobError(service_id, call_id)
+        return JobState(row[0])
+
+    @staticmethod
+    def _apply(db: sqlite3.Connection, service_id: int, call_id: int, target: JobState, now: float, *,
+               reason: str | None = None, result: bytes | None = None, tx_hash: str | None = None) -> None:
+        sets = ["state = ?", "updated_at = ?"]
+        args: list[Any] = [target.value, now]
+        if target in _STAMP:
+            sets.append(f"{_STAMP[target]} = ?")
+            args.append(now)
+        if target is S.ANSWERED:
+            if result is None:
+                raise LedgerError("an answered job needs its result bytes")
+            sets += ["result = ?", "result_hash = ?", "reason = NULL"]
+            args += [result, "0x" + hashlib.sha256(result).hexdigest()]
+        elif target is S.SUBMITTED:
+            sets += ["submit_tx_hash = ?", "attempts = attempts + 1"]
+            args.append(tx_hash.lower() if tx_hash else None)
+        elif target is S.CONFIRMED:
+            sets += ["inputs = NULL", "result = NULL", "reason = ?"]
+            args.append(reason)
+            if tx_hash:
+                sets.append("submit_tx_hash = ?")
+                args.append(tx_hash.lower())
+        elif target in (S.FAILED, S.ORPHANED, S.SEEN):
+            sets.append("reason = ?")
+            args.append(reason)
+        db.execute(
+            f"UPDATE jobs SET {', '.join(sets)} WHERE service_id = ? AND call_id = ?",
+            (*args, service_id, call_id),
+        )
+
+    async def mark_running(self, service_id: int, call_id: int) -> JobRecord:
+        return await self.transition(service_id, call_id, S.RUNNING)
+
+    async def mark_answered(self, service_id: int, call_id: int, result: bytes) -> JobRecord:
+        return await self.transition(service_id, call_id, S.ANSWERED, result=result)
+
+    async def mark_submitted(self, service_id: int, call_id: int, tx_hash: str) -> JobRecord:
+        return await self.transition(service_id, call_id, S.SUBMITTED, tx_hash=tx_hash)
+
+    async def mark_confirmed(self, service_id: int, call_id: int, *, tx_hash: str | None = None,
+                             note: str | None = None) -> JobRecord:
+        return await self.transition(service_id, call_id, S.CONFIRMED, tx_hash=tx_hash, reason=note)
+
+    async def mark_failed(self, service_id: int, call_id: int, reason: str) -> JobRecord:
+        return await self.transition(service_id, call_id, S.FAILED, reason=reason)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, service_id: int, call_id: int) -> JobRecord | None:
+        row = db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE service_id = ? AND call_id = ?", (service_id, call_id)
+        ).fetchone()
+        return _record(row) if row else None
+
+    async def get(self, service_id: int, call_id: int) -> JobRecord | None:
+        return await self._run(lambda: self._get(self._db, service_id, call_id))
+
+    async def pending_on_start(self, service_id: int | None = None) -> list[JobRecord]:
+        """Jobs seen but not finished (seen, running, answered, submitted), oldest first.
+
+        The daemon resumes each: it checks on chain that the job is not already answered
+        (:meth:`Consumer.is_answered_on_chain`), then runs it (seen/running) or resubmits its
+        stored result (answered/submitted).
+        """
+        marks = ", ".join("?" for _ in PENDING_STATES)
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"
+        args: list[Any] = [s.value for s in PENDING_STATES]
+        if service_id is not None:
+            sql += " AND service_id = ?"
+            args.append(service_id)
+        sql += " ORDER BY block_number, log_index"
+        return await self._run(lambda: [_record(r) for r in self._db.execute(sql, args).fetchall()])
+
+    async def jobs(self, state: JobState | None = None, limit: int = 10_000) -> list[JobRecord]:
+        """Jobs (in one state, if given), oldest first."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        args: list[Any] = []
+        if state is not None:
+            sql += " WHERE state = ?"
+            args.append(JobState(state).value)
+        sql += " ORDER BY block_number, log_index LIMIT ?"
+        args.append(limit)
+        return await self._run(lambda: [_record(r) for r in self._db.execute(sql, args).fetchall()])
+
+    async def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (all states present, zero if none)."""
+
+        def read() -> dict[JobState, int]:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+            out = dict.fromkeys(JobState, 0)
+            out.update({JobState(s): int(n) for s, n in rows})
+            return out
+
+        return await self._run(read)

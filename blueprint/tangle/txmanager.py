@@ -1,0 +1,330 @@
+"""The operator key's transaction manager: one nonce sequence, EIP-1559 fees, simulate, send,
+wait, bump.
+
+Why one manager per key: results are submitted concurrently, and two tasks that each asked the
+node for a nonce would collide. Nonces are assigned locally, under a lock that also covers
+signing and broadcasting, so they go out in order with no gap. When the node says the nonce is
+wrong ("nonce too low": someone else used the key), the sequence is re-read from
+``eth_getTransactionCount(pending)`` and the transaction is sent again.
+
+Every transaction is first simulated with ``eth_call`` (a revert is decoded with the TNT Core
+custom errors and raised as :class:`TxRevertedError`, nothing is spent). Gas is a generous fixed
+limit, not ``estimateGas``: TNT Core's best-effort result hook runs with a 500k stipend, and an
+estimate that only just covers the outer call starves it silently (``../shared/tnt-core/README.md``).
+
+A transaction still unmined after ``bump_after`` seconds is re-signed with the same nonce and
+fees raised by ``bump_factor`` (at least +10%, which nodes require for a replacement); the wait
+watches every hash it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
+
+from blueprint.errors import BlueprintError
+from blueprint.tangle.abi import DecodedRevert, decode_revert, revert_data_of
+
+log = structlog.get_logger(__name__)
+
+_NONCE_ERRORS = ("nonce too low", "nonce too high", "already known", "known transaction",
+                 "replacement transaction underpriced", "invalid nonce", "nonce has already been used")
+
+
+class TxError(BlueprintError):
+    code = "tx_error"
+
+
+class TxRevertedError(TxError):
+    """The transaction reverts (in simulation or on chain); ``revert`` says why."""
+
+    code = "tx_reverted"
+
+    def __init__(self, revert: DecodedRevert, *, tx_hash: str | None = None) -> None:
+        where = f" in {tx_hash}" if tx_hash else " in simulation"
+        super().__init__(f"reverted{where}: {revert}")
+        self.revert = revert
+        self.tx_hash = tx_hash
+
+
+class TxReplacedError(TxError):
+    """Our nonce was used by a transaction we did not send (the key is shared): send again."""
+
+    code = "tx_replaced"
+
+
+class TxTimeoutError(TxError):
+    code = "tx_timeout"
+
+
+@dataclass
+class SentTx:
+    """A broadcast transaction; ``hashes`` holds every version (bumps) sent with its nonce."""
+
+    nonce: int
+    to: str
+    data: bytes
+    gas: int
+    max_fee: int
+    priority_fee: int
+    hashes: list[str] = field(default_factory=list)
+    sent_at: float = 0.0
+
+    @property
+    def tx_hash(self) -> str:
+        """The latest version's hash."""
+        return self.hashes[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    tx_hash: str
+    status: int
+    block_number: int
+    gas_used: int
+    logs: list[Any]
+
+
+def _is_nonce_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _NONCE_ERRORS)
+
+
+class TxManager:
+    """Sends the operator's transactions.
+
+    Args:
+        w3: an ``AsyncWeb3`` over HTTP (or WebSocket) to the chain.
+        account: the operator's local account (signs; never leaves the process).
+        chain_id: read from the node when None.
+        gas_limit: default gas for a transaction when the caller gives none.
+        min_priority_fee: floor of the tip in wei (the node's suggestion is used when higher).
+        max_fee_cap: never offer more than this per gas (wei), bumps included; None: no cap.
+        bump_after: seconds without a receipt before re-sending with higher fees.
+        bump_factor: fee multiplier per bump (>= 1.1).
+        max_bumps: how many times one nonce is bumped.
+        receipt_timeout: seconds :meth:`wait` waits in all before TxTimeoutError.
+        fee_ttl: seconds the base fee and tip are cached (one RPC per this period, not per tx).
+    """
+
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        account: LocalAccount,
+        *,
+        chain_id: int | None = None,
+        gas_limit: int = 3_000_000,
+        min_priority_fee: int = 0,
+        max_fee_cap: int | None = None,
+        bump_after: float = 20.0,
+        bump_factor: float = 1.125,
+        max_bumps: int = 5,
+        receipt_timeout: float = 300.0,
+        fee_ttl: float = 2.0,
+    ) -> None:
+        if bump_factor < 1.1:
+            raise ValueError("bump_factor must be at least 1.1 (nodes refuse smaller replacements)")
+        self.w3 = w3
+        self.account = account
+        self.address = account.address
+        self.chain_id = chain_id
+        self.gas_limit = gas_limit
+        self.min_priority_fee = min_priority_fee
+        self.max_fee_cap = max_fee_cap
+        self.bump_after = bump_after
+        self.bump_factor = bump_factor
+        self.max_bumps = max_bumps
+        self.receipt_timeout = receipt_timeout
+        self.fee_ttl = fee_ttl
+        self._nonce: int | None = None
+        self._lock = asyncio.Lock()
+        self._fees: tuple[int, int] | None = None
+        self._fees_at = 0.0
+
+    # --- reading the chain --------------------------------------------------------------------
+
+    async def resync_nonce(self) -> int:
+        """Re-read the next nonce from the node (``pending`` counts the mempool)."""
+        self._nonce = await self.w3.eth.get_transaction_count(self.address, "pending")
+        return self._nonce
+
+    async def fees(self) -> tuple[int, int]:
+        """``(max_fee_per_gas, max_priority_fee_per_gas)``: 2 x base fee + tip, cached briefly."""
+        now = time.monotonic()
+        if self._fees is None or now - self._fees_at > self.fee_ttl:
+            block = await self.w3.eth.get_block("latest")
+            base = int(block.get("baseFeePerGas") or 0)
+            try:
+                tip = int(await self.w3.eth.max_priority_fee)
+            except (Web3RPCError, ValueError):
+                tip = 0
+            tip = max(tip, self.min_priority_fee)
+            max_fee = 2 * base + tip
+            if self.max_fee_cap is not None:
+                max_fee = min(max_fee, self.max_fee_cap)
+                tip = min(tip, max_fee)
+            self._fees = (max_fee, tip)
+            self._fees_at = now
+        return self._fees
+
+    async def simulate(self, to: str, data: bytes, *, gas: int | None = None) -> bytes:
+        """``eth_call`` the transaction from the operator; TxRevertedError with the decoded reason."""
+        try:
+            return bytes(await self.w3.eth.call(
+                {"from": self.address, "to": to, "data": data, "gas": gas or self.gas_limit}, "pending"
+            ))
+        except (ContractCustomError, ContractLogicError) as exc:
+            raise TxRevertedError(decode_revert(revert_data_of(exc))) from exc
+        except Web3RPCError as exc:
+            data_bytes = revert_data_of(exc)
+            if data_bytes is not None or "revert" in str(exc).lower():
+                raise TxRevertedError(decode_revert(data_bytes)) from exc
+            raise
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def send(self, to: str, data: bytes, *, gas: int | None = None, simulate: bool = True) -> SentTx:
+        """Simulate (unless told not to), then sign and broadcast with the next nonce.
+
+        Returns once the node accepted the transaction; :meth:`wait` gets the receipt.
+        """
+        if simulate:
+            await self.simulate(to, data, gas=gas)
+        if self.chain_id is None:
+            self.chain_id = await self.w3.eth.chain_id
+        max_fee, tip = await self.fees()
+        gas = gas or self.gas_limit
+        for attempt in range(4):
+            async with self._lock:
+                if self._nonce is None:
+                    await self.resync_nonce()
+                assert self._nonce is not None
+                sent = SentTx(nonce=self._nonce, to=to, data=data, gas=gas, max_fee=max_fee, priority_fee=tip)
+                try:
+                    await self._broadcast(sent)
+                except Web3RPCError as exc:
+                    if not _is_nonce_error(exc) or attempt == 3:
+                        # the nonce may or may not be consumed: ask the node next time
+                        self._nonce = None
+                        raise
+                    fresh = await self.resync_nonce()
+                    log.warning("tx.nonce_resync", error=str(exc), nonce=fresh, attempt=attempt)
+                    continue
+                except BaseException:
+                    self._nonce = None
+                    raise
+                self._nonce += 1
+                return sent
+        raise TxError("could not find a usable nonce")  # pragma: no cover (loop always returns/raises)
+
+    async def _broadcast(self, sent: SentTx) -> None:
+        tx = {
+            "type": 2,
+            "chainId": self.chain_id,
+            "nonce": sent.nonce,
+            "to": sent.to,
+            "data": sent.data,
+            "value": 0,
+            "gas": sent.gas,
+            "maxFeePerGas": sent.max_fee,
+            "maxPriorityFeePerGas": sent.priority_fee,
+        }
+        signed = self.account.sign_transaction(tx)
+        tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        sent.hashes.append("0x" + bytes(tx_hash).hex())
+        sent.sent_at = time.monotonic()
+
+    async def _bump(self, sent: SentTx) -> bool:
+        """Re-send ``sent`` with the same nonce and higher fees; False if the nonce is gone."""
+        new_tip = max(math.ceil(sent.priority_fee * self.bump_factor), sent.priority_fee + 1)
+        new_max = max(math.ceil(sent.max_fee * self.bump_factor), sent.max_fee + 1, new_tip)
+        if self.max_fee_cap is not None and new_max > self.max_fee_cap:
+            log.warning("tx.bump_capped", nonce=sent.nonce, max_fee_cap=self.max_fee_cap)
+            return True
+        old = (sent.max_fee, sent.priority_fee)
+        sent.max_fee, sent.priority_fee = new_max, new_tip
+        try:
+            await self._broadcast(sent)
+        except Web3RPCError as exc:
+            sent.max_fee, sent.priority_fee = old
+            if _is_nonce_error(exc):
+                return False
+            raise
+        log.info("tx.bumped", nonce=sent.nonce, tx_hash=sent.tx_hash, max_fee=new_max, tip=new_tip)
+        return True
+
+    async def wait(self, sent: SentTx, *, limit: float | None = None) -> Receipt:
+        """The receipt of whichever version of ``sent`` was mined; bumps fees while it is stuck.
+
+        Raises TxReplacedError when the nonce was consumed by a transaction we did not send, and
+        TxTimeoutError past ``limit`` seconds (default ``receipt_timeout``).
+        """
+        deadline = time.monotonic() + (limit if limit is not None else self.receipt_timeout)
+        delay = 0.01
+        bumps = 0
+        last_send = sent.sent_at or time.monotonic()
+        while True:
+            for tx_hash in reversed(sent.hashes):
+                try:
+                    receipt = await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                except TransactionNotFound:
+                    continue
+                return Receipt(
+                    tx_hash=tx_hash,
+                    status=int(receipt["status"]),
+                    block_number=int(receipt["blockNumber"]),
+                    gas_used=int(receipt["gasUsed"]),
+                    logs=list(receipt["logs"]),
+                )
+            now = time.monotonic()
+            if now >= deadline:
+                raise TxTimeoutError(f"no receipt for nonce {sent.nonce} ({sent.tx_hash})")
+            if now - last_send >= self.bump_after:
+                mined = await self.w3.eth.get_transaction_count(self.address, "latest")
+                if mined > sent.nonce:
+                    # the nonce is used; give our hashes one more look before calling it replaced
+                    await asyncio.sleep(delay)
+                    if not await self._any_receipt(sent):
+                        raise TxReplacedError(f"nonce {sent.nonce} was used by another transaction")
+                    continue
+                if bumps < self.max_bumps and not await self._bump(sent):
+                    if not await self._any_receipt(sent):
+                        raise TxReplacedError(f"nonce {sent.nonce} was used by another transaction")
+                    continue
+                bumps += 1
+                last_send = time.monotonic()
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
+    async def _any_receipt(self, sent: SentTx) -> bool:
+        for tx_hash in sent.hashes:
+            try:
+                await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                return True
+            except TransactionNotFound:
+                continue
+        return False
+
+    async def send_and_wait(self, to: str, data: bytes, *, gas: int | None = None) -> Receipt:
+        """Simulate, send and wait; a mined revert raises TxRevertedError with the reason."""
+        sent = await self.send(to, data, gas=gas)
+        receipt = await self.wait(sent)
+        if receipt.status != 1:
+            raise TxRevertedError(await self.revert_reason(to, data, gas=gas), tx_hash=receipt.tx_hash)
+        return receipt
+
+    async def revert_reason(self, to: str, data: bytes, *, gas: int | None = None) -> DecodedRevert:
+        """Why the transaction reverts now (re-simulated), or EmptyRevert if it no longer does."""
+        try:
+            await self.simulate(to, data, gas=gas)
+        except TxRevertedError as exc:
+            return exc.revert
+        return DecodedRevert("EmptyRevert")

@@ -1,0 +1,244 @@
+"""The consumer and transaction manager on anvil with the real TNT Core contracts: results land,
+concurrent submissions share one nonce sequence, batches split around a bad job, a foreign tx
+from the operator key is recovered from, and a second result counts as done."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from eth_abi import decode, encode
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from blueprint.tangle.chain import ChainClient
+from blueprint.tangle.consumer import Consumer, encode_submit_result
+from blueprint.tangle.devnet import Anvil
+from blueprint.tangle.ledger import JobState, Ledger
+from blueprint.tangle.producer import Producer
+from blueprint.tangle.setup import DevService, submit_job, submit_jobs
+from blueprint.tangle.txmanager import TxManager, TxRevertedError
+from blueprint.tangle.types import JobCall, JobResult
+
+pytestmark = pytest.mark.chain
+
+
+def inputs(n: int) -> bytes:
+    return encode(["string", "uint32", "string"], ["tiny", 8, f'{{"prompt": "job {n}"}}'])
+
+
+async def eventually(condition: Callable[[], bool], within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {within}s")
+
+
+def output(n: int) -> bytes:
+    return encode(["string"], [f'{{"answer": {n}}}'])
+
+
+@pytest.fixture
+async def w3(anvil: Anvil) -> AsyncIterator[AsyncWeb3]:
+    web3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
+    try:
+        yield web3
+    finally:
+        await web3.provider.disconnect()
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    led = await Ledger.open(tmp_path)
+    try:
+        yield led
+    finally:
+        await led.close()
+
+
+@pytest.fixture
+def txm(w3: AsyncWeb3, dev_service: DevService) -> TxManager:
+    return TxManager(w3, dev_service.operator.account, bump_after=5.0, receipt_timeout=30.0)
+
+
+@pytest.fixture
+async def consumer(ledger: Ledger, txm: TxManager, dev_service: DevService) -> AsyncIterator[Consumer]:
+    async with Consumer(ledger, txm, dev_service.tangle_contract, retry_for=10.0) as c:
+        yield c
+
+
+async def seen_jobs(ledger: Ledger, w3: AsyncWeb3, service: DevService, call_ids: list[int]) -> list[JobCall]:
+    """Put the jobs in the ledger the way the daemon does: through the producer."""
+    first = min(call_ids)
+    start = max(0, int(await w3.eth.block_number) - 2 * len(call_ids) - 2)  # one block per job tx
+    producer = Producer(ledger, w3, tangle_address=service.tangle_contract, service_id=service.service_id,
+                        start_block=start)
+    await producer.scan_once()
+    jobs = []
+    while producer.pending():
+        job = await producer.get()
+        if job.call_id >= first:
+            jobs.append(job)
+    return [j for j in jobs if j.call_id in call_ids]
+
+
+async def test_result_lands_and_is_read_back(
+    ledger: Ledger, w3: AsyncWeb3, consumer: Consumer, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    sid = dev_service.service_id
+    call_id = await submit_job(chain_client, dev_service.owner, sid, 0, inputs(1))
+    (job,) = await seen_jobs(ledger, w3, dev_service, [call_id])
+    assert not await consumer.is_answered_on_chain(sid, call_id)
+    outcome = await consumer.submit(JobResult(sid, call_id, output(1)))
+    assert outcome.status == "confirmed" and outcome.tx_hash
+    (found,) = await chain_client.result_logs(sid, call_id, dev_service.operator.address)
+    assert decode(["string"], found.output) == ('{"answer": 1}',)
+    record = await ledger.get(sid, call_id)
+    assert record is not None and record.state is JobState.CONFIRMED
+    assert record.submit_tx_hash == outcome.tx_hash
+    assert record.submitted_at is not None and record.confirmed_at is not None
+    assert await consumer.is_answered_on_chain(sid, call_id, from_block=job.block_number)
+
+
+async def test_second_result_counts_as_done(
+    ledger: Ledger, w3: AsyncWeb3, consumer: Consumer, txm: TxManager, chain_client: ChainClient,
+    dev_service: DevService,
+) -> None:
+    sid = dev_service.service_id
+    call_id = await submit_job(chain_client, dev_service.owner, sid, 0, inputs(2))
+    await seen_jobs(ledger, w3, dev_service, [call_id])
+    # the answer lands behind the consumer's back (say, before a crash the ledger never saw)
+    await txm.send_and_wait(dev_service.tangle_contract, encode_submit_result(sid, call_id, output(2)))
+    with pytest.raises(TxRevertedError) as info:
+        await txm.simulate(dev_service.tangle_contract, encode_submit_result(sid, call_id, output(2)))
+    assert info.value.revert.name in ("ResultAlreadySubmitted", "JobAlreadyCompleted")
+    assert await consumer.is_answered_on_chain(sid, call_id)
+    outcome = await consumer.submit(JobResult(sid, call_id, output(2)))
+    assert outcome.status == "already_answered"
+    record = await ledger.get(sid, call_id)
+    assert record is not None and record.state is JobState.CONFIRMED
+    assert record.reason == info.value.revert.name
+    assert len(await chain_client.result_logs(sid, call_id)) == 1
+
+
+async def test_concurrent_singles_share_one_nonce_sequence(
+    ledger: Ledger, w3: AsyncWeb3, txm: TxManager, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    sid = dev_service.service_id
+    ids = await submit_jobs(chain_client, dev_service.owner, sid, [(0, inputs(i)) for i in range(8)])
+    await seen_jobs(ledger, w3, dev_service, ids)
+    start_nonce = await w3.eth.get_transaction_count(dev_service.operator.address)
+    async with Consumer(ledger, txm, dev_service.tangle_contract, batch_window=0, max_batch=1) as single:
+        outcomes = await asyncio.gather(*(single.submit(JobResult(sid, c, output(c))) for c in ids))
+    assert [o.status for o in outcomes] == ["confirmed"] * 8
+    assert len({o.tx_hash for o in outcomes}) == 8
+    nonces = sorted([int((await w3.eth.get_transaction(o.tx_hash))["nonce"]) for o in outcomes])
+    assert nonces == list(range(start_nonce, start_nonce + 8))
+    for c in ids:
+        assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
+
+
+async def test_batch_splits_around_a_bad_job(
+    ledger: Ledger, w3: AsyncWeb3, txm: TxManager, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    sid = dev_service.service_id
+    ids = await submit_jobs(chain_client, dev_service.owner, sid, [(1, inputs(i)) for i in range(4)])
+    await seen_jobs(ledger, w3, dev_service, ids)
+    async with Consumer(ledger, txm, dev_service.tangle_contract, batch_window=0.05, max_batch=16) as batched:
+        good = await asyncio.gather(*(batched.submit(JobResult(sid, c, output(c))) for c in ids[:2]))
+        assert [o.status for o in good] == ["confirmed"] * 2
+        assert good[0].tx_hash == good[1].tx_hash  # one submitResults for both
+        # a job the chain does not know, batched with two good ones: the batch reverts in
+        # simulation, is split, and only the bad one fails (with a decoded reason)
+        zero = "0x" + "00" * 32
+        ghost = JobCall(sid, 10**9, 0, dev_service.owner.address, b"", 1, zero, 0, zero)
+        await ledger.record_seen([ghost])
+        mixed = await asyncio.gather(*(batched.submit(JobResult(sid, c, output(c)))
+                                       for c in [ids[2], 10**9, ids[3]]))
+    assert [o.status for o in mixed] == ["confirmed", "failed", "confirmed"]
+    assert mixed[1].reason and "Unknown" not in mixed[1].reason
+    failed = await ledger.get(sid, 10**9)
+    assert failed is not None and failed.state is JobState.FAILED and failed.reason == mixed[1].reason
+    for c in ids:
+        assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
+
+
+async def test_recovers_when_someone_else_uses_the_key(
+    ledger: Ledger, w3: AsyncWeb3, consumer: Consumer, txm: TxManager, chain_client: ChainClient,
+    dev_service: DevService,
+) -> None:
+    sid = dev_service.service_id
+    ids = await submit_jobs(chain_client, dev_service.owner, sid, [(0, inputs(i)) for i in range(3)])
+    await seen_jobs(ledger, w3, dev_service, ids)
+    first = await consumer.submit(JobResult(sid, ids[0], output(0)))
+    assert first.status == "confirmed"
+    # another process sends two transactions from the operator key: our cached nonce is stale
+    account = dev_service.operator.account
+    for _ in range(2):
+        nonce = await w3.eth.get_transaction_count(account.address, "pending")
+        signed = account.sign_transaction({
+            "type": 2, "chainId": await w3.eth.chain_id, "nonce": nonce, "to": account.address, "value": 0,
+            "gas": 21_000, "maxFeePerGas": 10**9, "maxPriorityFeePerGas": 0,
+        })
+        await w3.eth.wait_for_transaction_receipt(await w3.eth.send_raw_transaction(signed.raw_transaction))
+    outcomes = await asyncio.gather(*(consumer.submit(JobResult(sid, c, output(c))) for c in ids[1:]))
+    assert [o.status for o in outcomes] == ["confirmed", "confirmed"]
+    for c in ids:
+        assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
+
+
+async def test_stuck_transaction_is_bumped_with_the_same_nonce(
+    w3: AsyncWeb3, anvil: Anvil, dev_service: DevService
+) -> None:
+    txm = TxManager(w3, dev_service.operator.account, bump_after=0.2, receipt_timeout=10.0)
+    anvil.rpc("evm_setAutomine", [False])
+    try:
+        sent = await txm.send(dev_service.operator.address, b"", gas=30_000, simulate=False)
+        first_fees = (sent.max_fee, sent.priority_fee)
+        waiter = asyncio.create_task(txm.wait(sent))
+        # not mined: the manager re-sends it with higher fees
+        await eventually(lambda: len(sent.hashes) >= 2, within=5)
+        anvil.rpc("evm_mine", [])
+        receipt = await asyncio.wait_for(waiter, 5)
+    finally:
+        anvil.rpc("evm_setAutomine", [True])
+    assert receipt.status == 1
+    assert receipt.tx_hash in sent.hashes[1:]  # the bumped version was mined
+    mined = await w3.eth.get_transaction(receipt.tx_hash)
+    assert mined["nonce"] == sent.nonce
+    assert int(mined["maxFeePerGas"]) >= 1.1 * first_fees[0] and int(mined["maxFeePerGas"]) > first_fees[0]
+    assert int(mined["maxPriorityFeePerGas"]) >= 1.1 * first_fees[1]
+
+
+async def test_resume_after_restart(
+    ledger: Ledger, w3: AsyncWeb3, txm: TxManager, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    sid = dev_service.service_id
+    ids = await submit_jobs(chain_client, dev_service.owner, sid, [(0, inputs(i)) for i in range(4)])
+    await seen_jobs(ledger, w3, dev_service, ids)
+    answered, submitted, done_on_chain, running = ids
+    # the state a crash left: one answer stored, one sent (but unconfirmed), one answered on
+    # chain that the ledger never heard of, one half-run
+    await ledger.mark_answered(sid, answered, output(0))
+    await ledger.mark_answered(sid, submitted, output(1))
+    await ledger.mark_submitted(sid, submitted, "0x" + "00" * 32)
+    await txm.send_and_wait(dev_service.tangle_contract, encode_submit_result(sid, done_on_chain, output(2)))
+    await ledger.mark_running(sid, running)
+    async with Consumer(ledger, txm, dev_service.tangle_contract) as consumer:
+        rerun = await consumer.resume(sid)
+        assert [j.call_id for j in rerun] == [running]
+        assert (await ledger.get(sid, running)).state is JobState.SEEN  # type: ignore[union-attr]
+        assert (await ledger.get(sid, done_on_chain)).state is JobState.CONFIRMED  # type: ignore[union-attr]
+        for _ in range(200):  # the resubmissions run in the background
+            states = {(await ledger.get(sid, c)).state for c in (answered, submitted)}  # type: ignore[union-attr]
+            if states == {JobState.CONFIRMED}:
+                break
+            await asyncio.sleep(0.05)
+        assert states == {JobState.CONFIRMED}
+    for c in (answered, submitted, done_on_chain):
+        assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
+    assert await chain_client.result_logs(sid, running) == []
