@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from blueprint.errors import InvalidRequestError, ModelNotFoundError
@@ -18,6 +18,7 @@ from blueprint.llm.types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatMessage,
     Completion,
     CompletionChunk,
     CompletionRequest,
@@ -183,3 +184,9 @@ class LlmClient(ABC):
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         raise InvalidRequestError(f"Node {self.name!r} does not serve embeddings.",
                                   code="unsupported_endpoint")
+
+    async def count_tokens(self, prompt: str | Sequence[ChatMessage]) -> int | None:
+        """Prompt tokens of a text (as a completion/embedding input) or of chat messages (with
+        the chat template), exactly as this node would count them; None when the node cannot
+        tell (remote servers). Signed quotes price prompts with it."""
+        return None

@@ -1,0 +1,502 @@
+"""The in-process Hugging Face transformers engine.
+
+Loads a local model directory with ``AutoTokenizer``/``AutoModelForCausalLM`` on CPU or CUDA
+(``NodeConfig.device``/``dtype``) and serves chat, text completions and embeddings. Generation
+runs on one worker thread with continuous batching (``_hf_batching``): concurrent requests share
+decode steps, new ones join between steps, and each streams its tokens as they are sampled,
+through ``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``.
+
+Limits and choices, on purpose:
+
+* Requests are checked before any compute: unknown model -> ModelNotFoundError; prompt + 1 token
+  beyond the context -> ContextLengthExceededError; features it cannot honour (tools,
+  ``response_format`` other than text, logprobs, non-text content, ``suffix``, ``best_of`` != n)
+  -> InvalidRequestError rather than a silent wrong answer.
+* ``max_tokens`` is capped at ``min(request, NodeConfig.max_output_tokens, context room)``.
+* Admission control: more than ``max_batch_size + max_queue`` outstanding sequences (a request with
+  ``n`` choices counts ``n``) -> OverloadedError at once, as OpenRouter prefers to queueing.
+* A seeded request gets the same text streamed or not and alone or batched (its own generator);
+  choice ``i`` of ``n`` uses ``seed + i``.
+* ``NodeConfig.options``: ``ignore_eos`` (bool, benchmarks: generate exactly ``max_tokens``),
+  ``prefill_token_budget`` (int, padded prompt tokens per prefill), ``embedding_batch_size`` (int),
+  ``torch_threads`` (int, torch's intra-op threads for the whole process; on a CPU shared with
+  other busy processes 1 is often much faster than the default, which spins on contended cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as MessageSequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from blueprint.errors import (
+    BackendError,
+    BlueprintError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+)
+from blueprint.llm.chat_template import render_chat
+from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
+from blueprint.llm.config import NodeConfig
+from blueprint.llm.sampling import SamplingParams, sampling_params
+from blueprint.llm.types import (
+    DEFAULT_SAMPLING_PARAMETERS,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessage,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ModelInfo,
+    Usage,
+    new_id,
+    now,
+)
+
+log = structlog.get_logger(__name__)
+
+_QUANTIZATION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_DEFAULT_CONTEXT = 2048
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A validated generation request: token ids per prompt, sampling, and the token cap."""
+
+    prompts: list[list[int]]
+    params: SamplingParams
+    max_new_tokens: int
+    prompt_texts: list[str]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+@dataclass(slots=True)
+class _Output:
+    """One finished choice."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+class TransformersClient(LlmClient):
+    """An in-process transformers node (module docstring)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.node_name
+        self._path = Path(config.path or config.model)
+        self._tracker = MetricsTracker()
+        self._outstanding = 0
+        self._started = False
+        self._model: Any = None
+        self._encoder: Any = None  # tokenizer used by request threads (under _encode_lock)
+        self._batcher: Any = None
+        self._encode_lock = threading.Lock()
+        self._dtype_name = "float32"
+        self._context_length = config.context_length or _config_context_length(self._path) or _DEFAULT_CONTEXT
+        self._ignore_eos = bool(config.options.get("ignore_eos", False))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await asyncio.to_thread(self._load)
+        self._started = True
+        log.info("transformers_engine_started", node=self.name, path=str(self._path),
+                 device=str(self._model.device), dtype=self._dtype_name,
+                 context_length=self._context_length, max_batch_size=self.config.max_batch_size)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from blueprint.llm.engines._hf_batching import ContinuousBatcher
+
+        threads = self.config.options.get("torch_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        device = self.config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype_name = self.config.dtype
+        if dtype_name == "auto":
+            if device.startswith("cuda"):
+                dtype_name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            else:
+                dtype_name = "float32"
+        try:
+            decoder = AutoTokenizer.from_pretrained(self._path)
+            self._encoder = AutoTokenizer.from_pretrained(self._path)
+            model = AutoModelForCausalLM.from_pretrained(self._path, dtype=getattr(torch, dtype_name))
+            model = model.to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"Cannot load the model at {str(self._path)!r}: {exc}") from exc
+        self._model, self._dtype_name = model, dtype_name
+        self._context_length = (self.config.context_length
+                                or getattr(model.config, "max_position_embeddings", None)
+                                or _DEFAULT_CONTEXT)
+        eos: set[int] = set()
+        for source in (getattr(model.generation_config, "eos_token_id", None), decoder.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif source:
+                eos.update(source)
+        self._batcher = ContinuousBatcher(
+            model, decoder, max_batch_size=self.config.max_batch_size, eos_token_ids=eos,
+            prefill_token_budget=int(self.config.options.get("prefill_token_budget", 8192)),
+        )
+        self._batcher.start()
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            batcher, self._batcher = self._batcher, None
+            await asyncio.to_thread(batcher.stop)
+        self._started = False
+
+    # ------------------------------------------------------------------ description
+
+    def models(self) -> list[ModelInfo]:
+        caps = self.capabilities()
+        return [ModelInfo(
+            id=self.config.model,
+            hugging_face_id=self.config.hugging_face_id,
+            name=self.config.display_name or self.config.model,
+            description=self.config.description,
+            quantization=self.config.quantization or _QUANTIZATION.get(self._dtype_name, self._dtype_name),
+            context_length=self._context_length,
+            max_output_length=self.config.max_output_tokens or self._context_length,
+            pricing=self.config.pricing,
+            supported_sampling_parameters=[*DEFAULT_SAMPLING_PARAMETERS, "logit_bias"],
+            supported_features=caps.features(),
+            is_ready=self._started,
+        )]
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(chat=True, completion=True, embeddings=True, streaming=True,
+                            logprobs=False, json_mode=False, tools=False,
+                            max_concurrency=self.config.max_batch_size)
+
+    def metrics(self) -> NodeMetrics:
+        snapshot = self._tracker.snapshot()
+        running = self._batcher.num_running if self._batcher is not None else 0
+        snapshot.in_flight = min(running, self._outstanding)
+        snapshot.queued = max(0, self._outstanding - snapshot.in_flight)
+        return snapshot
+
+    @property
+    def peak_batch_size(self) -> int:
+        """The largest number of sequences decoded together so far (evidence of batching)."""
+        return self._batcher.peak_batch_size if self._batcher is not None else 0
+
+    # ------------------------------------------------------------------ chat
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+        prepared = await self._prepare_chat(request)
+        outputs = await self._collect(prepared)
+        return ChatCompletion(
+            model=request.model,
+            choices=[ChatChoice(index=i, message=ChatMessage(role="assistant", content=out.text),
+                                finish_reason=out.finish_reason)  # type: ignore[arg-type]
+                     for i, out in enumerate(outputs)],
+            usage=Usage.of(prepared.prompt_tokens, sum(out.completion_tokens for out in outputs)),
+        )
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        prepared = await self._prepare_chat(request)
+        chunk_id, created = new_id("chatcmpl"), now()
+
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(id=chunk_id, created=created, model=request.model,
+                                       choices=choices, usage=usage)
+
+        completion_tokens = 0
+        announced: set[int] = set()
+        async with aclosing(self._generate(prepared)) as stream:
+            async for event in stream:
+                delta = ChatDelta(content=event.text)
+                if event.index not in announced:
+                    announced.add(event.index)
+                    delta.role = "assistant"
+                if event.finish_reason is not None:
+                    completion_tokens += event.completion_tokens
+                yield chunk([ChatChunkChoice(index=event.index, delta=delta,
+                                             finish_reason=event.finish_reason)])  # type: ignore[arg-type]
+        if request.wants_usage_in_stream():
+            yield chunk([], Usage.of(prepared.prompt_tokens, completion_tokens))
+
+    async def _prepare_chat(self, request: ChatCompletionRequest) -> _Prepared:
+        self._check_model(request.model)
+        self._require_started()
+        if request.tools:
+            raise InvalidRequestError("This node does not support tool calls.", param="tools")
+        if request.response_format is not None and request.response_format.type != "text":
+            raise InvalidRequestError("This node supports only response_format 'text'.",
+                                      param="response_format")
+        if request.logprobs:
+            raise InvalidRequestError("This node does not return logprobs.", param="logprobs")
+        if any(m.has_non_text_parts() for m in request.messages):
+            raise InvalidRequestError("This node accepts text content only.", param="messages")
+        params = sampling_params(request, ignore_eos=self._ignore_eos)
+        prompt_ids = await asyncio.to_thread(self._encode_chat, request.messages)
+        return self._prepared([prompt_ids], params, [""], param="messages")
+
+    def _encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        with self._encode_lock:
+            text = render_chat(self._encoder, messages)
+            return list(self._encoder(text, add_special_tokens=False).input_ids)
+
+    # ------------------------------------------------------------------ text completions
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        prepared = await self._prepare_completion(request)
+        outputs = await self._collect(prepared)
+        return Completion(
+            model=request.model,
+            choices=[CompletionChoice(index=i, text=self._echo(prepared, request, i) + out.text,
+                                      finish_reason=out.finish_reason)  # type: ignore[arg-type]
+                     for i, out in enumerate(outputs)],
+            usage=Usage.of(prepared.prompt_tokens, sum(out.completion_tokens for out in outputs)),
+        )
+
+    async def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        prepared = await self._prepare_completion(request)
+        chunk_id, created = new_id("cmpl"), now()
+        completion_tokens = 0
+        echoed: set[int] = set()
+        async with aclosing(self._generate(prepared)) as stream:
+            async for event in stream:
+                text = event.text
+                if event.index not in echoed:
+                    echoed.add(event.index)
+                    text = self._echo(prepared, request, event.index) + text
+                if event.finish_reason is not None:
+                    completion_tokens += event.completion_tokens
+                yield CompletionChunk(id=chunk_id, created=created, model=request.model, choices=[
+                    CompletionChoice(index=event.index, text=text,
+                                     finish_reason=event.finish_reason)])  # type: ignore[arg-type]
+        if request.wants_usage_in_stream():
+            yield CompletionChunk(id=chunk_id, created=created, model=request.model, choices=[],
+                                  usage=Usage.of(prepared.prompt_tokens, completion_tokens))
+
+    async def _prepare_completion(self, request: CompletionRequest) -> _Prepared:
+        self._check_model(request.model)
+        self._require_started()
+        if request.suffix:
+            raise InvalidRequestError("This node does not support suffix (insertion).", param="suffix")
+        if request.logprobs is not None:
+            raise InvalidRequestError("This node does not return logprobs.", param="logprobs")
+        if request.best_of is not None and request.best_of != request.n:
+            raise InvalidRequestError("This node supports best_of only equal to n.", param="best_of")
+        params = sampling_params(request, ignore_eos=self._ignore_eos)
+        texts = request.prompts()
+        prompts = await asyncio.to_thread(self._encode_texts, texts)
+        return self._prepared(prompts, params, texts, param="prompt")
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        with self._encode_lock:
+            return [list(ids) for ids in self._encoder(texts, add_special_tokens=True).input_ids]
+
+    async def count_tokens(self, prompt: str | MessageSequence[ChatMessage]) -> int | None:
+        """Prompt tokens with this node's tokenizer (and chat template for messages), counted the
+        way a request is encoded; None before the tokenizer is loaded."""
+        if not self._started or self._encoder is None:
+            return None
+        if isinstance(prompt, str):
+            return len((await asyncio.to_thread(self._encode_texts, [prompt]))[0])
+        return len(await asyncio.to_thread(self._encode_chat, list(prompt)))
+
+    @staticmethod
+    def _echo(prepared: _Prepared, request: CompletionRequest, choice: int) -> str:
+        return prepared.prompt_texts[choice // prepared.params.n] if request.echo else ""
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        self._check_model(request.model)
+        self._require_started()
+        hidden = self._model.config.hidden_size
+        if request.dimensions is not None and request.dimensions > hidden:
+            raise InvalidRequestError(f"dimensions must be at most {hidden} for this model.",
+                                      param="dimensions")
+        inputs = await asyncio.to_thread(self._encode_embedding_inputs, request)
+        for ids in inputs:
+            if len(ids) > self._context_length:
+                raise ContextLengthExceededError(
+                    f"An input has {len(ids)} tokens; this model's context is {self._context_length}.")
+        vectors = await asyncio.wrap_future(self._batcher.call(lambda: self._embed_now(inputs)))
+        data = []
+        for index, vector in enumerate(vectors):
+            if request.dimensions is not None:
+                vector = vector[:request.dimensions]
+                vector = vector / vector.norm().clamp(min=1e-12)
+            if request.encoding_format == "base64":
+                raw = vector.float().numpy().astype("<f4").tobytes()
+                data.append(Embedding(index=index, embedding=base64.b64encode(raw).decode("ascii")))
+            else:
+                data.append(Embedding(index=index, embedding=vector.tolist()))
+        tokens = sum(len(ids) for ids in inputs)
+        return EmbeddingResponse(data=data, model=request.model,
+                                 usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+    def _encode_embedding_inputs(self, request: EmbeddingRequest) -> list[list[int]]:
+        token_lists = request.token_lists()
+        if token_lists is not None:
+            vocab = self._model.get_input_embeddings().weight.shape[0]
+            if any(not 0 <= t < vocab for ids in token_lists for t in ids):
+                raise InvalidRequestError(f"Token ids must lie in [0, {vocab}).", param="input")
+            if any(not ids for ids in token_lists):
+                raise InvalidRequestError("An input is empty.", param="input")
+            return token_lists
+        texts = request.texts() or []
+        with self._encode_lock:
+            encoded = [list(ids) for ids in self._encoder(texts, add_special_tokens=True).input_ids]
+        if any(not ids for ids in encoded):
+            raise InvalidRequestError("An input is empty.", param="input")
+        return encoded
+
+    def _embed_now(self, inputs: list[list[int]]) -> list[Any]:
+        """On the worker thread: pooled vectors in input order, in bounded sub-batches."""
+        from blueprint.llm.engines._hf_batching import mean_pooled_embeddings
+
+        size = int(self.config.options.get("embedding_batch_size", 16))
+        pad_id = self._encoder.pad_token_id or 0
+        vectors: list[Any] = []
+        for start in range(0, len(inputs), size):
+            vectors.extend(mean_pooled_embeddings(self._model, inputs[start:start + size], pad_id).cpu())
+        return vectors
+
+    # ------------------------------------------------------------------ shared generation path
+
+    def _check_model(self, model: str) -> None:
+        if model != self.config.model:
+            raise ModelNotFoundError(model)
+
+    def _require_started(self) -> None:
+        if not self._started or self._batcher is None:
+            raise BackendError(f"Node {self.name!r} is not started.")
+
+    def _prepared(self, prompts: list[list[int]], params: SamplingParams, texts: list[str], *,
+                  param: str) -> _Prepared:
+        """Checks the context and caps the output length; no compute happened yet."""
+        if any(not p for p in prompts):
+            raise InvalidRequestError("The prompt is empty once tokenized.", param=param)
+        longest = max(len(p) for p in prompts)
+        if longest + 1 > self._context_length:
+            raise ContextLengthExceededError(
+                f"The prompt has {longest} tokens; this model's context is {self._context_length} "
+                f"tokens and at least one must be left for the answer.", param=param)
+        room = self._context_length - longest
+        cap = params.max_tokens if params.max_tokens is not None else room
+        if self.config.max_output_tokens is not None:
+            cap = min(cap, self.config.max_output_tokens)
+        return _Prepared(prompts=prompts, params=params, max_new_tokens=max(1, min(cap, room)),
+                         prompt_texts=texts)
+
+    async def _collect(self, prepared: _Prepared) -> list[_Output]:
+        texts: dict[int, list[str]] = {}
+        outputs: dict[int, _Output] = {}
+        async with aclosing(self._generate(prepared)) as stream:
+            async for event in stream:
+                texts.setdefault(event.index, []).append(event.text)
+                if event.finish_reason is not None:
+                    outputs[event.index] = _Output("".join(texts[event.index]), event.finish_reason,
+                                                   event.completion_tokens)
+        return [outputs[i] for i in sorted(outputs)]
+
+    async def _generate(self, prepared: _Prepared) -> AsyncIterator[Any]:
+        """Submit one sequence per (prompt, choice) and yield their events as they come.
+
+        Leaving early (the consumer closed the stream or was cancelled) cancels the unfinished
+        sequences, which the worker drops from the batch before its next step."""
+        from blueprint.llm.engines._hf_batching import Sequence
+
+        self._require_started()
+        params = prepared.params
+        count = len(prepared.prompts) * params.n
+        limit = self.config.max_batch_size + self.config.max_queue
+        if count > limit:
+            raise InvalidRequestError(f"The request asks for {count} sequences (prompts x n); this node "
+                                      f"holds at most {limit}.", param="n")
+        if self._outstanding + count > limit:
+            raise OverloadedError(f"Node {self.name!r} has {self._outstanding} sequences outstanding "
+                                  f"(limit {limit}); retry shortly.")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(event: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the consumer's loop is gone: nobody is left to tell
+                pass
+
+        seqs = []
+        for p, prompt in enumerate(prepared.prompts):
+            for j in range(params.n):
+                index = p * params.n + j
+                seed = None if params.seed is None else params.seed + index
+                seq_params = params if seed == params.seed else replace(params, seed=seed)
+                seqs.append(Sequence(index, prompt, prepared.max_new_tokens, seq_params, emit))
+        self._outstanding += count
+        started_at = self._tracker.started()
+        first_token_at: float | None = None
+        unfinished = {seq.index: seq for seq in seqs}
+        completion_tokens, failed = 0, False
+        try:
+            for seq in seqs:
+                self._batcher.submit(seq)
+            while unfinished:
+                event = await events.get()
+                if event.error is not None:
+                    failed = True
+                    raise (event.error if isinstance(event.error, BlueprintError)
+                           else BackendError(str(event.error)))
+                if first_token_at is None and (event.text or event.finish_reason):
+                    self._tracker.first_token(started_at)
+                    first_token_at = time.perf_counter()
+                if event.finish_reason is not None:
+                    unfinished.pop(event.index, None)
+                    completion_tokens += event.completion_tokens
+                yield event
+        finally:
+            for seq in unfinished.values():
+                self._batcher.cancel(seq)
+            self._outstanding -= count
+            self._tracker.finished(started_at, prompt_tokens=prepared.prompt_tokens,
+                                   completion_tokens=completion_tokens, first_token_at=first_token_at,
+                                   error=failed)
+
+
+def _config_context_length(path: Path) -> int | None:
+    """``max_position_embeddings`` from a local ``config.json`` (before the weights load)."""
+    try:
+        data = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("max_position_embeddings") or data.get("text_config", {}).get("max_position_embeddings")
+    return int(value) if value else None
