@@ -1,0 +1,114 @@
+"""``python -m blueprint run``: the operator daemon, as the blueprint manager starts it.
+
+The manager runs ``<binary> run [--test-mode] [--pretty] [-v...] [--dry-run]`` with its
+environment variables (``HTTP_RPC_URL``, ``SERVICE_ID``...); each is also accepted here as a
+``--kebab-case`` flag, and a flag wins over the environment, which wins over the TOML config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from blueprint.logging import configure_logging
+
+#: flag -> (Settings field, type, help). The manager's variables, one flag each.
+MANAGER_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--http-rpc-url": ("http_rpc_url", str, "HTTP JSON-RPC endpoint ($HTTP_RPC_URL)."),
+    "--ws-rpc-url": ("ws_rpc_url", str, "WebSocket JSON-RPC endpoint ($WS_RPC_URL)."),
+    "--keystore-uri": ("keystore_uri", str, "Keystore folder ($KEYSTORE_URI, default ./keystore)."),
+    "--keystore-password-file": ("keystore_password_file", Path,
+                                 "File holding the V3 keystore password ($KEYSTORE_PASSWORD_FILE)."),
+    "--data-dir": ("data_dir", Path, "Folder of the job ledger ($DATA_DIR)."),
+    "--blueprint-id": ("blueprint_id", int, "Blueprint id ($BLUEPRINT_ID)."),
+    "--service-id": ("service_id", int, "Service id ($SERVICE_ID); absent: registration mode."),
+    "--protocol": ("protocol", str, "Protocol ($PROTOCOL): tangle."),
+    "--chain": ("chain", str, "local_testnet, local_mainnet, testnet or mainnet ($CHAIN)."),
+    "--tangle-contract": ("tangle_contract", str, "Tangle core contract ($TANGLE_CONTRACT)."),
+    "--staking-contract": ("staking_contract", str, "Staking contract ($STAKING_CONTRACT)."),
+    "--status-registry-contract": ("status_registry_contract", str,
+                                   "Operator status registry ($STATUS_REGISTRY_CONTRACT)."),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config declaring the LLM nodes ($BLUEPRINT_CONFIG).")
+    parser.add_argument("--test-mode", action="store_true", default=None, help="Manager's test mode.")
+    parser.add_argument("--pretty", action="store_true", help="Human-readable logs instead of JSON lines.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="More logs (-vv: debug).")
+    parser.add_argument("--dry-run", action="store_true", default=None,
+                        help="Compute results and record them, but submit nothing.")
+    for flag, (_field, kind, help_text) in MANAGER_FLAGS.items():
+        parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings overrides the flags give (unset flags are None and dropped by load_settings)."""
+    values: dict[str, Any] = {field: getattr(args, flag[2:].replace("-", "_"))
+                              for flag, (field, _kind, _help) in MANAGER_FLAGS.items()}
+    values["test_mode"] = args.test_mode
+    values["dry_run"] = args.dry_run
+    return values
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_logging(args.verbose, args.pretty)
+    log = structlog.get_logger("blueprint.run")
+    from blueprint.config import load_settings
+    from blueprint.errors import BlueprintError
+
+    try:
+        settings = load_settings(args.config, **overrides_from_args(args))
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("bad_configuration", error=str(exc))
+        return 2
+    if settings.service_id is None:
+        return _registration_mode(settings, log)
+
+    from blueprint.daemon import run_daemon
+
+    try:
+        _run(run_daemon(settings))
+    except KeyboardInterrupt:
+        return 130
+    except BlueprintError as exc:
+        log.error("daemon_failed", error=exc.message, code=exc.code)
+        return 1
+    return 0
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio works the same, a little slower
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def _registration_mode(settings: Any, log: Any) -> int:
+    """No SERVICE_ID: the manager wants registration inputs, which ``register`` produces."""
+    try:
+        from blueprint.commands import register
+    except ImportError:
+        register = None
+    if register is not None and hasattr(register, "write_registration_inputs"):
+        return int(register.write_registration_inputs(settings) or 0)
+    where = settings.registration_output_path or "REGISTRATION_OUTPUT_PATH"
+    log.error(
+        "registration_mode_unsupported",
+        message=(
+            "SERVICE_ID is not set, so the manager asks for registration mode "
+            f"(REGISTRATION_MODE_ON={settings.registration_mode_on}, output {where}). "
+            "`run` answers jobs of an existing service only: produce registration inputs with "
+            "`python -m blueprint register`, or set SERVICE_ID / --service-id."
+        ),
+    )
+    print("error: SERVICE_ID is required for `run`; registration inputs are written by "
+          "`python -m blueprint register`.", file=sys.stderr)
+    return 2

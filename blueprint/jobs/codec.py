@@ -1,0 +1,93 @@
+"""The on-chain codec of this blueprint's jobs (DESIGN.md section 4).
+
+Inputs are ``abi.encode(string model, uint32 maxTokens, string request)`` where ``request`` is the
+OpenAI-compatible request body as JSON, the same body the HTTP API takes. A result is
+``abi.encode(string response)``: the response JSON, or an OpenAI-style error object. Plain
+Solidity ABI encodings, because the on-chain ``paramsSchema``/``resultSchema`` are empty and this
+is what the Rust SDK's ``TangleArg``/``TangleResult`` produce, so any client can build them.
+
+Clients (tests, ``dev``, the benchmark, other programs) use :func:`encode_inputs` and
+:func:`decode_result`; the daemon uses :func:`decode_inputs` and :func:`encode_result`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from pydantic import BaseModel
+
+from blueprint.errors import InvalidRequestError
+
+INPUT_TYPES = ("string", "uint32", "string")
+RESULT_TYPES = ("string",)
+UINT32_MAX = 2**32 - 1
+
+
+class JobIndex(IntEnum):
+    """The job indices of this blueprint's on-chain definition."""
+
+    CHAT = 0
+    COMPLETION = 1
+    EMBEDDINGS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class JobInputs:
+    """Decoded job inputs: the model paid for, the paid token ceiling, the request JSON text."""
+
+    model: str
+    max_tokens: int
+    request: str
+
+
+def encode_inputs(model: str, max_tokens: int, request: str | dict[str, Any] | BaseModel) -> bytes:
+    """ABI-encode job inputs. ``request`` may be JSON text, a dict or a wire-type model."""
+    if not 0 <= max_tokens <= UINT32_MAX:
+        raise ValueError(f"max_tokens must fit in uint32, got {max_tokens}")
+    if isinstance(request, BaseModel):
+        body = request.model_dump_json(exclude_none=True)
+    elif isinstance(request, dict):
+        body = json.dumps(request, separators=(",", ":"))
+    else:
+        body = request
+    return abi_encode(list(INPUT_TYPES), [model, max_tokens, body])
+
+
+def decode_inputs(data: bytes) -> JobInputs:
+    """Decode job inputs; anything malformed is an :class:`InvalidRequestError` (answered on chain)."""
+    try:
+        model, max_tokens, request = abi_decode(list(INPUT_TYPES), bytes(data), strict=True)
+    except Exception as exc:  # eth_abi raises several unrelated types for bad bytes
+        raise InvalidRequestError(
+            "Malformed job inputs: expected abi.encode(string model, uint32 maxTokens, string request) "
+            f"({type(exc).__name__}: {exc})",
+            code="malformed_inputs",
+        ) from None
+    return JobInputs(model=model, max_tokens=int(max_tokens), request=request)
+
+
+def encode_result(response: str | dict[str, Any] | BaseModel) -> bytes:
+    """ABI-encode a result: response JSON (text, dict or wire model) as ``abi.encode(string)``."""
+    if isinstance(response, BaseModel):
+        text = response.model_dump_json(exclude_none=True)
+    elif isinstance(response, dict):
+        text = json.dumps(response, separators=(",", ":"))
+    else:
+        text = response
+    return abi_encode(list(RESULT_TYPES), [text])
+
+
+def decode_result(data: bytes) -> str:
+    """The response JSON text of an encoded result (a ``JobResultSubmitted`` output)."""
+    (text,) = abi_decode(list(RESULT_TYPES), bytes(data), strict=True)
+    return text
+
+
+def decode_result_json(data: bytes) -> dict[str, Any]:
+    """The decoded result as a dict: a response object or ``{"error": {...}}``."""
+    return json.loads(decode_result(data))

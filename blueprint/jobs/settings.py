@@ -1,0 +1,26 @@
+"""Settings of the job pipeline (the ``[jobs]`` table; env ``JOBS__MAX_CONCURRENT`` etc.)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int = Field(default=64, ge=1, description="Jobs computed at once (the semaphore).")
+    job_timeout_s: float = Field(default=300.0, gt=0,
+                                 description="Longest a handler may run; then an error result.")
+    shutdown_timeout_s: float = Field(default=30.0, ge=0,
+                                      description="On SIGTERM, how long running jobs may finish.")
+    confirmations: int = Field(default=0, ge=0, description="Blocks a JobSubmitted log waits before it runs.")
+    poll_interval_s: float = Field(default=1.0, gt=0,
+                                   description="eth_getLogs polling period (fallback and backfill).")
+    start_block: int | None = Field(
+        default=None, ge=0,
+        description="First block to scan when the ledger has no cursor (None: the service's activation).",
+    )
+    batch_window_s: float = Field(default=0.005, ge=0, description="Wait to batch results in submitResults.")
+    max_batch: int = Field(default=32, ge=1, description="Most results in one submitResults.")
+    submit_retry_s: float = Field(default=300.0, gt=0,
+                                  description="Keep retrying a result this long on RPC errors.")
