@@ -184,7 +184,12 @@ class Api:
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:
             raise RequestTooLargeError(f"Request body larger than {self.settings.max_body_bytes} bytes.")
-        return await request.read()
+        try:  # a client trickling its body (slowloris) must not hold a handler forever
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise HttpStatusError(408, f"The request body did not arrive within "
+                                       f"{self.settings.body_timeout_s:g} s.", "body_timeout") from None
 
 
     async def _call(self, call: Awaitable[BaseModel]) -> BaseModel:
@@ -261,6 +266,12 @@ class Api:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self._openapi, content_type=JSON)
+
+    async def quote(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/quote`` (:mod:`blueprint.server.quote`; 503 until ``enable_quotes``)."""
+        from blueprint.server.quote import handle_quote
+
+        return await handle_quote(request.app, await self._body(request))
 
     # ---- admin ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from blueprint.llm.types import (
     EmbeddingResponse,
     ModelList,
 )
+from blueprint.server.quote import QuoteRequest, QuoteResponse
 
 Auth = Literal["none", "api", "admin"]
 
@@ -60,6 +61,10 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("GET", "/v1/models", "models",
               "List served models (OpenRouter provider format, also an OpenAI model list).",
               response=ModelList, errors=AUTH_ERRORS),
+    RouteSpec("POST", "/v1/quote", "quote",
+              "Price a job and sign a TNT Core SignedJobQuote for submitJobFromQuote (503 without an "
+              "operator key).", auth="none", request=QuoteRequest, response=QuoteResponse,
+              errors=(400, 404, 413, 503)),
     RouteSpec("GET", "/health", "health", "Liveness: the process answers.", auth="none", tracked=False),
     RouteSpec("GET", "/ready", "ready", "Readiness: at least one node is loaded and healthy.",
               auth="none", errors=(503,), tracked=False),

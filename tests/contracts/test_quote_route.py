@@ -1,0 +1,161 @@
+"""``POST /v1/quote`` on anvil with the real TNT Core contracts and our manager: the quote prices
+the prompt with the model's tokenizer (or the documented estimate for a remote node), is signed by
+the operator, is accepted by ``submitJobFromQuote`` at exactly its price, and matches what
+``python -m blueprint submit --quote`` expects; bad requests are refused before anything is
+signed, and an API without an operator key answers 503."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from blueprint.balancer import Balancer
+from blueprint.client import BlueprintClient
+from blueprint.commands.submit import fetch_quote
+from blueprint.config import Settings
+from blueprint.jobs.codec import JobInputs, encode_inputs
+from blueprint.jobs.handlers import prepare_chat
+from blueprint.llm.config import NodeConfig
+from blueprint.llm.registry import create_client
+from blueprint.server import ServerSettings, create_app
+from blueprint.server.app import BALANCER_KEY
+from blueprint.server.quote import enable_quotes_from_settings, estimate_tokens
+from blueprint.tangle.chain import ChainClient, TransactionReverted
+from blueprint.tangle.quotes import SignedJobQuote, inputs_hash, recover_quote_signer
+from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
+from tests.contracts.conftest import OFFER_A, TANGLE, Stack
+
+pytestmark = pytest.mark.chain
+
+MODEL = "tiny-llama"  # OFFER_A of operator 0: 1 gwei per prompt token, 2 gwei per completion token
+TERMS = OFFER_A.models[0]
+PRICES = {"price_per_prompt_token_wei": TERMS.price_per_prompt_token,
+          "price_per_completion_token_wei": TERMS.price_per_completion_token}
+CHAT = {"messages": [{"role": "user", "content": "How much is a quote for this prompt?"}]}
+
+
+async def _quote_client(stack: Stack, client: ChainClient, node: NodeConfig) -> AsyncIterator[TestClient]:
+    settings = Settings(nodes=[node], service_id=stack.service_id, tangle_contract=TANGLE)
+    balancer = Balancer([create_client(node)], settings.balancer,
+                        node_configs={node.node_name: node})
+    await balancer.start()
+    try:
+        app = create_app(balancer, ServerSettings())
+        assert enable_quotes_from_settings(app, settings, balancer, stack.operators[0].account,
+                                           await client.w3.eth.chain_id)
+        async with TestClient(TestServer(app)) as http:
+            yield http
+    finally:
+        await balancer.close()
+
+
+@pytest.fixture
+async def api(stack: Stack, client: ChainClient, tiny_model_dir: Path) -> AsyncIterator[TestClient]:
+    node = NodeConfig(engine="transformers", model=MODEL, path=str(tiny_model_dir), device="cpu",
+                      max_batch_size=2, max_output_tokens=TERMS.max_output_tokens, options=PRICES)
+    async for http in _quote_client(stack, client, node):
+        yield http
+
+
+def _body(stack: Stack, **overrides: Any) -> dict[str, Any]:
+    return {"job_index": 0, "model": MODEL, "max_tokens": 16, "request": CHAT,
+            "requester": stack.owner.address, **overrides}
+
+
+async def test_quote_prices_with_the_tokenizer_and_is_accepted_on_chain(
+        stack: Stack, client: ChainClient, api: TestClient) -> None:
+    resp = await api.post("/v1/quote", json=_body(stack))
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    assert data["token_count"] == "tokenizer"
+    # The count is what the engine reports as usage when it runs this very request.
+    balancer = api.server.app[BALANCER_KEY]  # type: ignore[attr-defined]
+    ran = await balancer.chat(prepare_chat(JobInputs(MODEL, 16, json.dumps(CHAT))))
+    expected_prompt = ran.usage.prompt_tokens
+    assert data["prompt_tokens"] == expected_prompt > 0 and data["completion_tokens"] == 16
+    price = expected_prompt * TERMS.price_per_prompt_token + 16 * TERMS.price_per_completion_token
+    assert data["price_wei"] == str(price)
+    quote = SignedJobQuote.from_json(data["quote"])
+    inputs = encode_inputs(MODEL, 16, CHAT)
+    assert bytes.fromhex(data["inputs"][2:]) == inputs and quote.details.inputs_hash == inputs_hash(inputs)
+    assert quote.details.price == price and quote.details.service_id == stack.service_id
+    assert quote.details.requester == stack.owner.address
+    assert quote.details.expiry - quote.details.timestamp == 300
+    chain_id = await client.w3.eth.chain_id
+    assert recover_quote_signer(quote, chain_id=chain_id, tangle=TANGLE) == stack.operators[0].address
+
+    bp = BlueprintClient(client, stack.service_id)
+    call_id = await bp.submit(stack.owner.account, 0, MODEL, 16, CHAT, quote=quote, inputs=inputs)
+    job = await client.get_job_call(stack.service_id, call_id)
+    assert job.is_rfq and job.payment == price
+
+    # The same request again (same second): a fresh quote, not a used digest.
+    again = SignedJobQuote.from_json((await (await api.post("/v1/quote", json=_body(stack))).json())["quote"])
+    assert again.details != quote.details
+    assert await bp.submit(stack.owner.account, 0, MODEL, 16, CHAT, quote=again, inputs=inputs) > call_id
+    # A quote is single use: paying it twice is refused by Tangle.
+    with pytest.raises(TransactionReverted) as info:
+        await bp.submit(stack.owner.account, 0, MODEL, 16, CHAT, quote=again, inputs=inputs)
+    assert info.value.revert.name == "QuoteAlreadyUsed"
+
+
+async def test_submit_command_helper_reads_the_route(stack: Stack, client: ChainClient,
+                                                     api: TestClient) -> None:
+    completion = {"prompt": ["one prompt", "and another"]}
+    quote = await fetch_quote(str(api.make_url("")), job_index=1, model=MODEL, max_tokens=8,
+                              request=completion, requester=stack.owner.address, timeout=10)
+    assert quote.details.job_index == 1
+    assert quote.details.inputs_hash == inputs_hash(encode_inputs(MODEL, 8, completion))
+    call_id = await BlueprintClient(client, stack.service_id).submit(
+        stack.owner.account, 1, MODEL, 8, completion, quote=quote)
+    assert (await client.get_job_call(stack.service_id, call_id)).payment == quote.details.price
+
+
+@pytest.mark.parametrize(("overrides", "status", "code"), [
+    ({"model": "no-such-model"}, 404, "model_not_found"),
+    ({"max_tokens": TERMS.max_output_tokens + 1}, 400, "max_tokens_above_limit"),
+    ({"service_id": 999}, 400, "wrong_service"),
+    ({"requester": "0x1234"}, 400, "invalid_request"),
+    ({"job_index": 5}, 400, "invalid_request"),
+    ({"request": {**CHAT, "max_tokens": 17}}, 400, "max_tokens_exceeds_paid"),
+    ({"request": {"messages": "not a list"}}, 400, "invalid_request"),
+])
+async def test_bad_requests_are_refused(stack: Stack, api: TestClient, overrides: dict[str, Any],
+                                        status: int, code: str) -> None:
+    resp = await api.post("/v1/quote", json=_body(stack, **overrides))
+    assert resp.status == status, await resp.text()
+    assert (await resp.json())["error"]["code"] == code
+
+
+async def test_remote_node_prices_by_the_estimate(stack: Stack, client: ChainClient) -> None:
+    async with EmulatedBackend(EmulatedOptions(model=MODEL, trivial=True)) as backend:
+        node = NodeConfig(name="remote", engine="openai", model=MODEL, base_url=backend.base_url,
+                          options=PRICES)
+        async for http in _quote_client(stack, client, node):
+            resp = await http.post("/v1/quote", json=_body(stack, job_index=1, max_tokens=4,
+                                                            request={"prompt": "x" * 100}, ttl_s=60))
+            data = await resp.json()
+    assert resp.status == 200, data
+    assert data["token_count"] == "estimate" and data["prompt_tokens"] == math.ceil(100 / 3)
+    details = data["quote"]["details"]
+    assert details["expiry"] - details["timestamp"] == 60
+    assert int(details["price"]) == 34 * TERMS.price_per_prompt_token + 4 * TERMS.price_per_completion_token
+    assert estimate_tokens("é" * 3) == 2  # bytes, not characters
+
+
+async def test_without_an_operator_key_the_route_answers_503() -> None:
+    app = create_app(Balancer([]), ServerSettings())
+    async with TestClient(TestServer(app)) as http:
+        resp = await http.post("/v1/quote", json={"job_index": 0})
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "quotes_disabled"
+        doc = await (await http.get("/openapi.json")).json()
+    op = doc["paths"]["/v1/quote"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/QuoteRequest")
+    assert {"200", "400", "404", "503"} <= set(op["responses"])
