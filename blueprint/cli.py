@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("blueprint.commands.models", "List the models the configured nodes serve."),
     "config": ("blueprint.commands.config", "Print the effective settings, or --reference for all of them."),
     "run": ("blueprint.commands.run", "Run the operator daemon (as the blueprint manager starts it)."),
-    "dev": ("blueprint.commands.dev", "Bring up a whole local stack (anvil, service, model, daemon) and try it."),
+    "dev": ("blueprint.commands.dev", "Bring up a local stack (anvil, service, model, daemon) and try it."),
     "serve": ("blueprint.commands.serve", "Serve the OpenAI-compatible HTTP API over the configured nodes."),
     "deploy": ("blueprint.commands.deploy", "Deploy the service manager and create the blueprint."),
     "register": ("blueprint.commands.register", "Register (or update, unregister) this operator's offer."),
