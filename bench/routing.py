@@ -210,6 +210,9 @@ async def run_one(kind: str, strategy: str, backends: list[Backend], session: ai
     settings = BalancerSettings.model_validate({
         "strategy": strategy, "seed": 11,
         "health": {"check_interval_s": 60, "metrics_interval_s": 1.0},
+        # The prefix trees are bounded like the backends' caches (as an operator sizes them from
+        # the KV cache), so a prefix a backend evicted stops counting as cached.
+        "cache_aware": {"max_chars_per_node": args.tree_chars},
     })
     balancer = Balancer([OpenAIHttpClient(c) for c in configs], settings,
                         node_configs={c.node_name: c for c in configs})
@@ -321,10 +324,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-penalty", type=float, default=0.05)
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--cache-blocks", type=int, default=480, help="prefix-cache blocks per node")
+    parser.add_argument("--tree-chars", type=int, default=None,
+                        help="cache_aware prefix-tree bound per node (default: the backend cache's size "
+                             "in characters, blocks * 16 pieces * ~3.2 characters per piece)")
     parser.add_argument("--node-limit", type=int, default=16, help="balancer slots per node")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "routing.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
+    if args.tree_chars is None:
+        args.tree_chars = int(args.cache_blocks * 16 * 3.2)
     if args.requests is None:
         args.requests = 320 if args.quick else 640
     if args.strategies is None:

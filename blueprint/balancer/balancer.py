@@ -91,6 +91,9 @@ class Balancer:
         self._clock = clock
         self._rng = random.Random(self.settings.seed)
         self._nodes: dict[str, NodeState] = {}
+        #: model -> the nodes that serve it (rebuilt when nodes or their models change, so the
+        #: hot path never scans every node to find the ones serving a model).
+        self._by_model: dict[str, list[NodeState]] = {}
         self._strategies: dict[str, Strategy] = {}
         self._queues: dict[str, deque[_Waiter]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,17 +199,25 @@ class Balancer:
 
     # ------------------------------------------------------------------ requests
 
+    def _wants_text(self, model: str) -> bool:
+        """Whether the model's strategy matches on prompt text (only then is it built)."""
+        return self.strategy_for(model).uses_prompt_text
+
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
-        return await self._unary(routing.for_chat(request), lambda client: client.chat(request))
+        route = routing.for_chat(request, with_text=self._wants_text(request.model))
+        return await self._unary(route, lambda client: client.chat(request))
 
     def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        return self._stream(routing.for_chat(request), lambda client: client.chat_stream(request))
+        route = routing.for_chat(request, with_text=self._wants_text(request.model))
+        return self._stream(route, lambda client: client.chat_stream(request))
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        return await self._unary(routing.for_completion(request), lambda client: client.complete(request))
+        route = routing.for_completion(request, with_text=self._wants_text(request.model))
+        return await self._unary(route, lambda client: client.complete(request))
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
-        return self._stream(routing.for_completion(request), lambda client: client.complete_stream(request))
+        route = routing.for_completion(request, with_text=self._wants_text(request.model))
+        return self._stream(route, lambda client: client.complete_stream(request))
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         return await self._unary(routing.for_embedding(request), lambda client: client.embed(request))
@@ -244,6 +255,7 @@ class Balancer:
         node = self._nodes.pop(name, None)
         if node is None:
             return
+        self._reindex()
         for strategy in self._strategies.values():
             strategy.forget(name)
         await self._close_client(node)
@@ -265,7 +277,23 @@ class Balancer:
         )
         node.models = frozenset(info.id for info in self._client_models(node))
         self._nodes[name] = node
+        self._reindex()
         return node
+
+    def _reindex(self) -> None:
+        by_model: dict[str, list[NodeState]] = {}
+        for node in self._nodes.values():
+            for model in node.models:
+                by_model.setdefault(model, []).append(node)
+        self._by_model = by_model
+
+    def _refresh_models(self, node: NodeState) -> None:
+        """Re-read the node's model list (after a start or a health check) and its cached facts."""
+        models = frozenset(info.id for info in self._client_models(node))
+        node.invalidate()
+        if models != node.models:
+            node.models = models
+            self._reindex()
 
     @staticmethod
     def _client_models(node: NodeState) -> list[ModelInfo]:
@@ -283,7 +311,7 @@ class Balancer:
             node.breaker.trip(f"start failed: {exc}")
             return
         node.started = True
-        node.models = frozenset(info.id for info in self._client_models(node))
+        self._refresh_models(node)
 
     async def _close_client(self, node: NodeState) -> None:
         try:
@@ -294,23 +322,31 @@ class Balancer:
     # ------------------------------------------------------------------ internals: admission
 
     def _serving(self, model: str) -> list[NodeState]:
-        return [node for node in self._nodes.values() if model in node.models]
+        """The nodes serving ``model`` (the index itself: callers must not mutate it)."""
+        return self._by_model.get(model, [])
 
     def _candidates(self, model: str, exclude: frozenset[str]) -> list[NodeState]:
         return [node for node in self._serving(model) if node.selectable() and node.name not in exclude]
+
+    def _has_candidate(self, model: str, exclude: frozenset[str]) -> bool:
+        return any(node.selectable() and node.name not in exclude for node in self._serving(model))
 
     def _queue_capacity(self, model: str) -> int:
         return sum(node.max_queue for node in self._serving(model) if not node.draining)
 
     def _try_assign(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState | None:
-        free = [node for node in self._candidates(request.model, exclude) if node.has_slot()]
+        model = request.model
+        free = [node for node in self._serving(model)
+                if node.in_flight < node.limit and node.selectable() and node.name not in exclude]
         if not free:
             return None
-        by_name = {node.name: node for node in free}
-        view = self.strategy_for(request.model).select(
-            [node.view(request.model) for node in free], request
-        )
-        node = by_name[view.name]
+        strategy = self.strategy_for(model)
+        if len(free) == 1:  # nothing to rank: no views to build
+            node = free[0]
+            strategy.chosen_alone(node.name, request)
+        else:
+            name = strategy.select([node.view(model) for node in free], request).name
+            node = next(node for node in free if node.name == name)
         node.in_flight += 1
         node.requests_total += 1
         node.breaker.on_dispatch()
@@ -333,7 +369,7 @@ class Balancer:
         model = request.model
         if not self._serving(model):
             raise ModelNotFoundError(model)
-        if not self._candidates(model, exclude):
+        if not self._has_candidate(model, exclude):
             raise NoHealthyNodeError(f"No healthy node serves {model!r} right now.")
         queue = self._queues.setdefault(model, deque())
         if not queue:
@@ -444,8 +480,11 @@ class Balancer:
                 node.retries_total += 1
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(timeout):
+                if timeout is None:  # no Timeout object and timer per request when unbounded
                     result = await call(node.client)
+                else:
+                    async with asyncio.timeout(timeout):
+                        result = await call(node.client)
             except asyncio.CancelledError:
                 node.breaker.release_probe()
                 raise
@@ -483,8 +522,11 @@ class Balancer:
             verdict = False
             try:
                 try:
-                    async with asyncio.timeout(first_timeout):
+                    if first_timeout is None:
                         first = await anext(stream)
+                    else:
+                        async with asyncio.timeout(first_timeout):
+                            first = await anext(stream)
                 except StopAsyncIteration:
                     verdict = True
                     node.breaker.record_success()
@@ -544,7 +586,6 @@ class Balancer:
             if not node.started:
                 await node.client.start()
                 node.started = True
-                node.models = frozenset(info.id for info in self._client_models(node))
             async with asyncio.timeout(self.settings.health.check_timeout_s):
                 ok = await node.client.health_check()
         except asyncio.CancelledError:
@@ -553,6 +594,7 @@ class Balancer:
         except Exception as exc:
             ok = False
             breaker.last_error = f"health check: {exc}"
+        self._refresh_models(node)  # readiness and model info may have changed
         if ok:
             if state is BreakerState.HALF_OPEN:
                 breaker.record_success()
@@ -590,6 +632,7 @@ class Balancer:
                 continue
             if isinstance(result, NodeMetrics):
                 node.backend = result
+            node.invalidate()
 
     async def _metrics_loop(self) -> None:
         while True:

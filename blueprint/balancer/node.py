@@ -9,6 +9,7 @@ shared backend by other paths still shows as load.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,11 @@ from blueprint.balancer.breaker import BreakerState, CircuitBreaker
 from blueprint.balancer.strategies.base import NodeView
 from blueprint.llm.client import LlmClient, NodeMetrics
 from blueprint.llm.config import NodeConfig
+
+#: How long the load a node's client and backend report is reused between picks. Our own
+#: in-flight count is always live; this only bounds how often ``client.metrics()`` (a snapshot
+#: with a copy) is taken on the hot path, so at high request rates it is not taken per request.
+REPORTED_LOAD_TTL_S = 0.05
 
 
 def _price(config: NodeConfig | None) -> float:
@@ -52,6 +58,14 @@ class NodeState:
     latency_samples: int = 0
     backend: NodeMetrics | None = None
     models: frozenset[str] = field(default_factory=frozenset)
+    #: Per model: (weight, price, context_length, features), which change only when the node's
+    #: model info does (start, health checks); see :meth:`invalidate`.
+    _static: dict[str | None, tuple[float, float, int | None, frozenset[str]]] = field(
+        default_factory=dict, repr=False)
+    #: (in_flight, queued, ttft_s, tpot_s) reported by the client and backend (ours merged in
+    #: where we have figures), and when it was read.
+    _reported: tuple[int, int, float | None, float | None] = (0, 0, None, None)
+    _reported_at: float | None = None
 
     @property
     def health(self) -> BreakerState:
@@ -96,8 +110,16 @@ class NodeState:
         reported.errors_total = max(reported.errors_total, self.errors_total)
         return reported
 
-    def view(self, model: str | None = None) -> NodeView:
-        metrics = self.metrics()
+    def invalidate(self) -> None:
+        """Forget cached model info and reported load (after a start, a health check or a
+        backend-metrics refresh), so the next view reads them again."""
+        self._static.clear()
+        self._reported_at = None
+
+    def _static_for(self, model: str | None) -> tuple[float, float, int | None, frozenset[str]]:
+        cached = self._static.get(model)
+        if cached is not None:
+            return cached
         context_length = None
         features: set[str] = set()
         try:
@@ -110,18 +132,31 @@ class NodeState:
             pass
         if self.config is not None and self.config.context_length is not None:
             context_length = self.config.context_length
+        weight = self.config.weight if self.config is not None else 1.0
+        cached = (weight, _price(self.config), context_length, frozenset(features))
+        self._static[model] = cached
+        return cached
+
+    def _reported_load(self) -> tuple[int, int, float | None, float | None]:
+        now = time.monotonic()
+        at = self._reported_at
+        if at is None or now - at > REPORTED_LOAD_TTL_S:
+            m = self.metrics()
+            self._reported = (m.in_flight, m.queued, m.ttft_s, m.time_per_output_token_s)
+            self._reported_at = now
+        return self._reported
+
+    def view(self, model: str | None = None) -> NodeView:
+        """The strategy's snapshot: our live in-flight count (or more, when the client or its
+        backend reports more), queued requests, and the cached static facts of the node."""
+        weight, price, context_length, features = self._static_for(model)
+        in_flight, queued, ttft_s, tpot_s = self._reported_load()
         return NodeView(
-            name=self.name,
-            in_flight=metrics.in_flight,
-            queued=metrics.queued,
-            limit=self.limit,
-            weight=self.config.weight if self.config is not None else 1.0,
-            price=_price(self.config),
-            context_length=context_length,
-            features=frozenset(features),
-            ttft_s=metrics.ttft_s,
-            tpot_s=metrics.time_per_output_token_s,
-            samples=self.latency_samples,
+            self.name, max(in_flight, self.in_flight), queued, self.limit, weight, price,
+            context_length, features,
+            self.ttft_s if self.ttft_s is not None else ttft_s,
+            self.tpot_s if self.tpot_s is not None else tpot_s,
+            self.latency_samples,
         )
 
     def describe(self) -> dict[str, Any]:

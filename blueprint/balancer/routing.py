@@ -18,8 +18,16 @@ def estimate_tokens(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN + 1
 
 
-def for_chat(request: ChatCompletionRequest) -> RoutingRequest:
-    text = "".join(f"<{message.role}>{message.text()}\n" for message in request.messages)
+def for_chat(request: ChatCompletionRequest, *, with_text: bool = True) -> RoutingRequest:
+    """``with_text=False`` skips building the prompt text (only its size is estimated), for
+    strategies that do not match on it."""
+    if with_text:
+        text = "".join(f"<{message.role}>{message.text()}\n" for message in request.messages)
+        tokens = estimate_tokens(text)
+    else:
+        text = ""
+        tokens = sum(len(message.text()) + len(message.role) + 3
+                     for message in request.messages) // CHARS_PER_TOKEN + 1
     features: set[str] = set()
     if request.tools:
         features.add("tools")
@@ -27,12 +35,18 @@ def for_chat(request: ChatCompletionRequest) -> RoutingRequest:
         features.add("json_mode")
     if request.logprobs:
         features.add("logprobs")
-    return RoutingRequest(model=request.model, prompt_text=text, prompt_tokens=estimate_tokens(text),
+    return RoutingRequest(model=request.model, prompt_text=text, prompt_tokens=tokens,
                           max_tokens=request.requested_max_tokens(), features=frozenset(features))
 
 
-def for_completion(request: CompletionRequest) -> RoutingRequest:
-    text = "\n".join(request.prompts())
+def for_completion(request: CompletionRequest, *, with_text: bool = True) -> RoutingRequest:
+    prompts = request.prompts()
+    if not with_text:
+        tokens = (sum(len(p) for p in prompts) + max(0, len(prompts) - 1)) // CHARS_PER_TOKEN + 1
+        features = frozenset({"logprobs"}) if request.logprobs else frozenset()
+        return RoutingRequest(model=request.model, prompt_tokens=tokens,
+                              max_tokens=request.requested_max_tokens(), features=features)
+    text = "\n".join(prompts)
     features = frozenset({"logprobs"}) if request.logprobs else frozenset()
     return RoutingRequest(model=request.model, prompt_text=text, prompt_tokens=estimate_tokens(text),
                           max_tokens=request.requested_max_tokens(), features=features)

@@ -20,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from blueprint.balancer.balancer import Balancer
+from blueprint.balancer.settings import BalancerSettings
 from blueprint.errors import BlueprintError
 from blueprint.llm.client import LlmClient
 from blueprint.llm.config import NodeConfig
@@ -139,3 +140,14 @@ class NodesFileWatcher:
                 await self.poll()
             except Exception as exc:  # keep watching whatever one pass did
                 log.error("nodes_file_poll_failed", error=str(exc))
+
+
+async def start_watcher(balancer: Balancer, settings: BalancerSettings) -> NodesFileWatcher | None:
+    """Start watching ``settings.nodes_file`` when one is configured (None otherwise). The
+    caller closes the returned watcher on shutdown, before closing the balancer."""
+    if settings.nodes_file is None:
+        return None
+    watcher = NodesFileWatcher(balancer, settings.nodes_file, interval_s=settings.watch_interval_s)
+    await watcher.start()
+    log.info("nodes_file_watching", path=str(watcher.path), interval_s=watcher.interval_s)
+    return watcher

@@ -37,6 +37,7 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
 async def serve_settings(settings: Settings) -> None:
     """Build the nodes and the balancer from ``settings`` and serve until a signal."""
     from blueprint.balancer import Balancer
+    from blueprint.balancer.watcher import start_watcher
     from blueprint.llm.registry import create_client
     from blueprint.server import check_exposure, serve
 
@@ -45,10 +46,14 @@ async def serve_settings(settings: Settings) -> None:
     balancer = Balancer(clients, settings.balancer,
                         node_configs={node.node_name: node for node in settings.nodes})
     await balancer.start()
+    watcher = None
     try:
+        watcher = await start_watcher(balancer, settings.balancer)  # nodes added/removed live
         await serve(balancer, settings.server,
                     on_ready=lambda running: print(f"READY {running.port}", flush=True))
     finally:
+        if watcher is not None:
+            await watcher.close()
         await balancer.close()
 
 

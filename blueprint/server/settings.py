@@ -79,6 +79,9 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
     request_timeout_s: float = Field(default=600.0, gt=0, description="Bound on one whole request.")
     first_token_timeout_s: float = Field(default=120.0, gt=0, description="Bound on the first token's wait.")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for a request body (a client trickling it gets 408)."
+    )
     stream_keepalive_s: float = Field(
         default=5.0, gt=0, description="SSE comment keep-alive interval while no token has come yet."
     )

@@ -198,3 +198,22 @@ def test_registry() -> None:
                                "cache_aware", "weighted"}
     with pytest.raises(InvalidRequestError):
         create_strategy("nope")
+
+
+def test_cache_aware_judges_the_holder_not_the_pool() -> None:
+    """A busy node elsewhere must not divert a prefix away from its idle home (SGLang's
+    pool-wide imbalance switch would), but an overloaded home does shed to the least loaded."""
+    strategy = _cache()
+    strategy.record("n0", SYSTEM + "an earlier question")
+    request = RoutingRequest(model="m", prompt_text=SYSTEM + "a new question")
+    assert strategy.select(nodes(1, 12, 0), request).name == "n0"
+    assert strategy.select(nodes(12, 1, 0), request).name == "n2"
+
+
+def test_cache_aware_tree_bound_forgets_evicted_prefixes() -> None:
+    strategy = _cache(max_chars_per_node=400)
+    strategy.record("n0", SYSTEM + "first")
+    for i in range(20):  # other prompts push the old prefix out, as the backend's LRU would
+        strategy.record("n0", f"unrelated prompt {i} " * 4)
+    assert strategy.select(nodes(0, 0, 0), RoutingRequest(model="m", prompt_text=SYSTEM + "again")).name \
+        != "n0"

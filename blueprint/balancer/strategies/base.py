@@ -59,6 +59,9 @@ class Strategy(ABC):
     their state per model: the balancer makes one instance per model."""
 
     name: ClassVar[str]
+    #: Whether :meth:`select` reads ``RoutingRequest.prompt_text``; when not, the balancer does
+    #: not build it (joining every message of a long conversation costs on the hot path).
+    uses_prompt_text: ClassVar[bool] = False
 
     def __init__(self, settings: BalancerSettings | None = None, *, rng: random.Random | None = None) -> None:
         self.settings = settings or BalancerSettings()
@@ -68,6 +71,10 @@ class Strategy(ABC):
     def select(self, candidates: Sequence[NodeView], request: RoutingRequest) -> NodeView:
         """Return one of ``candidates`` (never empty)."""
 
+    def chosen_alone(self, node: str, request: RoutingRequest) -> None:
+        """The balancer sent ``request`` to ``node``, its only candidate, without asking
+        :meth:`select` (no views built); a strategy that learns from its picks notes it here."""
+
     def forget(self, node: str) -> None:
         """The node left the pool: drop what is kept about it."""
 
@@ -76,9 +83,13 @@ def least_loaded_fair(candidates: Sequence[NodeView], counter: int) -> NodeView:
     """The least loaded candidate (load relative to its slot count, then absolute load); ties
     are broken by rotating through the tied nodes with ``counter``, so the first-registered
     node gets no advantage."""
-    def key(view: NodeView) -> tuple[float, int]:
-        return (view.load / max(1, view.limit), view.load)
-
-    best = min(key(view) for view in candidates)
-    tied = [view for view in candidates if key(view) == best]
+    best: tuple[float, int] | None = None
+    tied: list[NodeView] = []
+    for view in candidates:  # one pass, each key computed once (this runs on every request)
+        load = view.in_flight + view.queued
+        key = (load / (view.limit or 1), load)
+        if best is None or key < best:
+            best, tied = key, [view]
+        elif key == best:
+            tied.append(view)
     return tied[counter % len(tied)]

@@ -1,12 +1,18 @@
 """Cache aware (after SGLang's gateway): send a prompt where its prefix is already cached.
 
-Each node has a :class:`PrefixTree` of the prompts recently sent to it. Unless the load is
-imbalanced, the node with the longest prefix match wins when the match covers at least
-``match_threshold`` of the prompt; otherwise the least loaded node takes the request (the one
-holding the fewest cached characters among equally loaded ones), and so becomes the home of a new
-prefix. When the load is imbalanced (max - min above an absolute
-threshold and max above ``rel`` times min), the least loaded node wins whatever the cache says,
-so one hot prefix cannot pile onto one node.
+Each node has a :class:`PrefixTree` of the prompts recently sent to it, bounded like the node's
+own prefix cache (``max_chars_per_node``: set it near what the node's KV cache holds, so that a
+prefix the backend has evicted stops counting as cached here too). When the longest match covers
+at least ``match_threshold`` of the prompt, the least loaded node holding that match wins, unless
+*that node* is overloaded: its load is more than ``balance_abs_threshold`` above the least loaded
+candidate's and more than ``balance_rel_threshold`` times it. Only then does the least loaded
+node take the request (the emptiest cache among equally loaded ones) and become a second home
+of the hot prefix.
+
+Judging the holder's load rather than the whole pool's (SGLang switches every request to least
+loaded while any node is overloaded) matters: one slow, busy node must not send the traffic of
+prefixes cached on idle nodes to nodes that do not hold them, where each request pays a full
+prefill and, by spreading every prefix everywhere, evicts the others from the backends' caches.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from blueprint.balancer.strategies.base import NodeView, RoutingRequest, Strateg
 
 class CacheAware(Strategy):
     name = "cache_aware"
+    uses_prompt_text = True
 
     def __init__(self, settings: BalancerSettings | None = None, *, rng: random.Random | None = None) -> None:
         super().__init__(settings, rng=rng)
@@ -40,31 +47,45 @@ class CacheAware(Strategy):
         if prompt:
             self.tree(node).insert(prompt)
 
-    def imbalanced(self, candidates: Sequence[NodeView]) -> bool:
+    def overloaded(self, node: NodeView, candidates: Sequence[NodeView]) -> bool:
+        """Whether ``node`` is so much busier than the least loaded candidate that the cache
+        hit is not worth the wait."""
         knobs = self.settings.cache_aware
-        loads = [view.load for view in candidates]
-        high, low = max(loads), min(loads)
-        return high - low > knobs.balance_abs_threshold and high > knobs.balance_rel_threshold * low
+        low = min(view.load for view in candidates)
+        return node.load - low > knobs.balance_abs_threshold and node.load > knobs.balance_rel_threshold * low
+
+    def imbalanced(self, candidates: Sequence[NodeView]) -> bool:
+        """Whether the most loaded candidate is overloaded (see :meth:`overloaded`)."""
+        return self.overloaded(max(candidates, key=lambda view: view.load), candidates)
 
     def select(self, candidates: Sequence[NodeView], request: RoutingRequest) -> NodeView:
         self._turn += 1
         ordered = sorted(candidates, key=lambda view: view.name)
+        text = request.prompt_text
+        matches = [self.tree(view.name).match(text) if text else 0 for view in ordered]
+        best = max(matches)
         pick = None
-        if request.prompt_text and not self.imbalanced(ordered):
-            matches = {view.name: self.tree(view.name).match(request.prompt_text) for view in ordered}
-            best = max(matches.values())
-            if best > 0 and best / len(request.prompt_text) >= self.settings.cache_aware.match_threshold:
-                pick = least_loaded_fair([v for v in ordered if matches[v.name] == best], self._turn)
+        if best > 0 and best / len(text) >= self.settings.cache_aware.match_threshold:
+            holders = [view for view, matched in zip(ordered, matches, strict=True) if matched == best]
+            pick = least_loaded_fair(holders, self._turn)
+            if self.overloaded(pick, ordered):
+                pick = None
         if pick is None:
-            # A new prefix goes to the least loaded node; among equally loaded ones, to the one
-            # holding the least (so distinct prefixes spread evenly over the caches).
-            key = [(v.load / max(1, v.limit), v.load) for v in ordered]
-            lightest = [v for v, k in zip(ordered, key, strict=True) if k == min(key)]
-            smallest = min(self.tree(v.name).size_chars for v in lightest)
-            pick = least_loaded_fair([v for v in lightest if self.tree(v.name).size_chars == smallest],
+            # The least loaded node; among equally loaded ones, the one holding the least (so
+            # distinct prefixes spread evenly over the caches). A partial match below the
+            # threshold is not preferred: it is mostly boilerplate every prompt shares.
+            def rank(view: NodeView) -> tuple[float, int, int]:
+                return (view.load / max(1, view.limit), view.load, self.tree(view.name).size_chars)
+
+            ranked = [rank(view) for view in ordered]
+            low = min(ranked)
+            pick = least_loaded_fair([v for v, r in zip(ordered, ranked, strict=True) if r == low],
                                      self._turn)
-        self.record(pick.name, request.prompt_text)
+        self.record(pick.name, text)
         return pick
+
+    def chosen_alone(self, node: str, request: RoutingRequest) -> None:
+        self.record(node, request.prompt_text)
 
     def forget(self, node: str) -> None:
         self._trees.pop(node, None)

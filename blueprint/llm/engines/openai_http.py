@@ -398,7 +398,12 @@ class OpenAIHttpClient(LlmClient):
         if isinstance(request, EmbeddingRequest):
             return request.model_copy(update={"model": self._served_model}).model_dump_json(
                 exclude_none=True).encode(), False
-        update: dict[str, Any] = {"model": self._served_model, "stream": stream}
+        # Only what differs is updated; an unchanged request is dumped as is (no copy).
+        update: dict[str, Any] = {}
+        if request.model != self._served_model:
+            update["model"] = self._served_model
+        if request.stream != stream:
+            update["stream"] = stream
         wants_usage = stream and request.wants_usage_in_stream()
         if stream and self._stream_usage and not wants_usage:
             update["stream_options"] = StreamOptions(include_usage=True)
@@ -413,8 +418,9 @@ class OpenAIHttpClient(LlmClient):
                     update["max_completion_tokens"] = None
             elif request.max_tokens is None or request.max_tokens > cap:
                 update["max_tokens"] = cap
-        body = request.model_copy(update=update).model_dump_json(exclude_none=True).encode()
-        return body, wants_usage
+        if update:
+            request = request.model_copy(update=update)
+        return request.model_dump_json(exclude_none=True).encode(), wants_usage
 
     def _connection_error(self, exc: BaseException, *, streamed: bool) -> BackendError:
         if streamed:
