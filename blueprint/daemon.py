@@ -294,6 +294,7 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
         consumer = Consumer(
             ctx.ledger, ctx.txm, settings.tangle_contract, batch_window=jobs.batch_window_s,
             max_batch=jobs.max_batch, retry_for=jobs.submit_retry_s, dry_run=settings.dry_run,
+            presimulate=jobs.simulate_before_send,
         )
         daemon = Daemon(
             ctx, ledger=ctx.ledger, producer=producer, consumer=consumer, service_id=settings.service_id,

@@ -20,7 +20,12 @@ class JobsSettings(BaseModel):
         default=None, ge=0,
         description="First block to scan when the ledger has no cursor (None: the service's activation).",
     )
-    batch_window_s: float = Field(default=0.005, ge=0, description="Wait to batch results in submitResults.")
+    batch_window_s: float = Field(default=0.0, ge=0,
+                                  description="Extra wait to batch results (0: whatever accumulated).")
+    simulate_before_send: bool = Field(
+        default=True,
+        description="eth_call each submitResult(s) before sending it (a revert costs no gas; slower bursts).",
+    )
     max_batch: int = Field(default=32, ge=1, description="Most results in one submitResults.")
     submit_retry_s: float = Field(default=300.0, gt=0,
                                   description="Keep retrying a result this long on RPC errors.")

@@ -1,10 +1,20 @@
 """The consumer: job results to ``submitResult`` / ``submitResults`` on TNT Core, tracked in the ledger.
 
 Why batching: under a burst many answers are ready within a few milliseconds of each other, and
-one ``submitResults`` transaction replaces many (one nonce, one receipt wait). Results wait at
-most ``batch_window`` seconds for company, up to ``max_batch`` per transaction. A batch whose
-simulation reverts (say one job was already answered) is split into single submissions, so one
-bad job never blocks the others.
+one ``submitResults`` transaction replaces many (one nonce, one receipt wait). Batching is
+natural: whatever results accumulated while the previous transactions were being broadcast go
+out together in the next one (up to ``max_batch``, bounded by gas), so a quiet node sends at once
+and a busy one sends bigger transactions; ``batch_window`` (default 0) adds an optional fixed wait.
+A batch that reverts (say one job was already answered) is split into single submissions, each
+simulated first, so one bad job never blocks the others.
+
+Why fresh results are not simulated: an ``eth_call`` costs the node a full execution of the
+transaction, about as much as mining it, and under a burst it was most of the latency. A freshly
+computed answer to a job just seen on chain is valid in all but rare cases, and when a batch does
+revert on chain the receipt says so and the split above handles it (one reverted transaction's
+gas is the price). After such a revert the consumer simulates everything for ``cautious_for``
+seconds, so a lasting cause (an unregistered operator, say) does not burn gas batch after batch.
+Resumed results (after a restart, possibly already answered) are always simulated first.
 
 ``ResultAlreadySubmitted`` and ``JobAlreadyCompleted`` mean the chain already has what we wanted:
 the job is ``confirmed`` (with that note), not failed. Other reverts fail the job with the decoded
@@ -79,6 +89,7 @@ def encode_submit_results(service_id: int, call_ids: list[int], outputs: list[by
 class _Item:
     result: JobResult
     future: asyncio.Future[SubmitOutcome]
+    verify: bool = False  # simulate before the first send (resumed results may already be answered)
 
 
 class Consumer:
@@ -88,15 +99,18 @@ class Consumer:
         ledger: the job ledger (every job submitted must be in it: the producer put it there).
         txm: the operator key's transaction manager.
         tangle_address: the TNT Core (Tangle proxy) contract.
-        batch_window: seconds a ready result waits for others to share a transaction.
+        batch_window: extra seconds a ready result waits for others to share a transaction (0:
+            natural batching only, see the module docstring).
         max_batch: most results in one ``submitResults``.
         gas_base / gas_per_result: gas limit = base + per_result x n (generous: the manager's
             result hook has a 500k stipend per result; a result costs ~160-200k without a hook).
         max_tx_gas: the most gas one transaction may ask for (stay under the block gas limit);
             it also bounds the batch size.
         retry_for: seconds to keep retrying transport errors before failing a job.
-        max_dispatch: transactions simulated/broadcast concurrently (more overlap vs bigger batches).
+        max_dispatch: transactions prepared/broadcast concurrently (more overlap vs bigger batches).
         dry_run: compute and record answers but never send a transaction.
+        presimulate: ``eth_call`` every batch before sending it (safer on gas, slower under load).
+        cautious_for: seconds every batch is simulated after a batch reverted on chain.
     """
 
     def __init__(
@@ -105,7 +119,7 @@ class Consumer:
         txm: TxManager,
         tangle_address: str,
         *,
-        batch_window: float = 0.002,
+        batch_window: float = 0.0,
         max_batch: int = 32,
         gas_base: int = 1_500_000,
         gas_per_result: int = 800_000,
@@ -113,6 +127,8 @@ class Consumer:
         retry_for: float = 300.0,
         dry_run: bool = False,
         max_dispatch: int = 3,
+        presimulate: bool = False,
+        cautious_for: float = 60.0,
     ) -> None:
         self.ledger = ledger
         self.txm = txm
@@ -124,6 +140,9 @@ class Consumer:
         self.gas_per_result = gas_per_result
         self.retry_for = retry_for
         self.dry_run = dry_run
+        self.presimulate = presimulate
+        self.cautious_for = cautious_for
+        self._cautious_until = 0.0
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max(1, max_dispatch))
         self._loop_task: asyncio.Task[None] | None = None
@@ -165,13 +184,14 @@ class Consumer:
 
     # --- public API ---------------------------------------------------------------------------
 
-    async def submit(self, result: JobResult) -> SubmitOutcome:
+    async def submit(self, result: JobResult, *, verify: bool = False) -> SubmitOutcome:
         """Record the answer and send it; returns once it is confirmed, found done, or failed.
 
         The job must be in the ledger (else UnknownJobError): seen, running, answered or
         submitted. An orphaned job is not sent (its block left the chain). Resumed
         ``answered``/``submitted`` jobs are sent again; the chain's ``ResultAlreadySubmitted``
-        keeps that single.
+        keeps that single. ``verify`` simulates before the first send (for results that may
+        already be on chain).
         """
         record = await self.ledger.prepare_answer(result.service_id, result.call_id, result.output)
         if record.state is JobState.ORPHANED:
@@ -188,7 +208,7 @@ class Consumer:
         if self._loop_task is None:
             await self.start()
         future: asyncio.Future[SubmitOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(result, future))
+        self._queue.put_nowait(_Item(result, future, verify))
         return await future
 
     async def is_answered_on_chain(self, service_id: int, call_id: int, operator: str | None = None,
@@ -249,7 +269,7 @@ class Consumer:
 
     async def _resubmit(self, result: JobResult) -> None:
         try:
-            outcome = await self.submit(result)
+            outcome = await self.submit(result, verify=True)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -315,8 +335,10 @@ class Consumer:
         else:
             data = encode_submit_results(service_id, call_ids, [i.result.output for i in items])
         gas = self.gas_base + self.gas_per_result * len(items)
+        simulate = (self.presimulate or any(i.verify for i in items)
+                    or time.monotonic() < self._cautious_until)
         try:
-            sent = await self.txm.send(self.tangle, data, gas=gas)
+            sent = await self.txm.send(self.tangle, data, gas=gas, simulate=simulate)
         except TxRevertedError as exc:
             if len(items) > 1:
                 log.info("consumer.batch_split", size=len(items), reason=str(exc.revert))
@@ -342,7 +364,9 @@ class Consumer:
             await self._singles(items)
             return
         if receipt.status != 1:
-            log.warning("consumer.tx_reverted", size=len(items), tx_hash=receipt.tx_hash)
+            self._cautious_until = time.monotonic() + self.cautious_for
+            log.warning("consumer.tx_reverted", size=len(items), tx_hash=receipt.tx_hash,
+                        simulating_for_s=self.cautious_for)
             await self._back_to_answered(keys)
             await self._singles(items)
             return

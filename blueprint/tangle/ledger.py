@@ -446,7 +446,9 @@ class Ledger:
 
         Idempotent: a job already known is not returned again (a re-delivered log is a no-op,
         though its block fields follow the chain if it moved to another block). An ``orphaned``
-        job that reappears goes back to ``seen`` and is returned. Returns the jobs to deliver.
+        job that reappears, or a ``confirmed`` one whose log moved to another block (a reorg
+        that may have dropped our answer), goes back to ``seen`` and is returned. Returns the
+        jobs to deliver.
 
         ``scanned=(service_id, first, last)`` says ``jobs`` are *all* that service's job logs in
         that canonical block range: a known job of the service recorded in the range but absent
@@ -476,7 +478,9 @@ class Ledger:
                     continue
                 state = JobState(row[0])
                 moved = row[1] != job.block_hash.lower() or row[2] != job.log_index
-                if state is S.ORPHANED:
+                # A confirmed job whose log now sits in another block went through a reorg that
+                # may have removed our answer (or put another job at this call id): answer anew.
+                if state is S.ORPHANED or (moved and state is S.CONFIRMED):
                     db.execute(
                         "UPDATE jobs SET state = ?, reason = NULL, job_index = ?, caller = ?, inputs = ?, "
                         "block_number = ?, block_hash = ?, log_index = ?, tx_hash = ?, seen_at = ?, "
@@ -526,20 +530,23 @@ class Ledger:
         """A reorg: move the cursor back to the common ancestor and orphan the jobs of later blocks.
 
         ``keep`` lists (service_id, call_id) pairs already found again in the new chain: those are
-        not orphaned. Only ``service_id``'s jobs when given. Forgets the block hashes above the
-        ancestor. Returns the orphaned pairs.
+        not orphaned, unless already ``confirmed``: our answer was mined after the job, so in a
+        removed block, and the job must be answered again (the rescan delivers it anew; the chain
+        refuses a second result if the answer was re-included too). Only ``service_id``'s jobs
+        when given. Forgets the block hashes above the ancestor. Returns the orphaned pairs.
         """
         keep_set = {(int(s), int(c)) for s, c in keep}
 
         def write(db: sqlite3.Connection) -> list[tuple[int, int]]:
             now = time.time()
-            sql = "SELECT service_id, call_id FROM jobs WHERE block_number > ? AND state != ?"
+            sql = "SELECT service_id, call_id, state FROM jobs WHERE block_number > ? AND state != ?"
             args: list[Any] = [ancestor.block_number, S.ORPHANED.value]
             if service_id is not None:
                 sql += " AND service_id = ?"
                 args.append(service_id)
             rows = db.execute(sql, args).fetchall()
-            orphaned = [(int(s), int(c)) for s, c in rows if (int(s), int(c)) not in keep_set]
+            orphaned = [(int(s), int(c)) for s, c, state in rows
+                        if (int(s), int(c)) not in keep_set or state == S.CONFIRMED.value]
             db.executemany(
                 "UPDATE jobs SET state = ?, reason = 'reorg', updated_at = ? "
                 "WHERE service_id = ? AND call_id = ?",
@@ -706,6 +713,17 @@ class Ledger:
         marks = ", ".join("?" for _ in PENDING_STATES)
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"
         args: list[Any] = [s.value for s in PENDING_STATES]
+        if service_id is not None:
+            sql += " AND service_id = ?"
+            args.append(service_id)
+        sql += " ORDER BY block_number, log_index"
+        return await self._run(lambda: [_record(r) for r in self._db.execute(sql, args).fetchall()])
+
+    async def confirmed_since(self, block_number: int, service_id: int | None = None) -> list[JobRecord]:
+        """Confirmed jobs whose log is at or after ``block_number``: after a reorg the producer
+        checks that their answers are still in the chain."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND block_number >= ?"
+        args: list[Any] = [S.CONFIRMED.value, block_number]
         if service_id is not None:
             sql += " AND service_id = ?"
             args.append(service_id)

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 from web3 import AsyncWeb3, WebSocketProvider
+from web3.exceptions import TransactionNotFound
 
 from blueprint.errors import BlueprintError
 from blueprint.tangle.events import (
@@ -45,7 +46,7 @@ from blueprint.tangle.events import (
     normalize_log,
     uint_topic,
 )
-from blueprint.tangle.ledger import Cursor, Ledger
+from blueprint.tangle.ledger import Cursor, JobState, Ledger
 from blueprint.tangle.types import JobCall
 
 log = structlog.get_logger(__name__)
@@ -325,6 +326,7 @@ class Producer:
             number = min(number, head_number)
             ancestor = Cursor(number, (await self._header(number))[1])
             self._log.error("producer.deep_reorg", cursor=cursor.block_number, rescan_from=number + 1)
+        ancestor = await self._reanswer_lost(ancestor)
         keep: list[tuple[int, int]] = []
         first = ancestor.block_number + 1
         while first <= head_number:
@@ -337,6 +339,32 @@ class Producer:
         self.stats.orphaned += len(orphaned)
         self._log.warning("producer.reorg", old_cursor=cursor.block_number, ancestor=ancestor.block_number,
                           orphaned=[c for _, c in orphaned], kept=len(keep))
+        return ancestor
+
+    async def _reanswer_lost(self, ancestor: Cursor) -> Cursor:
+        """Confirmed jobs whose answer left the chain with the reorg, though their own log may still
+        be canonical (below the ancestor): orphan them and move the ancestor below them, so the
+        rescan delivers them again and they are answered anew."""
+        lost = []
+        since = max(0, ancestor.block_number - self.max_reorg_depth)
+        for record in await self.ledger.confirmed_since(since, self.service_id):
+            if not record.submit_tx_hash:
+                continue
+            try:
+                receipt = await self.w3.eth.get_transaction_receipt(record.submit_tx_hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                receipt = None
+            if receipt is None:
+                lost.append(record)
+        if not lost:
+            return ancestor
+        for record in lost:
+            await self.ledger.transition(record.service_id, record.call_id, JobState.ORPHANED,
+                                         reason="answer removed by a reorg")
+        self._log.warning("producer.answers_reorged_out", call_ids=[r.call_id for r in lost])
+        number = min(r.block_number for r in lost) - 1
+        if number < ancestor.block_number:
+            ancestor = Cursor(number, (await self._header(number))[1])
         return ancestor
 
     # --- WebSocket push -----------------------------------------------------------------------

@@ -2,15 +2,19 @@
 wait, bump.
 
 Why one manager per key: results are submitted concurrently, and two tasks that each asked the
-node for a nonce would collide. Nonces are assigned locally, under a lock that also covers
-signing and broadcasting, so they go out in order with no gap. When the node says the nonce is
-wrong ("nonce too low": someone else used the key), the sequence is re-read from
-``eth_getTransactionCount(pending)`` and the transaction is sent again.
+node for a nonce would collide. Nonces are assigned locally and transactions signed under a
+lock, so the sequence has no gap; the broadcast itself happens outside the lock, so under load
+several ``eth_sendRawTransaction`` round trips overlap instead of queueing one after another (a
+node accepts a nonce that arrives just before its predecessor and mines both in order). When the
+node says the nonce is wrong ("nonce too low": someone else used the key), the sequence is re-read
+from ``eth_getTransactionCount(pending)`` and the transaction is sent again; any other failed
+broadcast makes the next send re-read it, which fills a gap the failure may have left.
 
-Every transaction is first simulated with ``eth_call`` (a revert is decoded with the TNT Core
-custom errors and raised as :class:`TxRevertedError`, nothing is spent). Gas is a generous fixed
-limit, not ``estimateGas``: TNT Core's best-effort result hook runs with a 500k stipend, and an
-estimate that only just covers the outer call starves it silently (``../shared/tnt-core/README.md``).
+A transaction is first simulated with ``eth_call`` unless the caller says not to (a revert is
+decoded with the TNT Core custom errors and raised as :class:`TxRevertedError`, nothing is
+spent). Gas is a generous fixed limit, not ``estimateGas``: TNT Core's best-effort result hook
+runs with a 500k stipend, and an estimate that only just covers the outer call starves it
+silently (``../shared/tnt-core/README.md``).
 
 A transaction still unmined after ``bump_after`` seconds is re-signed with the same nonce and
 fees raised by ``bump_factor`` (at least +10%, which nodes require for a replacement); the wait
@@ -203,29 +207,34 @@ class TxManager:
         max_fee, tip = await self.fees()
         gas = gas or self.gas_limit
         for attempt in range(4):
-            async with self._lock:
+            async with self._lock:  # the nonce is taken and signed in order; the send overlaps
                 if self._nonce is None:
                     await self.resync_nonce()
                 assert self._nonce is not None
                 sent = SentTx(nonce=self._nonce, to=to, data=data, gas=gas, max_fee=max_fee, priority_fee=tip)
-                try:
-                    await self._broadcast(sent)
-                except Web3RPCError as exc:
+                raw = self._sign(sent)
+                self._nonce += 1
+            try:
+                await self._send_raw(sent, raw)
+            except Web3RPCError as exc:
+                async with self._lock:
                     if not _is_nonce_error(exc) or attempt == 3:
                         # the nonce may or may not be consumed: ask the node next time
                         self._nonce = None
                         raise
                     fresh = await self.resync_nonce()
-                    log.warning("tx.nonce_resync", error=str(exc), nonce=fresh, attempt=attempt)
-                    continue
-                except BaseException:
-                    self._nonce = None
-                    raise
-                self._nonce += 1
-                return sent
+                log.warning("tx.nonce_resync", error=str(exc), nonce=fresh, attempt=attempt)
+                continue
+            except BaseException:
+                self._nonce = None
+                raise
+            return sent
         raise TxError("could not find a usable nonce")  # pragma: no cover (loop always returns/raises)
 
     async def _broadcast(self, sent: SentTx) -> None:
+        await self._send_raw(sent, self._sign(sent))
+
+    def _sign(self, sent: SentTx) -> bytes:
         tx = {
             "type": 2,
             "chainId": self.chain_id,
@@ -237,8 +246,10 @@ class TxManager:
             "maxFeePerGas": sent.max_fee,
             "maxPriorityFeePerGas": sent.priority_fee,
         }
-        signed = self.account.sign_transaction(tx)
-        tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        return bytes(self.account.sign_transaction(tx).raw_transaction)
+
+    async def _send_raw(self, sent: SentTx, raw: bytes) -> None:
+        tx_hash = await self.w3.eth.send_raw_transaction(raw)
         sent.hashes.append("0x" + bytes(tx_hash).hex())
         sent.sent_at = time.monotonic()
 
@@ -295,6 +306,13 @@ class TxManager:
                     if not await self._any_receipt(sent):
                         raise TxReplacedError(f"nonce {sent.nonce} was used by another transaction")
                     continue
+                pending = await self.w3.eth.get_transaction_count(self.address, "pending")
+                if pending < sent.nonce:
+                    # a gap below our nonce (a reorg dropped earlier transactions): this one can
+                    # never be mined. Take nonces from the node again and let the caller resend.
+                    async with self._lock:
+                        self._nonce = None
+                    raise TxReplacedError(f"nonce {sent.nonce} is past the chain's next nonce {pending}")
                 if bumps < self.max_bumps and not await self._bump(sent):
                     if not await self._any_receipt(sent):
                         raise TxReplacedError(f"nonce {sent.nonce} was used by another transaction")

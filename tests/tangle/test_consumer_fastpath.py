@@ -1,0 +1,123 @@
+"""The consumer's fast path on anvil with the real TNT Core contracts: fresh results are sent
+without a prior ``eth_call``, broadcasts overlap yet keep one gapless nonce sequence, a batch that
+reverts on chain is split and makes the consumer simulate again, and resumed results are always
+simulated (an answer already on chain costs no transaction)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from eth_abi import encode
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from blueprint.tangle.chain import ChainClient
+from blueprint.tangle.consumer import Consumer, encode_submit_result
+from blueprint.tangle.devnet import Anvil
+from blueprint.tangle.ledger import Ledger
+from blueprint.tangle.producer import Producer
+from blueprint.tangle.setup import DevService, submit_jobs
+from blueprint.tangle.txmanager import TxManager
+from blueprint.tangle.types import JobCall, JobResult
+
+pytestmark = pytest.mark.chain
+
+ZERO = "0x" + "00" * 32
+
+
+def inputs(n: int) -> bytes:
+    return encode(["string", "uint32", "string"], ["tiny", 8, f'{{"prompt": "fast {n}"}}'])
+
+
+def output(n: int) -> bytes:
+    return encode(["string"], [f'{{"answer": {n}}}'])
+
+
+@pytest.fixture
+async def w3(anvil: Anvil) -> AsyncIterator[AsyncWeb3]:
+    web3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
+    try:
+        yield web3
+    finally:
+        await web3.provider.disconnect()
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    led = await Ledger.open(tmp_path)
+    try:
+        yield led
+    finally:
+        await led.close()
+
+
+@pytest.fixture
+def txm(w3: AsyncWeb3, dev_service: DevService) -> TxManager:
+    return TxManager(w3, dev_service.operator.account, bump_after=5.0, receipt_timeout=30.0)
+
+
+async def seen(ledger: Ledger, w3: AsyncWeb3, service: DevService, call_ids: list[int]) -> None:
+    """Record the jobs as seen the way the daemon does: through the producer."""
+    start = max(0, int(await w3.eth.block_number) - 2 * len(call_ids) - 2)
+    producer = Producer(ledger, w3, tangle_address=service.tangle_contract, service_id=service.service_id,
+                        start_block=start)
+    await producer.scan_once()
+    while producer.pending():
+        await producer.get()
+
+
+async def nonce_of(w3: AsyncWeb3, service: DevService) -> int:
+    return int(await w3.eth.get_transaction_count(service.operator.address, "latest"))
+
+
+async def test_overlapping_broadcasts_keep_one_gapless_sequence(
+    w3: AsyncWeb3, txm: TxManager, dev_service: DevService
+) -> None:
+    start = await nonce_of(w3, dev_service)
+    sent = await asyncio.gather(*(txm.send(dev_service.operator.address, b"", gas=30_000, simulate=False)
+                                  for _ in range(12)))
+    assert sorted(s.nonce for s in sent) == list(range(start, start + 12))
+    receipts = await asyncio.gather(*(txm.wait(s) for s in sent))
+    assert all(r.status == 1 for r in receipts)
+    assert await nonce_of(w3, dev_service) == start + 12
+
+
+async def test_bad_fresh_batch_costs_one_reverted_tx_then_consumer_simulates(
+    ledger: Ledger, w3: AsyncWeb3, txm: TxManager, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    sid = dev_service.service_id
+    ids = await submit_jobs(chain_client, dev_service.owner, sid, [(0, inputs(i)) for i in range(2)])
+    await seen(ledger, w3, dev_service, ids)
+    ghosts = [JobCall(sid, 10**9 + n, 0, dev_service.owner.address, b"", 1, ZERO, 0, ZERO) for n in (1, 2)]
+    await ledger.record_seen(ghosts)
+    start = await nonce_of(w3, dev_service)
+    async with Consumer(ledger, txm, dev_service.tangle_contract, batch_window=0.05) as consumer:
+        mixed = await asyncio.gather(*(consumer.submit(JobResult(sid, c, output(c)))
+                                       for c in [ids[0], ghosts[0].call_id, ids[1]]))
+        assert [o.status for o in mixed] == ["confirmed", "failed", "confirmed"]
+        # the unsimulated batch reverted on chain (1 tx), then two good singles (2 txs); the
+        # bad single was simulated and cost nothing
+        assert await nonce_of(w3, dev_service) == start + 3
+        # right after an on-chain revert the consumer simulates: a bad job costs no transaction
+        again = await consumer.submit(JobResult(sid, ghosts[1].call_id, output(0)))
+        assert again.status == "failed"
+        assert await nonce_of(w3, dev_service) == start + 3
+    for c in ids:
+        assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
+
+
+async def test_verified_result_already_on_chain_costs_no_transaction(
+    ledger: Ledger, w3: AsyncWeb3, txm: TxManager, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    sid = dev_service.service_id
+    (cid,) = await submit_jobs(chain_client, dev_service.owner, sid, [(0, inputs(99))])
+    await seen(ledger, w3, dev_service, [cid])
+    await txm.send_and_wait(dev_service.tangle_contract, encode_submit_result(sid, cid, output(1)))
+    start = await nonce_of(w3, dev_service)
+    async with Consumer(ledger, txm, dev_service.tangle_contract) as consumer:
+        outcome = await consumer.submit(JobResult(sid, cid, output(1)), verify=True)
+    assert outcome.status == "already_answered"
+    assert await nonce_of(w3, dev_service) == start
+    assert len(await chain_client.result_logs(sid, cid, dev_service.operator.address)) == 1
