@@ -530,23 +530,20 @@ class Ledger:
         """A reorg: move the cursor back to the common ancestor and orphan the jobs of later blocks.
 
         ``keep`` lists (service_id, call_id) pairs already found again in the new chain: those are
-        not orphaned, unless already ``confirmed``: our answer was mined after the job, so in a
-        removed block, and the job must be answered again (the rescan delivers it anew; the chain
-        refuses a second result if the answer was re-included too). Only ``service_id``'s jobs
-        when given. Forgets the block hashes above the ancestor. Returns the orphaned pairs.
+        not orphaned. Only ``service_id``'s jobs when given. Forgets the block hashes above the
+        ancestor. Returns the orphaned pairs.
         """
         keep_set = {(int(s), int(c)) for s, c in keep}
 
         def write(db: sqlite3.Connection) -> list[tuple[int, int]]:
             now = time.time()
-            sql = "SELECT service_id, call_id, state FROM jobs WHERE block_number > ? AND state != ?"
+            sql = "SELECT service_id, call_id FROM jobs WHERE block_number > ? AND state != ?"
             args: list[Any] = [ancestor.block_number, S.ORPHANED.value]
             if service_id is not None:
                 sql += " AND service_id = ?"
                 args.append(service_id)
             rows = db.execute(sql, args).fetchall()
-            orphaned = [(int(s), int(c)) for s, c, state in rows
-                        if (int(s), int(c)) not in keep_set or state == S.CONFIRMED.value]
+            orphaned = [(int(s), int(c)) for s, c in rows if (int(s), int(c)) not in keep_set]
             db.executemany(
                 "UPDATE jobs SET state = ?, reason = 'reorg', updated_at = ? "
                 "WHERE service_id = ? AND call_id = ?",
