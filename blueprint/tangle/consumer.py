@@ -462,7 +462,11 @@ class Consumer:
 
     async def _confirm(self, keys: list[tuple[int, int]], receipt: Receipt | None,
                        note: str | None = None) -> None:
-        await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash if receipt else None, reason=note)
+        if receipt is None:
+            await self._each(keys, JobState.CONFIRMED, reason=note)
+            return
+        await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash, reason=note,
+                         answer=(receipt.block_number, receipt.block_hash) if receipt.block_hash else None)
 
     async def _back_to_answered(self, keys: list[tuple[int, int]]) -> None:
         for key in keys:

@@ -50,7 +50,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How many recent (block number, hash) pairs the producer keeps for finding a reorg's ancestor.
 DEFAULT_BLOCK_HISTORY = 512
 
@@ -142,6 +142,11 @@ class JobRecord:
     answered_at: float | None
     submitted_at: float | None
     confirmed_at: float | None
+    #: Where our answer landed (the receipt's block), watched by the producer until the cursor
+    #: covers it; None when the job was confirmed without a receipt of ours (already answered).
+    answer_block: int | None = None
+    answer_hash: str | None = None
+    answer_anchored: bool = False
 
     def to_job_call(self) -> JobCall:
         """The job as the producer delivered it (inputs are kept until confirmed)."""
@@ -162,7 +167,7 @@ class JobRecord:
 _JOB_COLUMNS = (
     "service_id, call_id, job_index, caller, inputs, from_quote, block_number, block_hash, log_index, "
     "tx_hash, state, reason, result, result_hash, submit_tx_hash, attempts, seen_at, started_at, "
-    "answered_at, submitted_at, confirmed_at"
+    "answered_at, submitted_at, confirmed_at, answer_block, answer_hash, answer_anchored"
 )
 
 _SCHEMA = """
@@ -197,6 +202,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     answered_at REAL,
     submitted_at REAL,
     confirmed_at REAL,
+    answer_block INTEGER,
+    answer_hash TEXT,
+    answer_anchored INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL,
     PRIMARY KEY (service_id, call_id)
 );
@@ -204,11 +212,26 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_block ON jobs (block_number);
 """
 
+#: Schema upgrades, applied in order to a ledger written by an older build (version -> script).
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: where each answer landed, so a reorg that drops it is noticed even when the
+    # producer's cursor had not reached the answer's block. Answers confirmed by the old build
+    # are trusted (anchored): the old build checked them against the cursor already.
+    1: """
+ALTER TABLE jobs ADD COLUMN answer_block INTEGER;
+ALTER TABLE jobs ADD COLUMN answer_hash TEXT;
+ALTER TABLE jobs ADD COLUMN answer_anchored INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET answer_anchored = 1 WHERE state = 'confirmed';
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+""",
+}
+
 
 def _record(row: Sequence[Any]) -> JobRecord:
     values = list(row)
     values[5] = bool(values[5])
     values[10] = JobState(values[10])
+    values[23] = bool(values[23])
     return JobRecord(*values)
 
 
@@ -362,12 +385,17 @@ class Ledger:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(_SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
-        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        if int(version) != SCHEMA_VERSION:
+        fresh = conn.execute("SELECT name FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
+        if fresh:
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        while version in _MIGRATIONS and version < SCHEMA_VERSION:
+            conn.executescript(f"BEGIN; {_MIGRATIONS[version]} COMMIT;")
+            log.info("ledger.migrated", path=str(self.path), version=version + 1)
+            version += 1
+        if version != SCHEMA_VERSION:
             conn.close()
             raise LedgerError(f"ledger {self.path} has schema {version}, this build reads {SCHEMA_VERSION}")
         self._conn = conn
@@ -579,10 +607,11 @@ class Ledger:
         reason: str | None = None,
         result: bytes | None = None,
         tx_hash: str | None = None,
+        answer: tuple[int, str] | None = None,
     ) -> JobRecord:
         """Move one job to ``target`` (checked against :data:`ALLOWED`) and return the new row."""
         records = await self.transition_many([(service_id, call_id)], target, reason=reason, result=result,
-                                             tx_hash=tx_hash)
+                                             tx_hash=tx_hash, answer=answer)
         return records[0]
 
     async def transition_many(
@@ -593,12 +622,14 @@ class Ledger:
         reason: str | None = None,
         result: bytes | None = None,
         tx_hash: str | None = None,
+        answer: tuple[int, str] | None = None,
     ) -> list[JobRecord]:
         """Move several jobs at once (one transaction; all or none). See :meth:`transition`.
 
         ``answered`` stores ``result`` and its sha256; ``submitted`` stores ``tx_hash`` and counts
         an attempt; ``confirmed`` drops the inputs and result bytes (no longer needed; the hash
-        stays); ``failed`` and ``orphaned`` store ``reason``.
+        stays) and stores ``answer``, the (block number, block hash) of the receipt, for the
+        producer to watch; ``failed`` and ``orphaned`` store ``reason``.
         """
         target = JobState(target)
 
@@ -610,7 +641,7 @@ class Ledger:
                 if target not in ALLOWED[current]:
                     raise IllegalTransitionError(service_id, call_id, current, target)
                 self._apply(db, service_id, call_id, target, now, reason=reason, result=result,
-                            tx_hash=tx_hash)
+                            tx_hash=tx_hash, answer=answer)
                 out.append(self._get(db, service_id, call_id))  # type: ignore[arg-type]
             return out
 
@@ -644,7 +675,8 @@ class Ledger:
 
     @staticmethod
     def _apply(db: sqlite3.Connection, service_id: int, call_id: int, target: JobState, now: float, *,
-               reason: str | None = None, result: bytes | None = None, tx_hash: str | None = None) -> None:
+               reason: str | None = None, result: bytes | None = None, tx_hash: str | None = None,
+               answer: tuple[int, str] | None = None) -> None:
         sets = ["state = ?", "updated_at = ?"]
         args: list[Any] = [target.value, now]
         if target in _STAMP:
@@ -664,6 +696,11 @@ class Ledger:
             if tx_hash:
                 sets.append("submit_tx_hash = ?")
                 args.append(tx_hash.lower())
+            if answer is not None:  # watched by the producer until the cursor covers it
+                sets += ["answer_block = ?", "answer_hash = ?", "answer_anchored = 0"]
+                args += [int(answer[0]), answer[1].lower()]
+            else:  # confirmed from the chain's word (already answered): nothing of ours to watch
+                sets += ["answer_block = NULL", "answer_hash = NULL", "answer_anchored = 1"]
         elif target in (S.FAILED, S.ORPHANED, S.SEEN):
             sets.append("reason = ?")
             args.append(reason)
@@ -682,8 +719,9 @@ class Ledger:
         return await self.transition(service_id, call_id, S.SUBMITTED, tx_hash=tx_hash)
 
     async def mark_confirmed(self, service_id: int, call_id: int, *, tx_hash: str | None = None,
-                             note: str | None = None) -> JobRecord:
-        return await self.transition(service_id, call_id, S.CONFIRMED, tx_hash=tx_hash, reason=note)
+                             note: str | None = None, answer: tuple[int, str] | None = None) -> JobRecord:
+        return await self.transition(service_id, call_id, S.CONFIRMED, tx_hash=tx_hash, reason=note,
+                                     answer=answer)
 
     async def mark_failed(self, service_id: int, call_id: int, reason: str) -> JobRecord:
         return await self.transition(service_id, call_id, S.FAILED, reason=reason)
@@ -716,16 +754,73 @@ class Ledger:
         sql += " ORDER BY block_number, log_index"
         return await self._run(lambda: [_record(r) for r in self._db.execute(sql, args).fetchall()])
 
-    async def confirmed_since(self, block_number: int, service_id: int | None = None) -> list[JobRecord]:
-        """Confirmed jobs whose log is at or after ``block_number``: after a reorg the producer
-        checks that their answers are still in the chain."""
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND block_number >= ?"
-        args: list[Any] = [S.CONFIRMED.value, block_number]
+    # --- answers: watched until the cursor covers them ----------------------------------------
+
+    async def unanchored_answers(self, up_to_block: int, service_id: int | None = None) -> list[JobRecord]:
+        """Confirmed jobs whose answer sits in a block at or below ``up_to_block`` that has not yet
+        been checked against the canonical chain (see :meth:`anchor_answers`)."""
+        sql = (f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND answer_anchored = 0 "
+               "AND answer_block <= ?")
+        args: list[Any] = [S.CONFIRMED.value, up_to_block]
         if service_id is not None:
             sql += " AND service_id = ?"
             args.append(service_id)
-        sql += " ORDER BY block_number, log_index"
+        sql += " ORDER BY answer_block"
         return await self._run(lambda: [_record(r) for r in self._db.execute(sql, args).fetchall()])
+
+    async def anchor_answers(self, keys: Iterable[tuple[int, int]]) -> None:
+        """These answers' blocks were canonical while the cursor (checked on every scan) was at
+        or above them: from now on a reorg that removes them also replaces the cursor's block,
+        and :meth:`unanchor_answers_above` re-opens them then."""
+        rows = [(int(s), int(c)) for s, c in keys]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE jobs SET answer_anchored = 1 WHERE service_id = ? AND call_id = ?", rows)
+
+        await self._write(write)
+
+    async def move_answer(self, service_id: int, call_id: int, block_number: int, block_hash: str) -> None:
+        """Our answer's transaction was re-included in another block: watch it there."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE jobs SET answer_block = ?, answer_hash = ?, answer_anchored = 0 "
+                "WHERE service_id = ? AND call_id = ?",
+                (block_number, block_hash.lower(), service_id, call_id),
+            )
+
+        await self._write(write)
+
+    async def unanchor_answers_above(self, block_number: int, service_id: int | None = None) -> int:
+        """A reorg replaced the blocks above ``block_number``: answers there must be checked again."""
+
+        def write(db: sqlite3.Connection) -> int:
+            sql = "UPDATE jobs SET answer_anchored = 0 WHERE state = ? AND answer_block > ?"
+            args: list[Any] = [S.CONFIRMED.value, block_number]
+            if service_id is not None:
+                sql += " AND service_id = ?"
+                args.append(service_id)
+            return db.execute(sql, args).rowcount
+
+        return await self._write(write)
+
+    async def reopen_lost_answers(self, keys: Sequence[tuple[int, int]], cursor: Cursor,
+                                  stream: str = "jobs") -> None:
+        """Our answers to these confirmed jobs left the chain: orphan the jobs and move the cursor
+        back to ``cursor`` (below their logs), in one transaction, so the next scan delivers them
+        again (``orphaned`` -> ``seen``) and they are answered anew."""
+
+        def write(db: sqlite3.Connection) -> None:
+            now = time.time()
+            for service_id, call_id in keys:
+                if self._state(db, service_id, call_id) is not S.CONFIRMED:
+                    continue  # it moved on meanwhile (a rescan already re-delivered it)
+                self._apply(db, service_id, call_id, S.ORPHANED, now, reason="answer removed by a reorg")
+            row = db.execute("SELECT block_number FROM cursor WHERE stream = ?", (stream,)).fetchone()
+            if row is None or int(row[0]) > cursor.block_number:
+                self._put_cursor(db, stream, cursor)
+
+        await self._write(write)
 
     async def jobs(self, state: JobState | None = None, limit: int = 10_000) -> list[JobRecord]:
         """Jobs (in one state, if given), oldest first."""

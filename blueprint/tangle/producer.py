@@ -13,7 +13,9 @@ job and a log from an orphaned block is a job that never happened. The producer:
   walks back the remembered hashes to the common ancestor, keeps the jobs the new chain holds
   again, orphans the rest, rewinds the cursor and re-scans;
 * records jobs and the cursor in one ledger transaction and delivers a job only when the ledger
-  says it is new: each (service, call id) once, across restarts and re-deliveries.
+  says it is new: each (service, call id) once, across restarts and re-deliveries;
+* watches our own answers: once the cursor passes an answer's block, that block's hash must match
+  the receipt's; an answer a reorg removed re-opens its job (see ``_watch_answers``).
 
 Use::
 
@@ -46,7 +48,7 @@ from blueprint.tangle.events import (
     normalize_log,
     uint_topic,
 )
-from blueprint.tangle.ledger import Cursor, JobState, Ledger
+from blueprint.tangle.ledger import Cursor, JobRecord, Ledger
 from blueprint.tangle.types import JobCall
 
 log = structlog.get_logger(__name__)
@@ -73,6 +75,7 @@ class ProducerStats:
     scan_errors: int = 0
     ws_connects: int = 0
     ws_logs: int = 0
+    answers_lost: int = 0
 
 
 class Producer:
@@ -264,6 +267,9 @@ class Producer:
             await self._deliver(fresh)
             delivered += len(fresh)
             first = last + 1
+            cursor = Cursor(last, end_hash)
+        if cursor is not None:
+            await self._watch_answers(cursor)
         return delivered
 
     def _effective_last(self, first: int, last: int) -> int:
@@ -326,7 +332,8 @@ class Producer:
             number = min(number, head_number)
             ancestor = Cursor(number, (await self._header(number))[1])
             self._log.error("producer.deep_reorg", cursor=cursor.block_number, rescan_from=number + 1)
-        ancestor = await self._reanswer_lost(ancestor)
+        # answers above the ancestor sat in replaced blocks: the answer watch checks them again
+        await self.ledger.unanchor_answers_above(ancestor.block_number, self.service_id)
         keep: list[tuple[int, int]] = []
         first = ancestor.block_number + 1
         while first <= head_number:
@@ -341,31 +348,58 @@ class Producer:
                           orphaned=[c for _, c in orphaned], kept=len(keep))
         return ancestor
 
-    async def _reanswer_lost(self, ancestor: Cursor) -> Cursor:
-        """Confirmed jobs whose answer left the chain with the reorg, though their own log may still
-        be canonical (below the ancestor): orphan them and move the ancestor below them, so the
-        rescan delivers them again and they are answered anew."""
-        lost = []
-        since = max(0, ancestor.block_number - self.max_reorg_depth)
-        for record in await self.ledger.confirmed_since(since, self.service_id):
-            if not record.submit_tx_hash:
+    # --- our answers ----------------------------------------------------------------------------
+
+    async def _watch_answers(self, covered: Cursor) -> None:
+        """Check our confirmed answers in blocks the cursor now covers against the canonical chain.
+
+        The cursor check proves the chain up to the cursor unchanged, but an answer lands in a
+        block *after* its job's log, possibly beyond the cursor: a reorg there (which may even
+        re-include the job's block unchanged) would go unseen. So each answer is compared once,
+        when the cursor has passed its block, with the canonical hash of that block; from then on
+        the cursor check covers it. An answer whose block was replaced is looked up again by its
+        transaction: re-included elsewhere, it is watched there; gone, its job is re-opened and
+        answered anew (the contract refuses a second result, so this can never answer twice).
+        """
+        pending = await self.ledger.unanchored_answers(covered.block_number, self.service_id)
+        if not pending:
+            return
+        canonical: dict[int, str] = {covered.block_number: covered.block_hash}
+        anchored: list[tuple[int, int]] = []
+        lost: list[JobRecord] = []
+        for record in pending:
+            number = int(record.answer_block)  # type: ignore[arg-type]
+            if number not in canonical:
+                canonical[number] = (await self._header(number))[1]
+            if canonical[number] == record.answer_hash:
+                anchored.append((record.service_id, record.call_id))
                 continue
-            try:
-                receipt = await self.w3.eth.get_transaction_receipt(record.submit_tx_hash)  # type: ignore[arg-type]
-            except TransactionNotFound:
-                receipt = None
+            receipt = await self._receipt(record.submit_tx_hash)
             if receipt is None:
                 lost.append(record)
-        if not lost:
-            return ancestor
-        for record in lost:
-            await self.ledger.transition(record.service_id, record.call_id, JobState.ORPHANED,
-                                         reason="answer removed by a reorg")
-        self._log.warning("producer.answers_reorged_out", call_ids=[r.call_id for r in lost])
-        number = min(r.block_number for r in lost) - 1
-        if number < ancestor.block_number:
-            ancestor = Cursor(number, (await self._header(number))[1])
-        return ancestor
+            else:
+                await self.ledger.move_answer(record.service_id, record.call_id,
+                                              int(receipt["blockNumber"]),
+                                              "0x" + bytes(receipt["blockHash"]).hex())
+        if anchored:
+            await self.ledger.anchor_answers(anchored)
+        if lost:
+            number = min(r.block_number for r in lost) - 1
+            back = Cursor(number, (await self._header(number))[1])
+            await self.ledger.reopen_lost_answers([(r.service_id, r.call_id) for r in lost], back,
+                                                  stream=self.stream)
+            self.stats.answers_lost += len(lost)
+            self._log.warning("producer.answers_reorged_out", call_ids=[r.call_id for r in lost],
+                              rescan_from=number + 1)
+            self.wake()
+
+    async def _receipt(self, tx_hash: str | None) -> Any:
+        if not tx_hash:
+            return None
+        try:
+            return await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
 
     # --- WebSocket push -----------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ class Receipt:
     block_number: int
     gas_used: int
     logs: list[Any]
+    block_hash: str = ""
 
 
 def _is_nonce_error(exc: BaseException) -> bool:
@@ -294,6 +295,7 @@ class TxManager:
                     block_number=int(receipt["blockNumber"]),
                     gas_used=int(receipt["gasUsed"]),
                     logs=list(receipt["logs"]),
+                    block_hash="0x" + bytes(receipt["blockHash"]).hex(),
                 )
             now = time.monotonic()
             if now >= deadline:

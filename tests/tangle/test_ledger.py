@@ -202,3 +202,47 @@ async def test_concurrent_transitions_from_many_tasks_are_fast(ledger: Ledger) -
     p50 = statistics.median(latencies)
     print(f"ledger: {4 * n} transitions in {wall:.3f}s, per-call p50 {p50 * 1000:.2f} ms")
     assert wall < 10.0
+
+
+async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
+    """A ledger written by the previous build (no answer columns) opens, keeps its jobs and
+    cursor, and trusts its already confirmed answers (they were checked by that build)."""
+    from blueprint.tangle import ledger as ledger_module
+
+    v1_schema = "\n".join(line for line in ledger_module._SCHEMA.splitlines() if "answer_" not in line)
+    path = tmp_path / ledger_module.LEDGER_FILE
+    db = sqlite3.connect(path)
+    db.executescript(v1_schema)
+    db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO cursor VALUES ('jobs', 300, '0xab', -1, 0)")
+    for call_id, state in ((1, "confirmed"), (2, "seen")):
+        db.execute(
+            "INSERT INTO jobs (service_id, call_id, job_index, caller, inputs, block_number, block_hash, "
+            "log_index, tx_hash, state, updated_at) "
+            "VALUES (1, ?, 0, '0xc', x'00', 300, '0xab', 0, '0xt', ?, 0)",
+            (call_id, state),
+        )
+    db.commit()
+    db.close()
+
+    led = await Ledger.open(tmp_path)
+    try:
+        assert await led.get_cursor() == Cursor(300, "0xab")
+        done, todo = await led.get(1, 1), await led.get(1, 2)
+        assert done is not None and done.state is S.CONFIRMED and done.answer_anchored
+        assert todo is not None and todo.state is S.SEEN and not todo.answer_anchored
+        await led.mark_running(1, 2)
+        await led.mark_answered(1, 2, b"r")
+        await led.mark_confirmed(1, 2, tx_hash="0xaa", answer=(301, "0xCD"))
+        assert [r.call_id for r in await led.unanchored_answers(301)] == [2]
+        assert await led.unanchored_answers(300) == []
+        await led.anchor_answers([(1, 2)])
+        assert await led.unanchored_answers(400) == []
+        assert await led.unanchor_answers_above(300) == 1
+        await led.reopen_lost_answers([(1, 2)], Cursor(299, "0x99"))
+        assert (await led.get(1, 2)).state is S.ORPHANED  # type: ignore[union-attr]
+        assert await led.get_cursor() == Cursor(299, "0x99")
+    finally:
+        await led.close()
+    version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == (str(ledger_module.SCHEMA_VERSION),)

@@ -169,6 +169,75 @@ async def test_reorg_orphans_a_vanished_job_and_keeps_a_reincluded_one(
     assert (await ledger.get(sid, vanished)).state is JobState.ORPHANED  # type: ignore[union-attr]
 
 
+async def _answer_stand_in(anvil: Anvil, w3: AsyncWeb3) -> tuple[str, int, str]:
+    """A transaction mined in its own block, standing in for our submitResult: the answer watch
+    looks only at where a transaction landed. Returns (tx hash, block number, block hash)."""
+    sender = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # anvil's dev account 1 (unlocked)
+    tx = anvil.rpc("eth_sendTransaction", [{"from": sender, "to": sender, "value": "0x1"}])
+    receipt = await w3.eth.wait_for_transaction_receipt(tx, timeout=10)  # type: ignore[arg-type]
+    return str(tx), int(receipt["blockNumber"]), "0x" + bytes(receipt["blockHash"]).hex()
+
+
+async def _confirm_with_answer(ledger: Ledger, sid: int, cid: int, tx: str, block: int,
+                               block_hash: str) -> None:
+    await ledger.mark_running(sid, cid)
+    await ledger.mark_answered(sid, cid, b"result")
+    await ledger.mark_submitted(sid, cid, tx)
+    await ledger.mark_confirmed(sid, cid, tx_hash=tx, answer=(block, block_hash))
+
+
+async def test_answer_dropped_by_a_reorg_beyond_the_cursor_reopens_its_job(
+    ledger: Ledger, w3: AsyncWeb3, anvil: Anvil, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    """The job's own block stays canonical (the cursor check sees nothing), but the block holding
+    our answer is replaced by one without it: the answer watch re-opens the job, once."""
+    producer = make(ledger, w3, dev_service, await head(w3) + 1)
+    sid = dev_service.service_id
+    cid = await submit_job(chain_client, dev_service.owner, sid, 0, inputs(7))
+    assert [j.call_id for j in await _scan_and_take(producer)] == [cid]
+    tx, block, block_hash = await _answer_stand_in(anvil, w3)
+    await _confirm_with_answer(ledger, sid, cid, tx, block, block_hash)
+    cursor = await ledger.get_cursor(producer.stream)
+    assert cursor is not None and cursor.block_number == block - 1  # the answer is past the cursor
+
+    anvil.rpc("anvil_reorg", [1, []])  # the answer's block, replaced by an empty one
+    assert await producer.scan_once() == 0  # this pass finds the lost answer and rewinds
+    assert producer.stats.reorgs == 0 and producer.stats.answers_lost == 1
+    record = await ledger.get(sid, cid)
+    assert record is not None and record.state is JobState.ORPHANED
+    assert [j.call_id for j in await _scan_and_take(producer)] == [cid]  # delivered again
+    assert (await ledger.get(sid, cid)).state is JobState.SEEN  # type: ignore[union-attr]
+    assert await producer.scan_once() == 0  # and only once
+
+
+async def test_answer_reincluded_elsewhere_is_followed_not_reopened(
+    ledger: Ledger, w3: AsyncWeb3, anvil: Anvil, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    producer = make(ledger, w3, dev_service, await head(w3) + 1)
+    sid = dev_service.service_id
+    cid = await submit_job(chain_client, dev_service.owner, sid, 0, inputs(8))
+    assert [j.call_id for j in await _scan_and_take(producer)] == [cid]
+    tx, block, block_hash = await _answer_stand_in(anvil, w3)
+    await _confirm_with_answer(ledger, sid, cid, tx, block, block_hash)
+    raw = anvil.rpc("eth_getRawTransactionByHash", [tx])
+    anvil.rpc("anvil_mine", [1])
+    anvil.rpc("anvil_reorg", [2, [[raw, 1]]])  # the answer moves one block later
+
+    assert await producer.scan_once() == 0
+    record = await ledger.get(sid, cid)
+    assert record is not None and record.state is JobState.CONFIRMED
+    assert record.answer_block == block + 1 and record.answer_hash != block_hash
+    assert producer.stats.answers_lost == 0
+    await producer.scan_once()  # the cursor now covers the new block: the answer is anchored
+    assert (await ledger.get(sid, cid)).answer_anchored  # type: ignore[union-attr]
+    assert await ledger.unanchored_answers(await head(w3), sid) == []
+
+
+async def _scan_and_take(producer: Producer) -> list[JobCall]:
+    delivered = await producer.scan_once()
+    return [producer._out.get_nowait() for _ in range(delivered)]
+
+
 async def ledger_tx_of(w3: AsyncWeb3, service_id: int, call_id: int) -> str:
     topics = [JOB_SUBMITTED_TOPIC, uint_topic(service_id), uint_topic(call_id)]
     logs = await w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest", "topics": topics})
