@@ -270,9 +270,11 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
                      install_signals: bool = True) -> None:
     """Build the context, the producer and the consumer from ``settings`` and run until stopped.
 
-    Also serves the HTTP API in the same event loop unless ``settings.server.enabled`` is false.
+    Also serves the HTTP API in the same event loop unless ``settings.server.enabled`` is false;
+    its ``GET /metrics`` then carries the job metrics and the chain figures too.
     """
     from blueprint.context import Context
+    from blueprint.context.metrics import ChainMetrics
     from blueprint.tangle.consumer import Consumer
     from blueprint.tangle.producer import Producer
 
@@ -282,6 +284,7 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
     ctx = await Context.create(settings, with_chain=True)
     assert ctx.ledger is not None and ctx.chain is not None and ctx.txm is not None
     server = None
+    chain_metrics: ChainMetrics | None = None
     try:
         start_block = jobs.start_block
         if start_block is None:
@@ -302,11 +305,13 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             shutdown_timeout_s=jobs.shutdown_timeout_s, dry_run=settings.dry_run,
         )
         if settings.server.enabled:
-            from blueprint.server.app import create_app
+            from blueprint.server.app import create_app, include_metrics
             from blueprint.server.quote import enable_quotes_from_settings
             from blueprint.server.runner import start_server
 
             app = create_app(ctx.balancer, settings.server)
+            chain_metrics = ChainMetrics(ctx.ledger, producer=producer, txm=ctx.txm, w3=ctx.chain.w3)
+            include_metrics(app, ctx.metrics.registry, chain_metrics)
             if ctx.operator is not None:  # POST /v1/quote signs with the operator's key
                 enable_quotes_from_settings(app, settings, ctx.balancer, ctx.operator.account,
                                             await ctx.chain.w3.eth.chain_id)
@@ -322,6 +327,8 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
                  http=server.url if server else None)
         heartbeat = None
         try:
+            if chain_metrics is not None:
+                chain_metrics.start()
             if not settings.dry_run:  # keeps the operator online in the OperatorStatusRegistry
                 from blueprint.tangle.heartbeat import heartbeat_for_daemon
 
@@ -329,6 +336,8 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
                 await heartbeat.start()
             await daemon.run()
         finally:
+            if chain_metrics is not None:
+                await chain_metrics.stop()
             if heartbeat is not None:
                 await heartbeat.stop()
             if watcher is not None:

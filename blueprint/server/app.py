@@ -48,6 +48,8 @@ from blueprint.server.settings import ServerSettings
 from blueprint.server.sse import StreamOutcome, stream_sse
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from blueprint.balancer import Balancer
 
 log = structlog.get_logger(__name__)
@@ -306,6 +308,14 @@ class Api:
         await _maybe_await(self.balancer.remove_node(name))
         log.info("node removed", node=name)
         return _json({"name": name, "removed": True})
+
+
+def include_metrics(app: web.Application, *collectors: Collector) -> None:
+    """Serve ``collectors`` on the app's ``GET /metrics`` next to the HTTP metrics (the daemon's
+    job registry and chain collector); they are read at scrape time, on the event loop."""
+    api: Api = app[API_KEY]  # type: ignore[assignment]
+    for collector in collectors:
+        api.telemetry.include(collector)
 
 
 def create_app(balancer: Balancer, settings: ServerSettings | None = None) -> web.Application:

@@ -1,6 +1,8 @@
 """Prometheus metrics of the HTTP API.
 
-Each app owns its own ``CollectorRegistry`` (two servers in one process never clash). The hot path
+Each app owns its own ``CollectorRegistry`` (two servers in one process never clash); other
+collectors join it with :meth:`ServerMetrics.include` (``run`` adds the daemon's job and chain
+metrics, :mod:`blueprint.context.metrics`). The hot path
 only touches pre-bound children, cached per (route, model) and per (route, model, status), so an
 update is a dict lookup and a locked add. Per-node gauges are read from ``balancer.nodes()`` at
 scrape time by a custom collector, so routing never pays for them.
@@ -121,6 +123,12 @@ class ServerMetrics:
         if node_rows is not None:
             r.register(_NodeCollector(node_rows))
         self._routes: dict[tuple[str, str], RouteMetrics] = {}
+
+    def include(self, collector: Collector) -> None:
+        """Serve ``collector`` (another registry, or a custom collector) on this ``/metrics`` too:
+        the daemon adds its job and chain metrics this way. A name already served raises
+        ``ValueError`` (``DuplicateTimeseries``) at once, not at the first scrape."""
+        self.registry.register(collector)
 
     def route(self, route: str, model: str = NO_MODEL) -> RouteMetrics:
         key = (route, model)

@@ -153,11 +153,17 @@ class TxManager:
         self._lock = asyncio.Lock()
         self._fees: tuple[int, int] | None = None
         self._fees_at = 0.0
+        #: Counters read by the metrics: broadcasts, fee bumps, mined reverts, nonce reads from the node.
+        self.txs_sent = 0
+        self.txs_bumped = 0
+        self.txs_reverted = 0
+        self.nonce_resyncs = 0
 
     # --- reading the chain --------------------------------------------------------------------
 
     async def resync_nonce(self) -> int:
         """Re-read the next nonce from the node (``pending`` counts the mempool)."""
+        self.nonce_resyncs += 1
         self._nonce = await self.w3.eth.get_transaction_count(self.address, "pending")
         return self._nonce
 
@@ -229,6 +235,7 @@ class TxManager:
             except BaseException:
                 self._nonce = None
                 raise
+            self.txs_sent += 1
             return sent
         raise TxError("could not find a usable nonce")  # pragma: no cover (loop always returns/raises)
 
@@ -270,6 +277,7 @@ class TxManager:
             if _is_nonce_error(exc):
                 return False
             raise
+        self.txs_bumped += 1
         log.info("tx.bumped", nonce=sent.nonce, tx_hash=sent.tx_hash, max_fee=new_max, tip=new_tip)
         return True
 
@@ -289,6 +297,8 @@ class TxManager:
                     receipt = await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
                 except TransactionNotFound:
                     continue
+                if int(receipt["status"]) != 1:
+                    self.txs_reverted += 1
                 return Receipt(
                     tx_hash=tx_hash,
                     status=int(receipt["status"]),
