@@ -40,7 +40,7 @@ class EchoClient(LlmClient):
         self._tracker = MetricsTracker()
 
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=self.config.model, context_length=4096)]
+        return [self.config.model_card(context_length=4096, is_ready=True)]
 
     def capabilities(self) -> Capabilities:
         return Capabilities(embeddings=True, max_concurrency=self.config.max_batch_size)

@@ -43,11 +43,12 @@ def for_completion(request: CompletionRequest, *, with_text: bool = True) -> Rou
     prompts = request.prompts()
     if not with_text:
         tokens = (sum(len(p) for p in prompts) + max(0, len(prompts) - 1)) // CHARS_PER_TOKEN + 1
-        features = frozenset({"logprobs"}) if request.logprobs else frozenset()
+        features = frozenset({"logprobs"}) if request.logprobs is not None else frozenset()
         return RoutingRequest(model=request.model, prompt_tokens=tokens,
                               max_tokens=request.requested_max_tokens(), features=features)
     text = "\n".join(prompts)
-    features = frozenset({"logprobs"}) if request.logprobs else frozenset()
+    # legacy ``logprobs`` is a count: 0 still asks for the sampled tokens' logprobs
+    features = frozenset({"logprobs"}) if request.logprobs is not None else frozenset()
     return RoutingRequest(model=request.model, prompt_text=text, prompt_tokens=estimate_tokens(text),
                           max_tokens=request.requested_max_tokens(), features=features)
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blueprint.llm.types import Pricing
+from blueprint.llm.types import ModelInfo, Pricing
 
 
 class NodeConfig(BaseModel):
@@ -42,3 +42,25 @@ class NodeConfig(BaseModel):
     @property
     def node_name(self) -> str:
         return self.name or f"{self.engine}:{self.model}"
+
+    def model_card(self, *, context_length: int | None, engine_quantization: str | None = None,
+                   default_max_output: int | None = None, **engine_fields: Any) -> ModelInfo:
+        """This node's ``/v1/models`` card: what the operator declared here (id, Hugging Face id,
+        display name, description, quantization, output cap, pricing) joined with what only the
+        engine knows once loaded, so every engine fills the declared fields the same way.
+
+        ``context_length`` is the engine's effective context (None: the card's default);
+        ``engine_quantization`` and ``default_max_output`` apply when the operator declared none;
+        ``engine_fields`` are any other ``ModelInfo`` fields (``is_ready``, ``supported_features``,
+        ``endpoints``, ``created``...)."""
+        card: dict[str, Any] = {
+            "id": self.model, "hugging_face_id": self.hugging_face_id,
+            "name": self.display_name or self.model, "description": self.description,
+            "quantization": self.quantization or engine_quantization,
+            "max_output_length": self.max_output_tokens or default_max_output,
+            "pricing": self.pricing,
+        }
+        if context_length:
+            card["context_length"] = context_length
+        card.update(engine_fields)
+        return ModelInfo(**card)

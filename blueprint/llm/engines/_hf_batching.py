@@ -18,6 +18,9 @@ text alone or batched, text-level stop sequences and cancellation, so we run the
   slow the others down.
 * Every row samples with its **own** ``torch.Generator`` (seeded from the request's seed), so a
   seeded request draws the same random numbers whatever it is batched with.
+* **Logprobs** (a sequence with ``logprobs`` set) come from the same step's logits, for the rows
+  that asked only: a step where no row asked computes no log-softmax over the vocabulary (see
+  :func:`sample_step` for which distribution they describe).
 
 Threading: the asyncio side only calls :meth:`ContinuousBatcher.submit`, :meth:`cancel` and
 :meth:`call` (thread-safe, non-blocking); results go back through each sequence's ``emit``
@@ -28,6 +31,7 @@ Only this thread touches the model and the decoding tokenizer.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import queue
 import secrets
 import threading
@@ -42,7 +46,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from blueprint.errors import BackendError
-from blueprint.llm.engines._hf_text import TextAssembler, decode_windows
+from blueprint.llm.engines._hf_text import TextAssembler, TokenPieces, decode_windows
+from blueprint.llm.logprobs import LOGPROB_FLOOR, TokenLogprob, TopLogprob
 from blueprint.llm.sampling import SamplingParams
 
 log = structlog.get_logger(__name__)
@@ -53,13 +58,23 @@ DEFAULT_PREFILL_TOKEN_BUDGET = 8192
 
 @dataclass(slots=True)
 class SeqEvent:
-    """What one sequence produced: new text, and at the end its finish reason and token count."""
+    """What one sequence produced: new text, and at the end its finish reason and token count.
+
+    ``logprobs`` (when the sequence asked for them) describes every token generated since the
+    previous event, so the events of a sequence carry each token exactly once, in order, even
+    though text may be held back (a split character, a possible stop sequence)."""
 
     index: int
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: BaseException | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+#: One row's logprobs of one step as :func:`sample_step` returns them: (the sampled token's
+#: logprob, the ids of the most likely tokens, their logprobs), most likely first.
+RawLogprobs = tuple[float, list[int], list[float]]
 
 
 @dataclass(eq=False)
@@ -71,7 +86,11 @@ class Sequence:
     max_new_tokens: int
     params: SamplingParams
     emit: Callable[[SeqEvent], None]
+    #: Alternatives wanted per token in the logprobs (0: the sampled token's only); None: no logprobs.
+    logprobs: int | None = None
     generated: list[int] = field(default_factory=list)
+    #: Logprobs of tokens not yet sent with an event.
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
     # Set by the worker when the sequence is admitted.
@@ -87,12 +106,19 @@ class ContinuousBatcher:
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int, eos_token_ids: set[int],
                  prefill_token_budget: int = DEFAULT_PREFILL_TOKEN_BUDGET) -> None:
         self._model = model
+        # Prefill needs the logits of the last position only: models that can skip the rest
+        # (``logits_to_keep``, most causal LMs in transformers 4.50+) save a batch x prompt x
+        # vocabulary tensor per prefill (about a gigabyte for a 128k vocabulary at the default budget).
+        self._last_logits_only: dict[str, Any] = (
+            {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        )
         self._tokenizer = tokenizer
         self._device = model.device
         self._max_batch = max_batch_size
         self._eos = frozenset(eos_token_ids)
         self._prefill_budget = prefill_token_budget
         self._vocab = model.get_output_embeddings().weight.shape[0]
+        self._pieces = TokenPieces(tokenizer)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -221,9 +247,10 @@ class ContinuousBatcher:
             self._prepare(seq)
         ids, mask = self._left_pad([seq.prompt_ids for seq in new])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        tokens = sample_next(out.logits[:, -1, :], new)
-        keep = self._advance_all(new, tokens)
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **self._last_logits_only)
+        tokens, logprobs = sample_step(out.logits[:, -1, :], new)
+        keep = self._advance_all(new, tokens, logprobs)
         if keep:
             self._merge(out.past_key_values, mask, [new[r] for r in keep], [tokens[r] for r in keep], keep)
         self._admitting = []
@@ -287,16 +314,17 @@ class ContinuousBatcher:
                           use_cache=True)
         self._cache, self._mask = out.past_key_values, mask
         self.decode_steps += 1
-        tokens = sample_next(out.logits[:, -1, :], self._running)
+        tokens, logprobs = sample_step(out.logits[:, -1, :], self._running)
         self._positions = self._positions + 1
         self._next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(1)
-        alive = self._advance_all(self._running, tokens)
+        alive = self._advance_all(self._running, tokens, logprobs)
         if len(alive) < len(self._running):
             self._keep_rows(alive)
 
-    def _advance_all(self, seqs: list[Sequence], tokens: list[int]) -> list[int]:
-        """Account for one sampled token per row; returns the rows that go on. The text of all
-        rows is decoded in one tokenizer call."""
+    def _advance_all(self, seqs: list[Sequence], tokens: list[int],
+                     logprobs: list[RawLogprobs | None]) -> list[int]:
+        """Account for one sampled token per row (and its logprobs, where the row asked);
+        returns the rows that go on. The text of all rows is decoded in one tokenizer call."""
         staged: dict[int, int] = {}
         windows: list[list[int]] = []
         for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
@@ -308,13 +336,31 @@ class ContinuousBatcher:
         alive = []
         for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             at = staged.get(row)
+            raw = logprobs[row]
+            if raw is not None:
+                seq.pending_logprobs.append(self._token_logprob(token, raw))
             if self._advance(seq, token, None if at is None else (texts[at], texts[at + 1])):
                 alive.append(row)
         return alive
 
+    def _token_logprob(self, token: int, raw: RawLogprobs) -> TokenLogprob:
+        """A step's raw logprobs with the texts and bytes of the tokens they name."""
+        value, top_ids, top_values = raw
+        text, data = self._pieces.get(token)
+        top = tuple(TopLogprob(*self._pieces.get(i), v) for i, v in zip(top_ids, top_values, strict=True))
+        return TokenLogprob(text, data, value, top)
+
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> list[TokenLogprob] | None:
+        if seq.logprobs is None:
+            return None
+        taken, seq.pending_logprobs = seq.pending_logprobs, []
+        return taken
+
     def _advance(self, seq: Sequence, token: int, decoded: tuple[str, str] | None) -> bool:
         """Account for a sampled token (``decoded``: its staged windows' text, None for an EOS
-        that ends the sequence); emit text; return whether the sequence goes on."""
+        that ends the sequence); emit text (with the logprobs gathered since the last event);
+        return whether the sequence goes on."""
         assert seq.assembler is not None
         seq.generated.append(token)
         finish: str | None = None
@@ -333,10 +379,11 @@ class ContinuousBatcher:
             seq.counts[token] += 1
         if finish is not None:
             seq.done = True
-            seq.emit(SeqEvent(seq.index, text, finish, len(seq.generated)))
+            seq.emit(SeqEvent(seq.index, text, finish, len(seq.generated),
+                              logprobs=self._take_logprobs(seq)))
             return False
         if text:
-            seq.emit(SeqEvent(seq.index, text))
+            seq.emit(SeqEvent(seq.index, text, logprobs=self._take_logprobs(seq)))
         return True
 
     def _keep_rows(self, rows: list[int]) -> None:
@@ -378,17 +425,66 @@ def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """The next token of each row, each with its own sampling parameters and generator.
+    """The next token of each row, each with its own sampling parameters and generator
+    (:func:`sample_step` without the logprobs)."""
+    return sample_step(logits, seqs)[0]
 
-    Order: penalties and logit bias on the raw logits; then greedy rows take the argmax; the
-    others divide by their temperature, softmax, cut by top-k / top-p / min-p, and draw one token
-    with one uniform number from their own generator (inverse CDF).
+
+def sample_step(logits: torch.Tensor,
+                seqs: list[Sequence]) -> tuple[list[int], list[RawLogprobs | None]]:
+    """The next token of each row, and the logprobs of the rows whose sequence asked for them.
+
+    Sampling order: penalties and logit bias on the raw logits; then greedy rows take the argmax;
+    the others divide by their temperature, softmax, cut by top-k / top-p / min-p, and draw one
+    token with one uniform number from their own generator (inverse CDF).
+
+    Logprobs describe the **processed** distribution the token was drawn from, not the raw model
+    (vLLM's default, ``logprobs_mode="raw_logprobs"``, is the raw one):
+    ``log_softmax((logits + penalties + logit_bias) / temperature)``, with temperature 1 for a
+    greedy request (temperature 0 has no distribution; its argmax is the same). Top-k, top-p and
+    min-p truncation is *not* applied: it would give most of the vocabulary ``-inf``, which JSON
+    cannot carry, while the untruncated values still rank every candidate. So with greedy
+    decoding the sampled token is the first of the top logprobs; values are floored at
+    :data:`LOGPROB_FLOOR` as OpenAI does. Rows that did not ask cost nothing: with no such row in
+    the batch, no log-softmax runs at all.
     """
     logits = logits.float()
     if any(s.params.has_penalties or s.params.logit_bias for s in seqs):
         logits = logits.clone()
         for row, seq in enumerate(seqs):
             _apply_penalties(logits[row], seq)
+    tokens = _pick(logits, seqs)
+    wanted = [row for row, seq in enumerate(seqs) if seq.logprobs is not None]
+    if not wanted:
+        return tokens, [None] * len(seqs)
+    return tokens, _step_logprobs(logits, seqs, tokens, wanted)
+
+
+def _step_logprobs(logits: torch.Tensor, seqs: list[Sequence], tokens: list[int],
+                   rows: list[int]) -> list[RawLogprobs | None]:
+    """The logprobs of ``rows`` (processed logits, see :func:`sample_step`), moved to the host in
+    one transfer per kind."""
+    device = logits.device
+    temps = torch.tensor([seqs[r].params.temperature or 1.0 for r in rows], device=device).unsqueeze(1)
+    logprobs = torch.log_softmax(logits[rows] / temps, dim=-1)
+    picked = torch.tensor([tokens[r] for r in rows], device=device).unsqueeze(1)
+    chosen = logprobs.gather(1, picked).squeeze(1).clamp(min=LOGPROB_FLOOR).tolist()
+    wanted = [seqs[r].logprobs or 0 for r in rows]
+    k = min(max(wanted), logprobs.shape[-1])
+    top_values: list[list[float]] = [[] for _ in rows]
+    top_ids: list[list[int]] = [[] for _ in rows]
+    if k:
+        values, ids = logprobs.topk(k, dim=-1)
+        top_values, top_ids = values.clamp(min=LOGPROB_FLOOR).tolist(), ids.tolist()
+    result: list[RawLogprobs | None] = [None] * len(seqs)
+    for i, row in enumerate(rows):
+        n = wanted[i]
+        result[row] = (chosen[i], top_ids[i][:n], top_values[i][:n])
+    return result
+
+
+def _pick(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """The sampling proper, on processed logits (see :func:`sample_step`)."""
     tokens = [0] * len(seqs)
     greedy = [row for row, seq in enumerate(seqs) if seq.params.greedy]
     if greedy:

@@ -12,6 +12,7 @@ token decides; the matched stop string and anything after it are never emitted.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _REPLACEMENT = "\ufffd"
@@ -124,3 +125,79 @@ def decode_windows(tokenizer: Any, windows: list[list[int]]) -> list[str]:
         return [backend.decode(w, skip_special_tokens=True) for w in windows]
     return [tokenizer.decode(w, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             for w in windows]
+
+
+def _bytes_to_unicode() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the printable character that stands for each byte
+    in a byte-level BPE vocabulary -> that byte."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(keep)
+    extra = 0
+    for byte in range(256):
+        if byte not in keep:
+            keep.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
+
+
+_BYTE_LEVEL = _bytes_to_unicode()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class TokenPieces:
+    """Token id -> (its text, its exact bytes), for logprobs; cached, so the cost per id is paid once.
+
+    The bytes are the token's own bytes in the generated text, which OpenAI's ``bytes`` field
+    exists for: a byte-level BPE token can hold half of a UTF-8 character, whose text alone is
+    U+FFFD. They come from the vocabulary piece: byte-level (GPT-2/Llama-3/Qwen style) pieces map
+    back through the byte alphabet, SentencePiece pieces turn ``▁`` into a space and ``<0xNN>``
+    byte-fallback pieces into their byte; added and special tokens are their UTF-8 text. The
+    text is those bytes decoded (U+FFFD for a partial character), which for byte-level
+    vocabularies is exactly the tokenizer's decode of the id alone, special tokens included;
+    for SentencePiece it keeps the leading space that decoding a lone token drops. A vocabulary
+    of another kind falls back to the tokenizer's decode of the id and its UTF-8 encoding.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        state = decoder.__getstate__().decode() if decoder is not None else ""
+        self._byte_level = '"ByteLevel"' in state
+        self._metaspace = '"Metaspace"' in state or '"\u2581"' in state or "\\u2581" in state
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        self._added = {int(i): str(getattr(t, "content", t)) for i, t in added.items()}
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+
+    def get(self, token_id: int) -> tuple[str, list[int]]:
+        """(text, bytes) of one token id."""
+        found = self._cache.get(token_id)
+        if found is None:
+            found = self._cache[token_id] = self._describe(token_id)
+        return found
+
+    def _describe(self, token_id: int) -> tuple[str, list[int]]:
+        raw = self._piece_bytes(token_id)
+        if raw is None:
+            text = self._tokenizer.decode([token_id], skip_special_tokens=False,
+                                          clean_up_tokenization_spaces=False)
+            return text, list(text.encode("utf-8"))
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    def _piece_bytes(self, token_id: int) -> bytes | None:
+        if token_id in self._added:
+            return self._added[token_id].encode("utf-8")
+        piece = self._tokenizer.convert_ids_to_tokens(token_id)
+        if not isinstance(piece, str):
+            return None
+        if self._byte_level:
+            try:
+                return bytes(_BYTE_LEVEL[c] for c in piece)
+            except KeyError:
+                return None
+        if self._metaspace:
+            fallback = _BYTE_FALLBACK.fullmatch(piece)
+            if fallback:
+                return bytes([int(fallback.group(1), 16)])
+            return piece.replace("\u2581", " ").encode("utf-8")
+        return None

@@ -282,19 +282,13 @@ class OpenAIHttpClient(LlmClient):
         endpoints: list[Any] = ["chat", "completion"]
         if self._capabilities.embeddings:
             endpoints.append("embedding")
-        fields: dict[str, Any] = {
-            "id": cfg.model, "hugging_face_id": cfg.hugging_face_id,
-            "name": cfg.display_name or cfg.model, "description": cfg.description,
-            "quantization": cfg.quantization, "max_output_length": cfg.max_output_tokens,
-            "pricing": cfg.pricing, "supported_features": self._capabilities.features(),
-            "is_ready": self._ready, "endpoints": endpoints,
-        }
-        if isinstance(context, int) and context > 0:
-            fields["context_length"] = context
+        fields: dict[str, Any] = {"supported_features": self._capabilities.features(),
+                                  "is_ready": self._ready, "endpoints": endpoints}
         created = self._backend_info.get("created")
         if isinstance(created, int):
             fields["created"] = created
-        return ModelInfo(**fields)
+        return cfg.model_card(context_length=context if isinstance(context, int) and context > 0 else None,
+                              **fields)
 
     def models(self) -> list[ModelInfo]:
         return [self._model_info]

@@ -10,8 +10,15 @@ Limits and choices, on purpose:
 
 * Requests are checked before any compute: unknown model -> ModelNotFoundError; prompt + 1 token
   beyond the context -> ContextLengthExceededError; features it cannot honour (tools,
-  ``response_format`` other than text, logprobs, non-text content, ``suffix``, ``best_of`` != n)
-  -> InvalidRequestError rather than a silent wrong answer.
+  ``response_format`` other than text, non-text content, ``suffix``, ``best_of`` != n, ``echo``
+  with ``logprobs``, which would need the prompt's logprobs) -> InvalidRequestError rather than a
+  silent wrong answer.
+* Logprobs: chat's ``logprobs`` + ``top_logprobs`` (0..20) and completions' ``logprobs`` (0..5),
+  streamed or not, one entry per generated token (the EOS that ends a sequence included, so there
+  are ``completion_tokens`` of them), computed in the batching step from the processed
+  distribution the token was sampled from (``_hf_batching.sample_step`` says exactly which);
+  token texts and bytes as ``_hf_text.TokenPieces`` describes. Requests that do not ask cost
+  nothing extra.
 * ``max_tokens`` is capped at ``min(request, NodeConfig.max_output_tokens, context room)``.
 * Admission control: more than ``max_batch_size + max_queue`` outstanding sequences (a request with
   ``n`` choices counts ``n``) -> OverloadedError at once, as OpenRouter prefers to queueing.
@@ -50,6 +57,7 @@ from blueprint.errors import (
 from blueprint.llm.chat_template import render_chat
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
+from blueprint.llm.logprobs import TokenLogprob, chat_logprobs, completion_logprobs
 from blueprint.llm.sampling import SamplingParams, sampling_params
 from blueprint.llm.types import (
     DEFAULT_SAMPLING_PARAMETERS,
@@ -88,6 +96,8 @@ class _Prepared:
     params: SamplingParams
     max_new_tokens: int
     prompt_texts: list[str]
+    #: Alternatives per token in the logprobs; None: no logprobs asked for.
+    logprobs: int | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -101,6 +111,7 @@ class _Output:
     text: str
     finish_reason: str
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 class TransformersClient(LlmClient):
@@ -182,24 +193,19 @@ class TransformersClient(LlmClient):
     # ------------------------------------------------------------------ description
 
     def models(self) -> list[ModelInfo]:
-        caps = self.capabilities()
-        return [ModelInfo(
-            id=self.config.model,
-            hugging_face_id=self.config.hugging_face_id,
-            name=self.config.display_name or self.config.model,
-            description=self.config.description,
-            quantization=self.config.quantization or _QUANTIZATION.get(self._dtype_name, self._dtype_name),
+        return [self.config.model_card(
             context_length=self._context_length,
-            max_output_length=self.config.max_output_tokens or self._context_length,
-            pricing=self.config.pricing,
-            supported_sampling_parameters=[*DEFAULT_SAMPLING_PARAMETERS, "logit_bias"],
-            supported_features=caps.features(),
+            engine_quantization=_QUANTIZATION.get(self._dtype_name, self._dtype_name),
+            default_max_output=self._context_length,
+            supported_sampling_parameters=[*DEFAULT_SAMPLING_PARAMETERS, "logit_bias", "logprobs",
+                                           "top_logprobs"],
+            supported_features=self.capabilities().features(),
             is_ready=self._started,
         )]
 
     def capabilities(self) -> Capabilities:
         return Capabilities(chat=True, completion=True, embeddings=True, streaming=True,
-                            logprobs=False, json_mode=False, tools=False,
+                            logprobs=True, json_mode=False, tools=False,
                             max_concurrency=self.config.max_batch_size)
 
     def metrics(self) -> NodeMetrics:
@@ -222,7 +228,8 @@ class TransformersClient(LlmClient):
         return ChatCompletion(
             model=request.model,
             choices=[ChatChoice(index=i, message=ChatMessage(role="assistant", content=out.text),
-                                finish_reason=out.finish_reason)  # type: ignore[arg-type]
+                                finish_reason=out.finish_reason,  # type: ignore[arg-type]
+                                logprobs=None if out.logprobs is None else chat_logprobs(out.logprobs))
                      for i, out in enumerate(outputs)],
             usage=Usage.of(prepared.prompt_tokens, sum(out.completion_tokens for out in outputs)),
         )
@@ -245,7 +252,8 @@ class TransformersClient(LlmClient):
                     delta.role = "assistant"
                 if event.finish_reason is not None:
                     completion_tokens += event.completion_tokens
-                yield chunk([ChatChunkChoice(index=event.index, delta=delta,
+                logprobs = None if event.logprobs is None else chat_logprobs(event.logprobs)
+                yield chunk([ChatChunkChoice(index=event.index, delta=delta, logprobs=logprobs,
                                              finish_reason=event.finish_reason)])  # type: ignore[arg-type]
         if request.wants_usage_in_stream():
             yield chunk([], Usage.of(prepared.prompt_tokens, completion_tokens))
@@ -258,13 +266,14 @@ class TransformersClient(LlmClient):
         if request.response_format is not None and request.response_format.type != "text":
             raise InvalidRequestError("This node supports only response_format 'text'.",
                                       param="response_format")
-        if request.logprobs:
-            raise InvalidRequestError("This node does not return logprobs.", param="logprobs")
+        if request.top_logprobs and not request.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs set to true.", param="top_logprobs")
         if any(m.has_non_text_parts() for m in request.messages):
             raise InvalidRequestError("This node accepts text content only.", param="messages")
         params = sampling_params(request, ignore_eos=self._ignore_eos)
         prompt_ids = await asyncio.to_thread(self._encode_chat, request.messages)
-        return self._prepared([prompt_ids], params, [""], param="messages")
+        return self._prepared([prompt_ids], params, [""], param="messages",
+                              logprobs=(request.top_logprobs or 0) if request.logprobs else None)
 
     def _encode_chat(self, messages: list[ChatMessage]) -> list[int]:
         with self._encode_lock:
@@ -279,7 +288,9 @@ class TransformersClient(LlmClient):
         return Completion(
             model=request.model,
             choices=[CompletionChoice(index=i, text=self._echo(prepared, request, i) + out.text,
-                                      finish_reason=out.finish_reason)  # type: ignore[arg-type]
+                                      finish_reason=out.finish_reason,  # type: ignore[arg-type]
+                                      logprobs=None if out.logprobs is None
+                                      else completion_logprobs(out.logprobs)[0])
                      for i, out in enumerate(outputs)],
             usage=Usage.of(prepared.prompt_tokens, sum(out.completion_tokens for out in outputs)),
         )
@@ -289,6 +300,7 @@ class TransformersClient(LlmClient):
         chunk_id, created = new_id("cmpl"), now()
         completion_tokens = 0
         echoed: set[int] = set()
+        offsets: dict[int, int] = {}  # per choice: where its next logprobs run starts
         async with aclosing(self._generate(prepared)) as stream:
             async for event in stream:
                 text = event.text
@@ -297,8 +309,12 @@ class TransformersClient(LlmClient):
                     text = self._echo(prepared, request, event.index) + text
                 if event.finish_reason is not None:
                     completion_tokens += event.completion_tokens
+                logprobs = None
+                if event.logprobs is not None:
+                    logprobs, offsets[event.index] = completion_logprobs(
+                        event.logprobs, text_offset=offsets.get(event.index, 0))
                 yield CompletionChunk(id=chunk_id, created=created, model=request.model, choices=[
-                    CompletionChoice(index=event.index, text=text,
+                    CompletionChoice(index=event.index, text=text, logprobs=logprobs,
                                      finish_reason=event.finish_reason)])  # type: ignore[arg-type]
         if request.wants_usage_in_stream():
             yield CompletionChunk(id=chunk_id, created=created, model=request.model, choices=[],
@@ -309,14 +325,15 @@ class TransformersClient(LlmClient):
         self._require_started()
         if request.suffix:
             raise InvalidRequestError("This node does not support suffix (insertion).", param="suffix")
-        if request.logprobs is not None:
-            raise InvalidRequestError("This node does not return logprobs.", param="logprobs")
+        if request.logprobs is not None and request.echo:
+            raise InvalidRequestError("This node does not return the prompt's logprobs (echo with "
+                                      "logprobs).", param="echo")
         if request.best_of is not None and request.best_of != request.n:
             raise InvalidRequestError("This node supports best_of only equal to n.", param="best_of")
         params = sampling_params(request, ignore_eos=self._ignore_eos)
         texts = request.prompts()
         prompts = await asyncio.to_thread(self._encode_texts, texts)
-        return self._prepared(prompts, params, texts, param="prompt")
+        return self._prepared(prompts, params, texts, param="prompt", logprobs=request.logprobs)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         with self._encode_lock:
@@ -402,7 +419,7 @@ class TransformersClient(LlmClient):
             raise BackendError(f"Node {self.name!r} is not started.")
 
     def _prepared(self, prompts: list[list[int]], params: SamplingParams, texts: list[str], *,
-                  param: str) -> _Prepared:
+                  param: str, logprobs: int | None = None) -> _Prepared:
         """Checks the context and caps the output length; no compute happened yet."""
         if any(not p for p in prompts):
             raise InvalidRequestError("The prompt is empty once tokenized.", param=param)
@@ -416,17 +433,21 @@ class TransformersClient(LlmClient):
         if self.config.max_output_tokens is not None:
             cap = min(cap, self.config.max_output_tokens)
         return _Prepared(prompts=prompts, params=params, max_new_tokens=max(1, min(cap, room)),
-                         prompt_texts=texts)
+                         prompt_texts=texts, logprobs=logprobs)
 
     async def _collect(self, prepared: _Prepared) -> list[_Output]:
         texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[TokenLogprob]] = {}
         outputs: dict[int, _Output] = {}
         async with aclosing(self._generate(prepared)) as stream:
             async for event in stream:
                 texts.setdefault(event.index, []).append(event.text)
+                if event.logprobs is not None:
+                    logprobs.setdefault(event.index, []).extend(event.logprobs)
                 if event.finish_reason is not None:
-                    outputs[event.index] = _Output("".join(texts[event.index]), event.finish_reason,
-                                                   event.completion_tokens)
+                    outputs[event.index] = _Output(
+                        "".join(texts[event.index]), event.finish_reason, event.completion_tokens,
+                        None if prepared.logprobs is None else logprobs.get(event.index, []))
         return [outputs[i] for i in sorted(outputs)]
 
     async def _generate(self, prepared: _Prepared) -> AsyncIterator[Any]:
@@ -461,7 +482,8 @@ class TransformersClient(LlmClient):
                 index = p * params.n + j
                 seed = None if params.seed is None else params.seed + index
                 seq_params = params if seed == params.seed else replace(params, seed=seed)
-                seqs.append(Sequence(index, prompt, prepared.max_new_tokens, seq_params, emit))
+                seqs.append(Sequence(index, prompt, prepared.max_new_tokens, seq_params, emit,
+                                     logprobs=prepared.logprobs))
         self._outstanding += count
         started_at = self._tracker.started()
         first_token_at: float | None = None

@@ -153,12 +153,8 @@ class VllmClient(LlmClient):
     # -------------------------------------------------------------------------- descriptors
 
     def models(self) -> list[ModelInfo]:
-        cfg = self.config
-        return [ModelInfo(
-            id=cfg.model, hugging_face_id=cfg.hugging_face_id, name=cfg.display_name or cfg.model,
-            description=cfg.description, quantization=cfg.quantization,
-            context_length=self._max_model_len, max_output_length=cfg.max_output_tokens,
-            pricing=cfg.pricing, is_ready=self._engine is not None,
+        return [self.config.model_card(
+            context_length=self._max_model_len, is_ready=self._engine is not None,
             supported_features=self.capabilities().features(),
             endpoints=["embedding"] if self._pooling else ["chat", "completion"],
         )]
