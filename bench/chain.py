@@ -141,7 +141,6 @@ async def bench(args: argparse.Namespace) -> int:
             steady = report(f"steady ({args.steady} at {args.rate}/s)", ledger_rows(data, ids))
             growth = None
             if args.long:
-                rss_200 = sampler.current
                 total = 2000
                 while len(all_ids) < total:
                     chunk = min(200, total - len(all_ids))
@@ -157,7 +156,7 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"results: {len(all_ids)} jobs, duplicates {duplicates}, missing {missing}")
         print(f"daemon peak RSS {sampler.peak / 2**20:.1f} MiB")
         if growth is not None:
-            print(f"RSS growth from job {args.burst + args.steady} to job {len(all_ids)}: {growth:+.1f}% "
+            print(f"RSS growth from job {args.burst} to job {len(all_ids)}: {growth:+.1f}% "
                   f"({rss_200 / 2**20:.1f} -> {sampler.current / 2**20:.1f} MiB)")
         targets = [burst["p50_ms"] <= 50, steady["p50_ms"] <= 50, burst["p99_ms"] <= 250,
                    steady["p99_ms"] <= 250, duplicates == 0, missing == 0]

@@ -20,13 +20,14 @@ import structlog
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContract, AsyncContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 
 from blueprint.errors import BlueprintError
 from blueprint.tangle import abi
 from blueprint.tangle.abi import DecodedRevert, decode_revert, revert_data_of
+from blueprint.tangle.rpc import PooledHTTPProvider, lean_web3
 
 log = structlog.get_logger(__name__)
 
@@ -155,10 +156,10 @@ class ChainClient:
         request_timeout: float = 30.0,
         **kwargs: Any,
     ) -> ChainClient:
-        """A client over a new ``AsyncHTTPProvider``; call :meth:`close` when done."""
-        provider = AsyncHTTPProvider(http_rpc_url, request_kwargs={"timeout": request_timeout})
+        """A client over a pooled keep-alive HTTP provider; call :meth:`close` when done."""
+        provider = PooledHTTPProvider(http_rpc_url, request_kwargs={"timeout": request_timeout})
         return cls(
-            AsyncWeb3(provider),
+            lean_web3(provider),
             tangle_address=tangle_address,
             staking_address=staking_address,
             status_registry_address=status_registry_address,

@@ -49,6 +49,7 @@ from blueprint.tangle.events import (
     uint_topic,
 )
 from blueprint.tangle.ledger import Cursor, JobRecord, Ledger
+from blueprint.tangle.rpc import lean_web3
 from blueprint.tangle.types import JobCall
 
 log = structlog.get_logger(__name__)
@@ -407,7 +408,7 @@ class Producer:
         backoff = 0.5
         while not self._stopping:
             try:
-                async with AsyncWeb3(WebSocketProvider(self.ws_url, max_connection_retries=1)) as w3:
+                async with lean_web3(WebSocketProvider(self.ws_url, max_connection_retries=1)) as w3:
                     heads = await w3.eth.subscribe("newHeads")
                     logs = await w3.eth.subscribe("logs", {"address": self.tangle, "topics": self._topics})
                     self.ws_connected = True

@@ -26,16 +26,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
-from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.exceptions import Web3RPCError
 
 from blueprint.errors import BlueprintError
-from blueprint.tangle.abi import DecodedRevert, decode_revert, revert_data_of
+from blueprint.tangle.abi import DecodedRevert, decode_revert
+from blueprint.tangle.rpc import raw_request, rpc_error_of
 
 log = structlog.get_logger(__name__)
 
@@ -90,12 +92,26 @@ class SentTx:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
+    """A mined transaction; ``logs`` are the node's JSON log objects (hex strings)."""
+
     tx_hash: str
     status: int
     block_number: int
     gas_used: int
     logs: list[Any]
     block_hash: str = ""
+
+
+def _hex_bytes(item: Any) -> bytes | None:
+    """Bytes of a ``0x`` hex string (or of the ``data`` inside a nested error object)."""
+    if isinstance(item, Mapping):
+        item = item.get("data")
+    if isinstance(item, str) and item.startswith("0x"):
+        try:
+            return bytes.fromhex(item[2:])
+        except ValueError:
+            return None
+    return None
 
 
 def _is_nonce_error(exc: BaseException) -> bool:
@@ -188,17 +204,15 @@ class TxManager:
 
     async def simulate(self, to: str, data: bytes, *, gas: int | None = None) -> bytes:
         """``eth_call`` the transaction from the operator; TxRevertedError with the decoded reason."""
+        call = {"from": self.address, "to": to, "data": "0x" + data.hex(), "gas": hex(gas or self.gas_limit)}
         try:
-            return bytes(await self.w3.eth.call(
-                {"from": self.address, "to": to, "data": data, "gas": gas or self.gas_limit}, "pending"
-            ))
-        except (ContractCustomError, ContractLogicError) as exc:
-            raise TxRevertedError(decode_revert(revert_data_of(exc))) from exc
+            result = await raw_request(self.w3, "eth_call", [call, "pending"])
         except Web3RPCError as exc:
-            data_bytes = revert_data_of(exc)
-            if data_bytes is not None or "revert" in str(exc).lower():
-                raise TxRevertedError(decode_revert(data_bytes)) from exc
+            revert = _hex_bytes(rpc_error_of(exc).get("data"))
+            if revert is not None or "revert" in str(exc).lower():
+                raise TxRevertedError(decode_revert(revert)) from exc
             raise
+        return _hex_bytes(result) or b""
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -257,9 +271,23 @@ class TxManager:
         return bytes(self.account.sign_transaction(tx).raw_transaction)
 
     async def _send_raw(self, sent: SentTx, raw: bytes) -> None:
-        tx_hash = await self.w3.eth.send_raw_transaction(raw)
-        sent.hashes.append("0x" + bytes(tx_hash).hex())
+        tx_hash = await raw_request(self.w3, "eth_sendRawTransaction", ["0x" + raw.hex()])
+        sent.hashes.append(str(tx_hash).lower())
         sent.sent_at = time.monotonic()
+
+    async def receipt(self, tx_hash: str) -> Receipt | None:
+        """The receipt of a mined transaction, None while it is unknown or pending."""
+        raw = await raw_request(self.w3, "eth_getTransactionReceipt", [tx_hash])
+        if not raw or raw.get("blockNumber") is None:
+            return None
+        return Receipt(
+            tx_hash=tx_hash,
+            status=int(raw["status"], 16),
+            block_number=int(raw["blockNumber"], 16),
+            gas_used=int(raw["gasUsed"], 16),
+            logs=list(raw.get("logs") or []),
+            block_hash=str(raw["blockHash"]).lower(),
+        )
 
     async def _bump(self, sent: SentTx) -> bool:
         """Re-send ``sent`` with the same nonce and higher fees; False if the nonce is gone."""
@@ -293,20 +321,12 @@ class TxManager:
         last_send = sent.sent_at or time.monotonic()
         while True:
             for tx_hash in reversed(sent.hashes):
-                try:
-                    receipt = await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-                except TransactionNotFound:
+                receipt = await self.receipt(tx_hash)
+                if receipt is None:
                     continue
-                if int(receipt["status"]) != 1:
+                if receipt.status != 1:
                     self.txs_reverted += 1
-                return Receipt(
-                    tx_hash=tx_hash,
-                    status=int(receipt["status"]),
-                    block_number=int(receipt["blockNumber"]),
-                    gas_used=int(receipt["gasUsed"]),
-                    logs=list(receipt["logs"]),
-                    block_hash="0x" + bytes(receipt["blockHash"]).hex(),
-                )
+                return receipt
             now = time.monotonic()
             if now >= deadline:
                 raise TxTimeoutError(f"no receipt for nonce {sent.nonce} ({sent.tx_hash})")
@@ -336,11 +356,8 @@ class TxManager:
 
     async def _any_receipt(self, sent: SentTx) -> bool:
         for tx_hash in sent.hashes:
-            try:
-                await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            if await self.receipt(tx_hash) is not None:
                 return True
-            except TransactionNotFound:
-                continue
         return False
 
     async def send_and_wait(self, to: str, data: bytes, *, gas: int | None = None) -> Receipt:

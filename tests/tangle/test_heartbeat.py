@@ -63,8 +63,8 @@ async def test_signed_and_direct_heartbeats_are_accepted(chain_client: ChainClie
                             chain_client.w3.eth.contract(address=STATUS_REGISTRY, abi=_ENABLE_ABI)
                             .functions.enableCustomMetrics(dev_service.service_id, True))
     receipt = await _task(chain_client, dev_service, txm).beat()
-    topics = [bytes(log["topics"][0]) for log in receipt.logs]
-    assert bytes.fromhex(abi.HEARTBEAT_RECEIVED_TOPIC[2:]) in topics
+    topics = [log["topics"][0].lower() for log in receipt.logs]  # the node's JSON, hex strings
+    assert abi.HEARTBEAT_RECEIVED_TOPIC.lower() in topics
     state = await _state(chain_client, dev_service)
     assert state[1] == 1 and state[3] == 0  # one beat, Healthy
     assert await registry.isHeartbeatCurrent(dev_service.service_id, dev_service.operator.address).call()
