@@ -67,8 +67,8 @@ class PooledHTTPProvider(AsyncHTTPProvider):
     def _pooled_session(self) -> ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._session_loop is not loop:
-            # a session is bound to its loop: a provider reused from another loop (tests, CLI
-            # helpers calling asyncio.run twice) gets a fresh one; the old one died with its loop
+            # a session is bound to its loop: a provider used again from another loop (after
+            # ``disconnect``, or in tests) gets a fresh session rather than a dead one
             self._session = ClientSession(
                 connector=TCPConnector(limit=POOL_SIZE, keepalive_timeout=KEEPALIVE_S),
                 timeout=self._timeout,

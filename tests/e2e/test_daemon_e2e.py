@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from blueprint.devstack import DaemonProcess, chain_client, create_service, write_config
+from blueprint.devstack import DaemonProcess, chain_client, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
+from blueprint.tangle.devnet import Anvil
 from blueprint.tangle.setup import DevService, submit_job, wait_for_result
+from tests.devnet_support import devnet_anvil, new_service, running_daemon
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
@@ -41,19 +42,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
-    try:
-        find_anvil()
-        find_tnt_core_state()
-    except DevnetError as exc:
-        pytest.skip(f"no local devnet: {exc}")
-    work = tmp_path_factory.mktemp("e2e")
-    anvil = start_anvil()
-    try:
-        async def make() -> DevService:
-            async with chain_client(anvil) as client:
-                return await create_service(client, DEV_KEYS[0], work / "keystore")
-
-        service = asyncio.run(make())
+    with devnet_anvil() as anvil:
+        work = tmp_path_factory.mktemp("e2e")
+        service = new_service(anvil, work / "keystore")
         config = write_config(work / "config.toml", [
             {"engine": "transformers", "model": MODEL, "path": str(tiny_model_dir), "device": "cpu",
              "max_batch_size": 4},
@@ -61,14 +52,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
         env = service.manager_env(keystore_uri=str(work / "keystore"), data_dir=str(work / "data"),
                                   ws_rpc_url=anvil.ws_url)
         env["BLUEPRINT_CONFIG"] = str(config)
-        daemon = DaemonProcess(env, work / "daemon.log").start()
-        try:
-            daemon.wait_ready()
+        with running_daemon(env, work / "daemon.log") as daemon:
             yield Stack(anvil, service, daemon, work / "data")
-        finally:
-            daemon.stop()
-    finally:
-        anvil.stop()
 
 
 async def _submit_and_wait(stack: Stack, jobs: list[tuple[int, bytes]], wait_s: float = 60) -> list[dict]:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,7 +31,7 @@ from blueprint.context.metrics import ChainMetrics
 from blueprint.daemon import run_daemon
 from blueprint.devstack import TANGLE, chain_client, create_service, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
+from blueprint.tangle.devnet import DEV_KEYS, Anvil
 from blueprint.tangle.ledger import Ledger
 from blueprint.tangle.setup import submit_job, wait_for_result
 from blueprint.tangle.txmanager import TxManager
@@ -41,20 +41,6 @@ pytestmark = [pytest.mark.chain, pytest.mark.slow]
 MODEL = "tiny"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-def anvil() -> Iterator[Anvil]:
-    try:
-        find_anvil()
-        find_tnt_core_state()
-    except DevnetError as exc:
-        pytest.skip(f"no local devnet: {exc}")
-    node = start_anvil()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def _free_port() -> int:

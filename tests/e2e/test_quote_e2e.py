@@ -16,10 +16,11 @@ import pytest
 
 from blueprint.client import BlueprintClient
 from blueprint.commands.submit import fetch_quote
-from blueprint.devstack import DaemonProcess, chain_client, create_service
+from blueprint.devstack import DaemonProcess, chain_client
 from blueprint.jobs.codec import encode_inputs
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
+from blueprint.tangle.devnet import Anvil
 from blueprint.tangle.setup import DevService
+from tests.devnet_support import devnet_anvil, new_service, running_daemon
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
@@ -60,30 +61,14 @@ def _config(path: Path, model_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
-    try:
-        find_anvil()
-        find_tnt_core_state()
-    except DevnetError as exc:
-        pytest.skip(f"no local devnet: {exc}")
-    work = tmp_path_factory.mktemp("quote-e2e")
-    anvil = start_anvil()
-    try:
-        async def make() -> DevService:
-            async with chain_client(anvil) as client:
-                return await create_service(client, DEV_KEYS[0], work / "keystore")
-
-        service = asyncio.run(make())
+    with devnet_anvil() as anvil:
+        work = tmp_path_factory.mktemp("quote-e2e")
+        service = new_service(anvil, work / "keystore")
         env = service.manager_env(keystore_uri=str(work / "keystore"), data_dir=str(work / "data"))
         env["BLUEPRINT_CONFIG"] = str(_config(work / "config.toml", tiny_model_dir))
-        daemon = DaemonProcess(env, work / "daemon.log").start()
-        try:
-            daemon.wait_ready()
+        with running_daemon(env, work / "daemon.log") as daemon:
             ready = next(line for line in daemon.log_lines() if line.get("event") == "daemon.ready")
             yield Stack(anvil, service, daemon, ready["http"])
-        finally:
-            daemon.stop()
-    finally:
-        anvil.stop()
 
 
 async def test_daemon_answers_a_job_paid_by_its_own_quote(stack: Stack) -> None:

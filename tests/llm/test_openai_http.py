@@ -302,6 +302,12 @@ async def _scripted_server(body: bytes) -> tuple[web.AppRunner, str]:
         await response.write_eof()
         return response
 
+    return await _chat_server(handler)
+
+
+async def _chat_server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> tuple[web.AppRunner, str]:
+    """A loopback server whose ``/v1/chat/completions`` is ``handler``: its runner and base URL."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     runner = web.AppRunner(app, access_log=None)
@@ -353,15 +359,9 @@ async def test_sse_split_at_odd_places_and_crlf_lines(make_client: ClientFactory
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, base_url = await _chat_server(handler)
     try:
-        client = await make_client(f"http://127.0.0.1:{port}/v1")
+        client = await make_client(base_url)
         chunks = [c async for c in client.chat_stream(chat_request(stream=True))]
         assert [c.choices[0].delta.content for c in chunks] == ["hi", "hi"]
     finally:

@@ -7,7 +7,7 @@ import base64
 import math
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -38,13 +38,10 @@ MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Iterator[TransformersClient]:
-    """One started engine for the module (its worker thread outlives each test's event loop)."""
-    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device="cpu",
-                                           max_batch_size=16, max_queue=16))
-    asyncio.run(client.start())
-    yield client
-    asyncio.run(client.close())
+def engine_slots() -> int:
+    """The module's ``engine`` (tests/llm/conftest.py) batches and queues 16: the batching tests
+    send up to 16 requests at once."""
+    return 16
 
 
 @pytest.fixture(scope="module")

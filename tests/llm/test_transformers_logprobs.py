@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from blueprint.errors import InvalidRequestError
-from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines._hf_batching import Sequence, sample_step
 from blueprint.llm.engines._hf_text import TokenPieces
 from blueprint.llm.engines.transformers import TransformersClient
@@ -24,15 +21,6 @@ from blueprint.llm.types import ChatCompletionRequest, CompletionRequest, parse_
 
 MODEL = "tiny"
 PROMPT = [{"role": "user", "content": "Café, 日本語 and 🙂: tell me more"}]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Iterator[TransformersClient]:
-    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device="cpu",
-                                           max_batch_size=8, max_queue=8))
-    asyncio.run(client.start())
-    yield client
-    asyncio.run(client.close())
 
 
 def chat(**overrides: object) -> ChatCompletionRequest:

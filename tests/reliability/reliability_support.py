@@ -1,33 +1,31 @@
 """Shared pieces of the fault tests (imported by the tests and by conftest.py): emulated
-backends as killable subprocesses, and the real API
-server on a private event loop in a thread (so blocking clients such as schemathesis and raw
-sockets can talk to it while the test drives faults).
+backends as killable subprocesses, and the real API server on a private event loop in a thread
+(so blocking clients such as schemathesis and raw sockets can talk to it while the test drives
+faults; the thread and loop handling is :class:`tests.api_server_thread.ApiServerThread`).
 
 Everything binds 127.0.0.1 and every wait is bounded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
 from blueprint.balancer import Balancer, BalancerSettings
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.registry import create_client
-from blueprint.server import RunningServer, ServerSettings, start_server
+from blueprint.server import ServerSettings, start_server
 from blueprint.server.app import create_app
+from tests.api_server_thread import ApiServerThread
 
-T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk-reliability-test-5f0c2a9e7d31"
 MODEL = "emu"
@@ -83,27 +81,16 @@ class BackendProcess:
             self.process.stdout.close()
 
 
-class ThreadServer:
+class ThreadServer(ApiServerThread):
     """Balancer + API server on a private event loop in a daemon thread."""
 
     def __init__(self, nodes: list[NodeConfig], settings: ServerSettings,
                  balancer_settings: BalancerSettings | None = None,
                  app_hook: Callable[[web.Application, Balancer], None] | None = None) -> None:
         """``app_hook`` may add to the app before it starts (e.g. enable signed quotes)."""
+        super().__init__("rel-server")
         self.nodes, self.settings, self.balancer_settings = nodes, settings, balancer_settings
         self.app_hook = app_hook
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="rel-server")
-        self.balancer: Balancer | None = None
-        self.server: RunningServer | None = None
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> ThreadServer:
-        self._thread.start()
-        self.run(self._start(), timeout=60.0)
-        return self
 
     async def _start(self) -> None:
         self.balancer = Balancer([create_client(c) for c in self.nodes], self.balancer_settings,
@@ -113,30 +100,6 @@ class ThreadServer:
         if self.app_hook is not None:
             self.app_hook(app, self.balancer)
         self.server = await start_server(self.balancer, self.settings, app=app)
-
-    async def _stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
-        if self.balancer is not None:
-            await self.balancer.close()
-
-    def stop(self) -> None:
-        try:
-            self.run(self._stop(), timeout=30.0)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-            self.loop.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.port}"
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.port
 
 
 def server_settings(**overrides: Any) -> ServerSettings:

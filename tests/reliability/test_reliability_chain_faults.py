@@ -25,10 +25,11 @@ import psutil
 import pytest
 from reliability_support import API_KEY, MODEL, BackendProcess
 
-from blueprint.devstack import DaemonProcess, chain_client, create_service, write_config
+from blueprint.devstack import DaemonProcess, chain_client, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
+from blueprint.tangle.devnet import Anvil, DevnetError, start_anvil
 from blueprint.tangle.setup import DevService, submit_job, submit_jobs
+from tests.devnet_support import new_service, require_devnet, running_daemon
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
@@ -57,34 +58,22 @@ def _config(work: Path, backend: BackendProcess, **jobs: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    try:
-        find_anvil()
-        find_tnt_core_state()
-    except DevnetError as exc:
-        pytest.skip(f"no local devnet: {exc}")
+    require_devnet()
     work = tmp_path_factory.mktemp("chain-faults")
     state_file = work / "anvil-state.json"
     anvil = start_anvil(extra_args=["--dump-state", str(state_file), "--preserve-historical-states"])
     backend = BackendProcess("--trivial").start()
-    daemon: DaemonProcess | None = None
     holder: dict[str, Stack] = {}
     try:
-        async def make() -> DevService:
-            async with chain_client(anvil) as client:
-                return await create_service(client, DEV_KEYS[0], work / "keystore")
-
-        service = asyncio.run(make())
+        service = new_service(anvil, work / "keystore")
         env = service.manager_env(keystore_uri=str(work / "keystore"), data_dir=str(work / "data"),
                                   ws_rpc_url=anvil.ws_url)
         env["BLUEPRINT_CONFIG"] = str(_config(work, backend))
         env["API_KEYS"] = API_KEY
-        daemon = DaemonProcess(env, work / "daemon.log").start()
-        daemon.wait_ready()
-        holder["stack"] = Stack(anvil, state_file, service, daemon, backend, work, env)
-        yield holder["stack"]
-    finally:
-        if daemon is not None:
-            daemon.stop(timeout=15)
+        with running_daemon(env, work / "daemon.log", stop_timeout=15) as daemon:
+            holder["stack"] = Stack(anvil, state_file, service, daemon, backend, work, env)
+            yield holder["stack"]
+    finally:  # the tests may have replaced the node (restart_anvil): stop the one running now
         (holder["stack"].anvil if "stack" in holder else anvil).stop()
         backend.stop()
 

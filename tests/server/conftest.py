@@ -1,46 +1,34 @@
 """A real API server on a loopback port, run on its own event loop in a thread, so the blocking
-``openai`` client and async clients of the test's loop can both talk to it."""
+``openai`` client and async clients of the test's loop can both talk to it (the thread and loop
+handling is :class:`tests.api_server_thread.ApiServerThread`)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from blueprint.balancer import Balancer
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.registry import create_client
-from blueprint.server import RunningServer, ServerSettings, start_server
+from blueprint.server import ServerSettings, start_server
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
+from tests.api_server_thread import ApiServerThread
 
-T = TypeVar("T")
 API_KEY = "sk-test-0123456789abcdef"
 TINY = "tiny"
 
 
-class LiveServer:
+class LiveServer(ApiServerThread):
     """Backend (optional) + balancer + API server on a private loop in a daemon thread."""
 
     def __init__(self, nodes: Callable[[str | None], list[NodeConfig]], settings: ServerSettings,
                  backend: EmulatedOptions | None = None) -> None:
+        super().__init__("live-server")
         self._nodes, self._settings, self._backend_options = nodes, settings, backend
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="live-server")
         self.backend: EmulatedBackend | None = None
-        self.balancer: Balancer | None = None
-        self.server: RunningServer | None = None
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> LiveServer:
-        self._thread.start()
-        self.run(self._start(), timeout=60.0)
-        return self
 
     async def _start(self) -> None:
         base_url = None
@@ -55,25 +43,9 @@ class LiveServer:
         self.server = await start_server(self.balancer, self._settings)
 
     async def _stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
-        if self.balancer is not None:
-            await self.balancer.close()
+        await super()._stop()
         if self.backend is not None:
             await self.backend.stop()
-
-    def stop(self) -> None:
-        try:
-            self.run(self._stop(), timeout=30.0)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-            self.loop.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.port}"
 
     def node(self) -> Any:
         assert self.balancer is not None

@@ -5,8 +5,14 @@
 * ``dev_service``: a fresh blueprint + active service with a new funded operator on the
   module's anvil (about 1 s, once per module), from :func:`blueprint.tangle.setup.setup_dev_service`.
 * ``operator_keystore``: a keystore folder in the SDK layout holding the dev operator's key.
+* ``w3``, ``ledger``, ``txm``: a raw AsyncWeb3 on the module's anvil, a fresh ledger in the test's
+  tmp folder and a transaction manager for the dev operator (all per test).
 
-Tests skip (not fail) only when anvil or the TNT Core state is not installed at all.
+Helpers for the consumer tests: :func:`output` (a job result) and :func:`seen_jobs` (record jobs
+through the producer, as the daemon does).
+
+Tests skip (not fail) only when anvil or the TNT Core state is not installed at all
+(:mod:`tests.devnet_support`).
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from eth_abi import encode
+from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from blueprint.tangle.chain import ChainClient
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
+from blueprint.tangle.devnet import DEV_KEYS, Anvil
 from blueprint.tangle.keystore import write_sdk_key
+from blueprint.tangle.ledger import Ledger
+from blueprint.tangle.producer import Producer
 from blueprint.tangle.setup import DevService, setup_dev_service
+from blueprint.tangle.txmanager import TxManager
+from blueprint.tangle.types import JobCall
+from tests.devnet_support import devnet_anvil
 
 TANGLE = "0x0165878A594ca255338adfa4d48449f69242Eb8F"
 STAKING = "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9"
@@ -37,16 +50,8 @@ def client_for(anvil: Anvil) -> ChainClient:
 
 @pytest.fixture(scope="module")
 def anvil() -> Iterator[Anvil]:
-    try:
-        find_anvil()
-        find_tnt_core_state()
-    except DevnetError as exc:
-        pytest.skip(f"no local devnet: {exc}")
-    node = start_anvil()
-    try:
+    with devnet_anvil() as node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture
@@ -75,3 +80,48 @@ def operator_keystore(tmp_path: Path, dev_service: DevService) -> Path:
     root = tmp_path / "keystore"
     write_sdk_key(root, dev_service.operator_key)
     return root
+
+
+@pytest.fixture
+async def w3(anvil: Anvil) -> AsyncIterator[AsyncWeb3]:
+    web3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
+    try:
+        yield web3
+    finally:
+        await web3.provider.disconnect()
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    led = await Ledger.open(tmp_path)
+    try:
+        yield led
+    finally:
+        await led.close()
+
+
+@pytest.fixture
+def txm(w3: AsyncWeb3, dev_service: DevService) -> TxManager:
+    """The dev operator's transaction manager: bumps after 5 s, gives up on a receipt after 30 s."""
+    return TxManager(w3, dev_service.operator.account, bump_after=5.0, receipt_timeout=30.0)
+
+
+def output(n: int) -> bytes:
+    """A job result as the handlers encode it (an ABI string holding JSON), told apart by ``n``."""
+    return encode(["string"], [f'{{"answer": {n}}}'])
+
+
+async def seen_jobs(ledger: Ledger, w3: AsyncWeb3, service: DevService, call_ids: list[int]) -> list[JobCall]:
+    """Put the jobs in the ledger the way the daemon does: through the producer (one scan of the
+    recent blocks, all delivered jobs taken); returns those of ``call_ids`` it delivered."""
+    first = min(call_ids)
+    start = max(0, int(await w3.eth.block_number) - 2 * len(call_ids) - 2)  # one block per job tx
+    producer = Producer(ledger, w3, tangle_address=service.tangle_contract, service_id=service.service_id,
+                        start_block=start)
+    await producer.scan_once()
+    jobs = []
+    while producer.pending():
+        job = await producer.get()
+        if job.call_id >= first:
+            jobs.append(job)
+    return [j for j in jobs if j.call_id in call_ids]

@@ -7,20 +7,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 from eth_abi import decode, encode
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.consumer import Consumer, encode_submit_result
 from blueprint.tangle.devnet import Anvil
 from blueprint.tangle.ledger import JobState, Ledger
-from blueprint.tangle.producer import Producer
 from blueprint.tangle.setup import DevService, submit_job, submit_jobs
 from blueprint.tangle.txmanager import TxManager, TxRevertedError
 from blueprint.tangle.types import JobCall, JobResult
+from tests.tangle.conftest import output, seen_jobs
 
 pytestmark = pytest.mark.chain
 
@@ -38,52 +37,10 @@ async def eventually(condition: Callable[[], bool], within: float) -> None:
     raise AssertionError(f"condition not met within {within}s")
 
 
-def output(n: int) -> bytes:
-    return encode(["string"], [f'{{"answer": {n}}}'])
-
-
-@pytest.fixture
-async def w3(anvil: Anvil) -> AsyncIterator[AsyncWeb3]:
-    web3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
-    try:
-        yield web3
-    finally:
-        await web3.provider.disconnect()
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    led = await Ledger.open(tmp_path)
-    try:
-        yield led
-    finally:
-        await led.close()
-
-
-@pytest.fixture
-def txm(w3: AsyncWeb3, dev_service: DevService) -> TxManager:
-    return TxManager(w3, dev_service.operator.account, bump_after=5.0, receipt_timeout=30.0)
-
-
 @pytest.fixture
 async def consumer(ledger: Ledger, txm: TxManager, dev_service: DevService) -> AsyncIterator[Consumer]:
     async with Consumer(ledger, txm, dev_service.tangle_contract, retry_for=10.0) as c:
         yield c
-
-
-async def seen_jobs(ledger: Ledger, w3: AsyncWeb3, service: DevService, call_ids: list[int]) -> list[JobCall]:
-    """Put the jobs in the ledger the way the daemon does: through the producer."""
-    first = min(call_ids)
-    start = max(0, int(await w3.eth.block_number) - 2 * len(call_ids) - 2)  # one block per job tx
-    producer = Producer(ledger, w3, tangle_address=service.tangle_contract, service_id=service.service_id,
-                        start_block=start)
-    await producer.scan_once()
-    jobs = []
-    while producer.pending():
-        job = await producer.get()
-        if job.call_id >= first:
-            jobs.append(job)
-    return [j for j in jobs if j.call_id in call_ids]
 
 
 async def test_result_lands_and_is_read_back(

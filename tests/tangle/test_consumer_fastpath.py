@@ -6,21 +6,18 @@ simulated (an answer already on chain costs no transaction)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from eth_abi import encode
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.consumer import Consumer, encode_submit_result
-from blueprint.tangle.devnet import Anvil
 from blueprint.tangle.ledger import Ledger
-from blueprint.tangle.producer import Producer
 from blueprint.tangle.setup import DevService, submit_jobs
 from blueprint.tangle.txmanager import TxManager
 from blueprint.tangle.types import JobCall, JobResult
+from tests.tangle.conftest import output, seen_jobs
 
 pytestmark = pytest.mark.chain
 
@@ -29,43 +26,6 @@ ZERO = "0x" + "00" * 32
 
 def inputs(n: int) -> bytes:
     return encode(["string", "uint32", "string"], ["tiny", 8, f'{{"prompt": "fast {n}"}}'])
-
-
-def output(n: int) -> bytes:
-    return encode(["string"], [f'{{"answer": {n}}}'])
-
-
-@pytest.fixture
-async def w3(anvil: Anvil) -> AsyncIterator[AsyncWeb3]:
-    web3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
-    try:
-        yield web3
-    finally:
-        await web3.provider.disconnect()
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    led = await Ledger.open(tmp_path)
-    try:
-        yield led
-    finally:
-        await led.close()
-
-
-@pytest.fixture
-def txm(w3: AsyncWeb3, dev_service: DevService) -> TxManager:
-    return TxManager(w3, dev_service.operator.account, bump_after=5.0, receipt_timeout=30.0)
-
-
-async def seen(ledger: Ledger, w3: AsyncWeb3, service: DevService, call_ids: list[int]) -> None:
-    """Record the jobs as seen the way the daemon does: through the producer."""
-    start = max(0, int(await w3.eth.block_number) - 2 * len(call_ids) - 2)
-    producer = Producer(ledger, w3, tangle_address=service.tangle_contract, service_id=service.service_id,
-                        start_block=start)
-    await producer.scan_once()
-    while producer.pending():
-        await producer.get()
 
 
 async def nonce_of(w3: AsyncWeb3, service: DevService) -> int:
@@ -89,7 +49,7 @@ async def test_bad_fresh_batch_costs_one_reverted_tx_then_consumer_simulates(
 ) -> None:
     sid = dev_service.service_id
     ids = await submit_jobs(chain_client, dev_service.owner, sid, [(0, inputs(i)) for i in range(2)])
-    await seen(ledger, w3, dev_service, ids)
+    await seen_jobs(ledger, w3, dev_service, ids)
     ghosts = [JobCall(sid, 10**9 + n, 0, dev_service.owner.address, b"", 1, ZERO, 0, ZERO) for n in (1, 2)]
     await ledger.record_seen(ghosts)
     start = await nonce_of(w3, dev_service)
@@ -113,7 +73,7 @@ async def test_verified_result_already_on_chain_costs_no_transaction(
 ) -> None:
     sid = dev_service.service_id
     (cid,) = await submit_jobs(chain_client, dev_service.owner, sid, [(0, inputs(99))])
-    await seen(ledger, w3, dev_service, [cid])
+    await seen_jobs(ledger, w3, dev_service, [cid])
     await txm.send_and_wait(dev_service.tangle_contract, encode_submit_result(sid, cid, output(1)))
     start = await nonce_of(w3, dev_service)
     async with Consumer(ledger, txm, dev_service.tangle_contract) as consumer:

@@ -112,8 +112,8 @@ async def test_raw_request_returns_node_json_and_keeps_the_error_object(node: Fa
 
 
 def test_one_provider_serves_several_event_loops() -> None:
-    """CLI helpers call ``asyncio.run`` more than once with the same client: a session bound to
-    a closed loop must be replaced, not reused."""
+    """A provider disconnected on one loop and used again on the next gets a session of the new
+    loop (a session is bound to the loop that created it)."""
     node = FakeNode()
     provider = PooledHTTPProvider(node.url)
     w3 = lean_web3(provider)
@@ -123,6 +123,7 @@ def test_one_provider_serves_several_event_loops() -> None:
         try:
             return int(await w3.eth.block_number)
         finally:
+            await provider.disconnect()
             await node.stop()
 
     assert asyncio.run(once()) > 0
