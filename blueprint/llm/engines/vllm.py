@@ -10,6 +10,11 @@ imported lazily when a vLLM node is *configured*, so a machine without it fails 
 time with that advice, and nodes of other engines never import it. There is no CPU wheel, so only
 the pure mapping below and the missing-vLLM path are tested here.
 
+Logprobs (chat ``logprobs``/``top_logprobs``, completions ``logprobs``, streamed or not) are vLLM's
+own, laid out by :mod:`blueprint.llm.logprobs` exactly as the transformers engine lays out its
+own (:func:`output_logprobs` says which distribution they describe and where texts and bytes come
+from). Like the rest of this engine they are tested here only through the pure mapping.
+
 Engine options (``NodeConfig.options``): ``engine_args`` (a dict passed to ``AsyncEngineArgs``
 as is: ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enable_prefix_caching``...).
 """
@@ -20,6 +25,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -33,7 +39,10 @@ from blueprint.errors import (
 )
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
+from blueprint.llm.engines._hf_text import TokenPieces
+from blueprint.llm.logprobs import LOGPROB_FLOOR, TokenLogprob, TopLogprob, chat_logprobs, completion_logprobs
 from blueprint.llm.types import (
+    DEFAULT_SAMPLING_PARAMETERS,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -41,9 +50,11 @@ from blueprint.llm.types import (
     ChatCompletionRequest,
     ChatDelta,
     ChatMessage,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
     CompletionChunk,
+    CompletionLogprobs,
     CompletionRequest,
     Embedding,
     EmbeddingRequest,
@@ -83,12 +94,132 @@ def sampling_kwargs(request: ChatCompletionRequest | CompletionRequest, max_toke
         kwargs["stop"] = stops
     if request.logit_bias:
         kwargs["logit_bias"] = {int(k): v for k, v in request.logit_bias.items()}
-    if isinstance(request, ChatCompletionRequest):
-        if request.logprobs:
-            kwargs["logprobs"] = request.top_logprobs or 0
-    elif request.logprobs is not None:
-        kwargs["logprobs"] = request.logprobs
+    wanted = requested_logprobs(request)
+    if wanted is not None:
+        kwargs["logprobs"] = wanted
     return kwargs
+
+
+def requested_logprobs(request: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """Alternatives per token the request asks for (0: the sampled token's logprob only), or
+    None when it asks for no logprobs: chat's ``top_logprobs`` once ``logprobs`` is true,
+    completions' ``logprobs``. It is both what vLLM is asked for and how many we report."""
+    if isinstance(request, ChatCompletionRequest):
+        return (request.top_logprobs or 0) if request.logprobs else None
+    return request.logprobs
+
+
+def check_logprobs_request(request: ChatCompletionRequest | CompletionRequest) -> None:
+    """Refuse logprob requests this engine cannot honour, as the transformers engine does:
+    ``top_logprobs`` without ``logprobs`` (OpenAI rejects it too), and ``echo`` with ``logprobs``
+    (that needs the prompt's logprobs, which are not asked of vLLM)."""
+    if isinstance(request, ChatCompletionRequest):
+        if request.top_logprobs and not request.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs set to true.", param="top_logprobs")
+    elif request.logprobs is not None and request.echo:
+        raise InvalidRequestError("This node does not return the prompt's logprobs (echo with "
+                                  "logprobs).", param="echo")
+
+
+def output_logprobs(output: Any, pieces: TokenPieces, top: int) -> list[TokenLogprob] | None:
+    """Our per-token logprobs from one vLLM ``CompletionOutput`` (duck-typed, so no vLLM import):
+    one :class:`TokenLogprob` per id of ``output.token_ids`` (with ``RequestOutputKind.DELTA``,
+    the new ids only, and ``output.logprobs`` then holds the same new steps), with the ``top``
+    most likely alternatives, most likely first. Call it only when logprobs were asked for; None
+    when vLLM returned none for an output without tokens (a DELTA step that only ends a choice).
+
+    ``output.logprobs`` is vLLM's ``SampleLogprobs``: per step a ``dict[token id, Logprob]``
+    holding the top-k and the sampled token (``k + 1`` entries when the sampled one is not
+    among the top-k); ``Logprob`` has ``logprob``, ``rank`` (1 = most likely) and
+    ``decoded_token``. The alternatives are the first ``top`` entries sorted by logprob, ties
+    broken by rank: a sampled token outside the top-k has a lower logprob than the k-th, or an
+    equal one and a larger rank, so it is never reported as one of them.
+
+    The values are what vLLM computed: by default (``logprobs_mode="raw_logprobs"``) the raw
+    model distribution, before temperature, penalties, logit bias and top-k/top-p, unlike the
+    transformers engine, which reports the processed distribution each token was sampled from.
+    ``-inf`` is floored at :data:`LOGPROB_FLOOR` (not JSON otherwise), as vLLM's server does.
+
+    Token texts and bytes come from the token ids through ``pieces``, not from
+    ``decoded_token``, which may be None (detokenization off) or U+FFFD for a token that holds
+    part of a UTF-8 character, whose bytes OpenAI's ``bytes`` field exists to give; this also
+    makes them identical to the transformers engine's for the same tokenizer.
+
+    Raises BackendError when vLLM's answer is inconsistent (a step missing, or the sampled token
+    absent from its step), rather than reporting made-up values."""
+    token_ids = list(output.token_ids)
+    steps = output.logprobs
+    if steps is None:
+        if token_ids:
+            raise BackendError("vLLM returned no logprobs although they were asked for.")
+        return None
+    steps = list(steps)
+    if len(steps) != len(token_ids):
+        raise BackendError(f"vLLM returned logprobs for {len(steps)} steps but {len(token_ids)} tokens.")
+    tokens: list[TokenLogprob] = []
+    for token_id, step in zip(token_ids, steps, strict=True):
+        sampled = step.get(token_id)
+        if sampled is None:
+            raise BackendError(f"vLLM's logprobs lack the sampled token {token_id}.")
+        candidates = sorted(((int(i), lp) for i, lp in step.items()), key=_likeliest_first)
+        alternatives = tuple(TopLogprob(*pieces.get(i), _floored(lp.logprob)) for i, lp in candidates[:top])
+        tokens.append(TokenLogprob(*pieces.get(int(token_id)), _floored(sampled.logprob), alternatives))
+    return tokens
+
+
+def _floored(value: float) -> float:
+    return max(float(value), LOGPROB_FLOOR)
+
+
+def _likeliest_first(item: tuple[int, Any]) -> tuple[float, float, int]:
+    """Sort key of a step's (token id, Logprob): logprob descending, then rank, then id."""
+    token_id, logprob = item
+    return -_floored(logprob.logprob), logprob.rank if logprob.rank is not None else float("inf"), token_id
+
+
+@dataclass(slots=True)
+class StreamPiece:
+    """One chunk's worth of one choice: its text delta, finish reason, whether it is the
+    choice's first chunk (where chat announces the role), and the logprobs of the tokens
+    generated since the choice's previous chunk (None when none were asked for)."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+    first: bool
+    logprobs: list[TokenLogprob] | None = None
+
+
+class DeltaAssembler:
+    """Turns the ``RequestOutputKind.DELTA`` outputs of one vLLM request into stream pieces.
+
+    vLLM reports every step, often with no new text (a token holding half a character, or text
+    held back while it may begin a stop string); such steps produce no chunk, but their tokens'
+    logprobs are kept and sent with the choice's next chunk, so that the streamed logprobs
+    concatenate to the non-streamed ones (one entry per generated token)."""
+
+    def __init__(self, pieces: TokenPieces | None, top: int | None) -> None:
+        self._pieces = pieces
+        self._top = top
+        self._pending: dict[int, list[TokenLogprob]] = {}
+        self._seen: set[int] = set()
+        #: Tokens generated so far over all choices.
+        self.produced = 0
+
+    def push(self, output: Any) -> StreamPiece | None:
+        """Account for one ``CompletionOutput`` delta; the piece to send, or None for now."""
+        self.produced += len(output.token_ids)
+        if self._top is not None:
+            assert self._pieces is not None
+            self._pending.setdefault(output.index, []).extend(
+                output_logprobs(output, self._pieces, self._top) or [])
+        if not output.text and output.finish_reason is None:
+            return None
+        first = output.index not in self._seen
+        self._seen.add(output.index)
+        logprobs = None if self._top is None else self._pending.pop(output.index, [])
+        return StreamPiece(output.index, output.text, map_finish_reason(output.finish_reason), first,
+                           logprobs)
 
 
 def render_chat_fallback(messages: list[ChatMessage]) -> str:
@@ -118,6 +249,7 @@ class VllmClient(LlmClient):
         self._tracker = MetricsTracker()
         self._engine: Any = None
         self._tokenizer: Any = None
+        self._pieces: TokenPieces | None = None
         self._max_model_len = config.context_length or 2048
         self._pooling = False
 
@@ -142,6 +274,7 @@ class VllmClient(LlmClient):
         runner = getattr(model_config, "runner_type", None) or getattr(model_config, "task", None)
         self._pooling = runner in ("pooling", "embed", "embedding")
         self._tokenizer = await _maybe_await(self._engine.get_tokenizer)
+        self._pieces = TokenPieces(self._tokenizer)
         log.info("vllm_engine_started", node=self.name, max_model_len=self._max_model_len,
                  pooling=self._pooling)
 
@@ -155,6 +288,8 @@ class VllmClient(LlmClient):
     def models(self) -> list[ModelInfo]:
         return [self.config.model_card(
             context_length=self._max_model_len, is_ready=self._engine is not None,
+            supported_sampling_parameters=[*DEFAULT_SAMPLING_PARAMETERS, "logit_bias", "logprobs",
+                                           "top_logprobs"],
             supported_features=self.capabilities().features(),
             endpoints=["embedding"] if self._pooling else ["chat", "completion"],
         )]
@@ -245,6 +380,8 @@ class VllmClient(LlmClient):
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         self._require(request.model)
+        check_logprobs_request(request)
+        top = requested_logprobs(request)
         prompt = self._chat_prompt(request)
         params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=False)
         started = self._tracker.started()
@@ -262,29 +399,35 @@ class VllmClient(LlmClient):
         return ChatCompletion(
             model=self.config.model, usage=Usage.of(len(prompt), completion),
             choices=[ChatChoice(index=o.index, message=ChatMessage(role="assistant", content=o.text),
-                                finish_reason=map_finish_reason(o.finish_reason))  # type: ignore[arg-type]
+                                finish_reason=map_finish_reason(o.finish_reason),  # type: ignore[arg-type]
+                                logprobs=self._chat_logprobs(o, top))
                      for o in final.outputs],
         )
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         self._require(request.model)
+        check_logprobs_request(request)
         prompt = self._chat_prompt(request)
         params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=True)
         chunk_id, created, model = new_id("chatcmpl"), now(), self.config.model
-        async for piece in self._stream(prompt, params):
+        async for piece in self._stream(prompt, params, requested_logprobs(request)):
             if isinstance(piece, Usage):
                 if request.wants_usage_in_stream():
                     yield ChatCompletionChunk(id=chunk_id, created=created, model=model, usage=piece)
                 continue
-            index, text, reason, first = piece
-            delta = ChatDelta(role="assistant", content=text) if first else ChatDelta(content=text)
+            text = piece.text
+            delta = ChatDelta(role="assistant", content=text) if piece.first else ChatDelta(content=text)
+            logprobs = None if piece.logprobs is None else chat_logprobs(piece.logprobs)
             yield ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[
-                ChatChunkChoice(index=index, delta=delta, finish_reason=reason)])
+                ChatChunkChoice(index=piece.index, delta=delta, logprobs=logprobs,
+                                finish_reason=piece.finish_reason)])  # type: ignore[arg-type]
 
     # -------------------------------------------------------------------------- completions
 
     async def complete(self, request: CompletionRequest) -> Completion:
         self._require(request.model)
+        check_logprobs_request(request)
+        top = requested_logprobs(request)
         choices: list[CompletionChoice] = []
         prompt_total = completion_total = 0
         for p_index, text in enumerate(request.prompts()):
@@ -307,55 +450,76 @@ class VllmClient(LlmClient):
             for o in final.outputs:
                 choices.append(CompletionChoice(
                     index=p_index * request.n + o.index, text=(text if request.echo else "") + o.text,
-                    finish_reason=map_finish_reason(o.finish_reason)))  # type: ignore[arg-type]
+                    finish_reason=map_finish_reason(o.finish_reason),  # type: ignore[arg-type]
+                    logprobs=self._completion_logprobs(o, top)))
         return Completion(model=self.config.model, choices=choices,
                           usage=Usage.of(prompt_total, completion_total))
 
     async def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         self._require(request.model)
+        check_logprobs_request(request)
         prompts = request.prompts()
         if len(prompts) != 1:
             raise InvalidRequestError("Streamed completions take one prompt.", param="prompt")
         prompt = self._encode(prompts[0], special=True)
         params = self._params(request, self._budget(prompt, request.max_tokens), stream=True)
         chunk_id, created, model = new_id("cmpl"), now(), self.config.model
-        async for piece in self._stream(prompt, params):
+        offsets: dict[int, int] = {}  # per choice: where its next logprobs run starts
+        async for piece in self._stream(prompt, params, requested_logprobs(request)):
             if isinstance(piece, Usage):
                 if request.wants_usage_in_stream():
                     yield CompletionChunk(id=chunk_id, created=created, model=model, usage=piece)
                 continue
-            index, text, reason, first = piece
-            if first and request.echo:
+            text = piece.text
+            if piece.first and request.echo:
                 text = prompts[0] + text
+            logprobs = None
+            if piece.logprobs is not None:
+                logprobs, offsets[piece.index] = completion_logprobs(
+                    piece.logprobs, text_offset=offsets.get(piece.index, 0))
             yield CompletionChunk(id=chunk_id, created=created, model=model, choices=[
-                CompletionChoice(index=index, text=text, finish_reason=reason)])
+                CompletionChoice(index=piece.index, text=text, logprobs=logprobs,
+                                 finish_reason=piece.finish_reason)])  # type: ignore[arg-type]
 
-    async def _stream(self, prompt: list[int], params: Any) -> AsyncIterator[Any]:
-        """(choice index, text delta, finish reason, first piece of that choice) per vLLM delta,
-        then the Usage; vLLM's DELTA output kind gives only the new tokens of each step."""
+    async def _stream(self, prompt: list[int], params: Any,
+                      top: int | None) -> AsyncIterator[StreamPiece | Usage]:
+        """A :class:`StreamPiece` per vLLM delta that carries text or ends a choice (with the
+        logprobs of its tokens when ``top`` is not None), then the Usage; vLLM's DELTA output
+        kind gives only the new tokens of each step."""
         tracker = self._tracker
         started = tracker.started()
         first_at: float | None = None
-        produced = 0
-        seen: set[int] = set()
+        assembler = DeltaAssembler(self._pieces, top)
         failed = True
         try:
             async for output in self._generate(prompt, params):
                 for o in output.outputs:
-                    produced += len(o.token_ids)
-                    if not o.text and o.finish_reason is None:
+                    piece = assembler.push(o)
+                    if piece is None:
                         continue
                     if first_at is None:
                         first_at = time.perf_counter()
                         tracker.first_token(started)
-                    first = o.index not in seen
-                    seen.add(o.index)
-                    yield o.index, o.text, map_finish_reason(o.finish_reason), first
+                    yield piece
             failed = False
-            yield Usage.of(len(prompt), produced)
+            yield Usage.of(len(prompt), assembler.produced)
         finally:
-            tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=produced,
+            tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=assembler.produced,
                              first_token_at=first_at, error=failed)
+
+    def _chat_logprobs(self, output: Any, top: int | None) -> ChoiceLogprobs | None:
+        if top is None:
+            return None
+        assert self._pieces is not None
+        tokens = output_logprobs(output, self._pieces, top)
+        return None if tokens is None else chat_logprobs(tokens)
+
+    def _completion_logprobs(self, output: Any, top: int | None) -> CompletionLogprobs | None:
+        if top is None:
+            return None
+        assert self._pieces is not None
+        tokens = output_logprobs(output, self._pieces, top)
+        return None if tokens is None else completion_logprobs(tokens)[0]
 
     # -------------------------------------------------------------------------- embeddings
 
