@@ -208,8 +208,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     PRIMARY KEY (service_id, call_id)
 );
+"""
+
+#: Indexes, (re)created on every open: a ledger from an older build gets the ones added since.
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_block ON jobs (block_number);
+CREATE INDEX IF NOT EXISTS jobs_answer_watch ON jobs (answer_block)
+    WHERE state = 'confirmed' AND answer_anchored = 0;
 """
 
 #: Schema upgrades, applied in order to a ledger written by an older build (version -> script).
@@ -398,6 +404,7 @@ class Ledger:
         if version != SCHEMA_VERSION:
             conn.close()
             raise LedgerError(f"ledger {self.path} has schema {version}, this build reads {SCHEMA_VERSION}")
+        conn.executescript(_INDEXES)
         self._conn = conn
 
     def _close(self) -> None:
@@ -759,9 +766,12 @@ class Ledger:
     async def unanchored_answers(self, up_to_block: int, service_id: int | None = None) -> list[JobRecord]:
         """Confirmed jobs whose answer sits in a block at or below ``up_to_block`` that has not yet
         been checked against the canonical chain (see :meth:`anchor_answers`)."""
-        sql = (f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND answer_anchored = 0 "
-               "AND answer_block <= ?")
-        args: list[Any] = [S.CONFIRMED.value, up_to_block]
+        # every scan asks, and the answers still watched are few however large the ledger grows:
+        # read them through the partial index (its conditions spelled as literals, or SQLite may
+        # not use it; without statistics the planner would rather take jobs_state, every confirmed job)
+        sql = (f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_answer_watch WHERE state = 'confirmed' "
+               "AND answer_anchored = 0 AND answer_block <= ?")
+        args: list[Any] = [up_to_block]
         if service_id is not None:
             sql += " AND service_id = ?"
             args.append(service_id)

@@ -246,3 +246,16 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
         await led.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(ledger_module.SCHEMA_VERSION),)
+
+
+async def test_the_answer_watch_reads_a_partial_index(ledger: Ledger) -> None:
+    """Every producer scan asks for the unanchored answers: that must not read every confirmed job.
+    The query names its index (INDEXED BY), so it fails outright if the index were unusable."""
+    sql = await ledger._run(lambda: ledger._db.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'jobs_answer_watch'").fetchone())
+    assert sql is not None and "WHERE state = 'confirmed' AND answer_anchored = 0" in sql[0]
+    await ledger.record_seen([job(1)])
+    await ledger.mark_running(1, 1)
+    await ledger.mark_answered(1, 1, b"r")
+    await ledger.mark_confirmed(1, 1, tx_hash="0xaa", answer=(301, "0xcd"))
+    assert [r.call_id for r in await ledger.unanchored_answers(301)] == [1]
