@@ -240,7 +240,7 @@ class Daemon:
             log.warning("daemon.resume_check_failed", error=str(exc))
             answered = False
         if answered:
-            await self.ledger.mark_confirmed(*key, note="already answered on chain")
+            await self.consumer.confirm_already_answered([key], "already answered on chain")
             log.info("daemon.resume_already_answered", state=str(record.state))
             return
         if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:

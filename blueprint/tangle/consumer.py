@@ -232,6 +232,17 @@ class Consumer:
             return True
         if result_count == 0:
             return False
+        return await self.our_answer(service_id, call_id, operator, from_block=from_block) is not None
+
+    async def our_answer(self, service_id: int, call_id: int, operator: str | None = None,
+                         *, from_block: int = 0) -> tuple[str, int, str] | None:
+        """Where ``operator``'s (default: our key's) ``JobResultSubmitted`` for this call is:
+        (transaction hash, block number, block hash) of the latest one, or None.
+
+        A result the chain already holds from us (sent before a crash, or by an earlier attempt)
+        is confirmed with this location, so the producer's answer watch follows it like any other.
+        """
+        operator = (operator or self.txm.address).lower()
         logs = await self.w3.eth.get_logs({
             "address": self.tangle,
             "fromBlock": from_block,
@@ -239,7 +250,29 @@ class Consumer:
             "topics": [JOB_RESULT_SUBMITTED_TOPIC, uint_topic(service_id), uint_topic(call_id),
                        address_topic(operator)],
         })
-        return any(decode_result_log(entry).operator.lower() == operator.lower() for entry in logs)
+        ours = [entry for entry in logs if decode_result_log(entry).operator.lower() == operator]
+        if not ours:
+            return None
+        last = ours[-1]
+        return ("0x" + bytes(last["transactionHash"]).hex(), int(last["blockNumber"]),
+                "0x" + bytes(last["blockHash"]).hex())
+
+    async def confirm_already_answered(self, keys: list[tuple[int, int]], note: str) -> None:
+        """Confirm jobs the chain says are answered, recording where our answer is when we find it
+        (``JobAlreadyCompleted`` may mean the job needed no result of ours at all)."""
+        for sid, cid in keys:
+            record = await self.ledger.get(sid, cid)
+            try:
+                found = await self.our_answer(sid, cid, from_block=record.block_number if record else 0)
+            except Exception as exc:  # the node hiccuped: it is answered all the same, just unwatched
+                log.warning("consumer.answer_lookup_failed", service_id=sid, call_id=cid,
+                            error=str(exc) or type(exc).__name__)
+                found = None
+            if found is None:
+                await self._each([(sid, cid)], JobState.CONFIRMED, reason=note)
+            else:
+                await self._each([(sid, cid)], JobState.CONFIRMED, reason=note, tx_hash=found[0],
+                                 answer=(found[1], found[2]))
 
     async def resume(self, service_id: int | None = None) -> list[JobCall]:
         """Pick up the ledger's unfinished jobs after a restart; returns the jobs to run again.
@@ -258,7 +291,7 @@ class Consumer:
                 self._spawn(self._resubmit(JobResult(sid, cid, record.result)))
                 continue
             if await self.is_answered_on_chain(sid, cid, from_block=record.block_number):
-                await self.ledger.mark_confirmed(sid, cid, note="answered on chain before restart")
+                await self.confirm_already_answered([(sid, cid)], "answered on chain before restart")
                 log.info("consumer.resume_already_answered", service_id=sid, call_id=cid)
                 continue
             if record.state is JobState.RUNNING:
@@ -422,7 +455,7 @@ class Consumer:
             except TxRevertedError as exc:
                 name = exc.revert.name
                 if name in DONE_ERRORS:
-                    await self._confirm(key, None, note=name)
+                    await self.confirm_already_answered(key, name)
                     bound.info("consumer.already_answered", reason=name)
                     return SubmitOutcome(sid, cid, "already_answered", reason=name)
                 reason = str(exc.revert)
@@ -460,12 +493,8 @@ class Consumer:
     async def _mark_submitted(self, keys: list[tuple[int, int]], sent: SentTx) -> None:
         await self._each(keys, JobState.SUBMITTED, tx_hash=sent.tx_hash)
 
-    async def _confirm(self, keys: list[tuple[int, int]], receipt: Receipt | None,
-                       note: str | None = None) -> None:
-        if receipt is None:
-            await self._each(keys, JobState.CONFIRMED, reason=note)
-            return
-        await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash, reason=note,
+    async def _confirm(self, keys: list[tuple[int, int]], receipt: Receipt) -> None:
+        await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash,
                          answer=(receipt.block_number, receipt.block_hash) if receipt.block_hash else None)
 
     async def _back_to_answered(self, keys: list[tuple[int, int]]) -> None:

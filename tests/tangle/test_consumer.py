@@ -69,7 +69,8 @@ async def test_second_result_counts_as_done(
     call_id = await submit_job(chain_client, dev_service.owner, sid, 0, inputs(2))
     await seen_jobs(ledger, w3, dev_service, [call_id])
     # the answer lands behind the consumer's back (say, before a crash the ledger never saw)
-    await txm.send_and_wait(dev_service.tangle_contract, encode_submit_result(sid, call_id, output(2)))
+    earlier = await txm.send_and_wait(dev_service.tangle_contract,
+                                      encode_submit_result(sid, call_id, output(2)))
     with pytest.raises(TxRevertedError) as info:
         await txm.simulate(dev_service.tangle_contract, encode_submit_result(sid, call_id, output(2)))
     assert info.value.revert.name in ("ResultAlreadySubmitted", "JobAlreadyCompleted")
@@ -80,6 +81,10 @@ async def test_second_result_counts_as_done(
     assert record is not None and record.state is JobState.CONFIRMED
     assert record.reason == info.value.revert.name
     assert len(await chain_client.result_logs(sid, call_id)) == 1
+    # the earlier answer is where the ledger says, so the producer's answer watch follows it
+    assert record.submit_tx_hash == earlier.tx_hash
+    assert (record.answer_block, record.answer_hash) == (earlier.block_number, earlier.block_hash)
+    assert not record.answer_anchored
 
 
 async def test_concurrent_singles_share_one_nonce_sequence(
