@@ -6,10 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 # No test may reach the Hugging Face hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Property tests and the OpenAPI fuzz (schemathesis runs on hypothesis) draw the same examples on
+# every run by default, so the gate is reproducible: a red run is red again on a rerun, with the
+# same example. `HYPOTHESIS_PROFILE=explore` draws fresh examples on each run, to hunt for new bugs.
+settings.register_profile("gate", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 
 @pytest.fixture(scope="session")

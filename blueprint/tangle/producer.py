@@ -359,8 +359,9 @@ class Producer:
         re-include the job's block unchanged) would go unseen. So each answer is compared once,
         when the cursor has passed its block, with the canonical hash of that block; from then on
         the cursor check covers it. An answer whose block was replaced is looked up again by its
-        transaction: re-included elsewhere, it is watched there; gone, its job is re-opened and
-        answered anew (the contract refuses a second result, so this can never answer twice).
+        transaction: re-included elsewhere (and still successful), it is watched there; gone or now
+        reverting, its job is re-opened and answered anew (the contract refuses a second result,
+        so this can never answer twice).
         """
         pending = await self.ledger.unanchored_answers(covered.block_number, self.service_id)
         if not pending:
@@ -376,7 +377,8 @@ class Producer:
                 anchored.append((record.service_id, record.call_id))
                 continue
             receipt = await self._receipt(record.submit_tx_hash)
-            if receipt is None:
+            if receipt is None or int(receipt["status"]) != 1:
+                # gone, or re-included where it reverts (e.g. now ordered before the job itself)
                 lost.append(record)
             else:
                 await self.ledger.move_answer(record.service_id, record.call_id,

@@ -210,6 +210,29 @@ async def test_answer_dropped_by_a_reorg_beyond_the_cursor_reopens_its_job(
     assert await producer.scan_once() == 0  # and only once
 
 
+async def test_an_answer_found_reverted_reopens_its_job(
+    ledger: Ledger, w3: AsyncWeb3, anvil: Anvil, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    """A reorg can re-include our answer where it reverts (say, ordered before its job): a
+    receipt is not enough, it must be a successful one."""
+    producer = make(ledger, w3, dev_service, await head(w3) + 1)
+    sid = dev_service.service_id
+    cid = await submit_job(chain_client, dev_service.owner, sid, 0, inputs(9))
+    assert [j.call_id for j in await _scan_and_take(producer)] == [cid]
+    sender = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # anvil's dev account 1 (unlocked)
+    tx = anvil.rpc("eth_sendTransaction", [{"from": sender, "to": dev_service.tangle_contract,
+                                            "data": "0xdeadbeef", "gas": hex(100_000)}])
+    receipt = await w3.eth.wait_for_transaction_receipt(tx, timeout=10)  # type: ignore[arg-type]
+    assert receipt["status"] == 0  # an unknown selector: mined, reverted
+    # the ledger believes the answer sits in that block under another hash (the block was replaced)
+    await _confirm_with_answer(ledger, sid, cid, str(tx), int(receipt["blockNumber"]), "0x" + "ab" * 32)
+
+    assert await producer.scan_once() == 0
+    assert producer.stats.answers_lost == 1
+    assert (await ledger.get(sid, cid)).state is JobState.ORPHANED  # type: ignore[union-attr]
+    assert [j.call_id for j in await _scan_and_take(producer)] == [cid]  # answered anew
+
+
 async def test_answer_reincluded_elsewhere_is_followed_not_reopened(
     ledger: Ledger, w3: AsyncWeb3, anvil: Anvil, chain_client: ChainClient, dev_service: DevService
 ) -> None:
