@@ -49,13 +49,7 @@ def encode_inputs(model: str, max_tokens: int, request: str | dict[str, Any] | B
     """ABI-encode job inputs. ``request`` may be JSON text, a dict or a wire-type model."""
     if not 0 <= max_tokens <= UINT32_MAX:
         raise ValueError(f"max_tokens must fit in uint32, got {max_tokens}")
-    if isinstance(request, BaseModel):
-        body = request.model_dump_json(exclude_none=True)
-    elif isinstance(request, dict):
-        body = json.dumps(request, separators=(",", ":"))
-    else:
-        body = request
-    return abi_encode(list(INPUT_TYPES), [model, max_tokens, body])
+    return abi_encode(list(INPUT_TYPES), [model, max_tokens, _json_text(request)])
 
 
 def decode_inputs(data: bytes) -> JobInputs:
@@ -73,13 +67,16 @@ def decode_inputs(data: bytes) -> JobInputs:
 
 def encode_result(response: str | dict[str, Any] | BaseModel) -> bytes:
     """ABI-encode a result: response JSON (text, dict or wire model) as ``abi.encode(string)``."""
-    if isinstance(response, BaseModel):
-        text = response.model_dump_json(exclude_none=True)
-    elif isinstance(response, dict):
-        text = json.dumps(response, separators=(",", ":"))
-    else:
-        text = response
-    return abi_encode(list(RESULT_TYPES), [text])
+    return abi_encode(list(RESULT_TYPES), [_json_text(response)])
+
+
+def _json_text(value: str | dict[str, Any] | BaseModel) -> str:
+    """Compact JSON of a wire model or dict; text is taken as already JSON."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(exclude_none=True)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return value
 
 
 def decode_result(data: bytes) -> str:

@@ -495,7 +495,7 @@ class Consumer:
 
     async def _confirm(self, keys: list[tuple[int, int]], receipt: Receipt) -> None:
         await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash,
-                         answer=(receipt.block_number, receipt.block_hash) if receipt.block_hash else None)
+                         answer=(receipt.block_number, receipt.block_hash))
 
     async def _back_to_answered(self, keys: list[tuple[int, int]]) -> None:
         for key in keys:

@@ -37,7 +37,6 @@ from typing import Any
 
 import structlog
 from web3 import AsyncWeb3, WebSocketProvider
-from web3.exceptions import TransactionNotFound
 
 from blueprint.errors import BlueprintError
 from blueprint.tangle.events import (
@@ -50,6 +49,7 @@ from blueprint.tangle.events import (
 )
 from blueprint.tangle.ledger import Cursor, JobRecord, Ledger
 from blueprint.tangle.rpc import lean_web3
+from blueprint.tangle.txmanager import fetch_receipt
 from blueprint.tangle.types import JobCall
 
 log = structlog.get_logger(__name__)
@@ -376,14 +376,13 @@ class Producer:
             if canonical[number] == record.answer_hash:
                 anchored.append((record.service_id, record.call_id))
                 continue
-            receipt = await self._receipt(record.submit_tx_hash)
-            if receipt is None or int(receipt["status"]) != 1:
+            receipt = await fetch_receipt(self.w3, record.submit_tx_hash) if record.submit_tx_hash else None
+            if receipt is None or receipt.status != 1:
                 # gone, or re-included where it reverts (e.g. now ordered before the job itself)
                 lost.append(record)
             else:
-                await self.ledger.move_answer(record.service_id, record.call_id,
-                                              int(receipt["blockNumber"]),
-                                              "0x" + bytes(receipt["blockHash"]).hex())
+                await self.ledger.move_answer(record.service_id, record.call_id, receipt.block_number,
+                                              receipt.block_hash)
         if anchored:
             await self.ledger.anchor_answers(anchored)
         if lost:
@@ -395,14 +394,6 @@ class Producer:
             self._log.warning("producer.answers_reorged_out", call_ids=[r.call_id for r in lost],
                               rescan_from=number + 1)
             self.wake()
-
-    async def _receipt(self, tx_hash: str | None) -> Any:
-        if not tx_hash:
-            return None
-        try:
-            return await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-        except TransactionNotFound:
-            return None
 
     # --- WebSocket push -----------------------------------------------------------------------
 

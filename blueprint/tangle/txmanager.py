@@ -97,9 +97,25 @@ class Receipt:
     tx_hash: str
     status: int
     block_number: int
+    block_hash: str
     gas_used: int
     logs: list[Any]
-    block_hash: str = ""
+
+
+async def fetch_receipt(w3: AsyncWeb3, tx_hash: str) -> Receipt | None:
+    """The receipt of a mined transaction (raw JSON-RPC, see :func:`raw_request`), None while it
+    is unknown or pending."""
+    raw = await raw_request(w3, "eth_getTransactionReceipt", [tx_hash])
+    if not raw or raw.get("blockNumber") is None:
+        return None
+    return Receipt(
+        tx_hash=tx_hash,
+        status=int(raw["status"], 16),
+        block_number=int(raw["blockNumber"], 16),
+        block_hash=str(raw["blockHash"]).lower(),
+        gas_used=int(raw["gasUsed"], 16),
+        logs=list(raw.get("logs") or []),
+    )
 
 
 def _hex_bytes(item: Any) -> bytes | None:
@@ -277,17 +293,7 @@ class TxManager:
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
         """The receipt of a mined transaction, None while it is unknown or pending."""
-        raw = await raw_request(self.w3, "eth_getTransactionReceipt", [tx_hash])
-        if not raw or raw.get("blockNumber") is None:
-            return None
-        return Receipt(
-            tx_hash=tx_hash,
-            status=int(raw["status"], 16),
-            block_number=int(raw["blockNumber"], 16),
-            gas_used=int(raw["gasUsed"], 16),
-            logs=list(raw.get("logs") or []),
-            block_hash=str(raw["blockHash"]).lower(),
-        )
+        return await fetch_receipt(self.w3, tx_hash)
 
     async def _bump(self, sent: SentTx) -> bool:
         """Re-send ``sent`` with the same nonce and higher fees; False if the nonce is gone."""

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import pytest
 from eth_abi import encode
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.devnet import DEV_KEYS, Anvil
 from blueprint.tangle.keystore import write_sdk_key
 from blueprint.tangle.ledger import Ledger
 from blueprint.tangle.producer import Producer
+from blueprint.tangle.rpc import PooledHTTPProvider, lean_web3
 from blueprint.tangle.setup import DevService, setup_dev_service
 from blueprint.tangle.txmanager import TxManager
 from blueprint.tangle.types import JobCall
@@ -84,7 +85,8 @@ def operator_keystore(tmp_path: Path, dev_service: DevService) -> Path:
 
 @pytest.fixture
 async def w3(anvil: Anvil) -> AsyncIterator[AsyncWeb3]:
-    web3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
+    """The daemon's own transport (pooled keep-alive HTTP, lean middleware), not web3's default."""
+    web3 = lean_web3(PooledHTTPProvider(anvil.http_url))
     try:
         yield web3
     finally:

@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import statistics
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,6 @@ def job(call_id: int, block: int = 300, *, service_id: int = 1, block_hash: str 
         inputs=inputs, block_number=block, block_hash=block_hash or f"0x{block:064x}", log_index=0,
         tx_hash=f"0x{call_id:064x}",
     )
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    led = await Ledger.open(tmp_path)
-    try:
-        yield led
-    finally:
-        await led.close()
 
 
 async def test_pragmas_wal_and_normal(tmp_path: Path) -> None:

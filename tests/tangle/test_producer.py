@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,24 +28,6 @@ STATUS_REGISTRY = "0x2bdCC0de6bE1f7D2ee689a0342D76F52E8EFABa3"
 
 def inputs(n: int) -> bytes:
     return encode(["string", "uint32", "string"], ["tiny", 8, f'{{"prompt": "job {n}"}}'])
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    led = await Ledger.open(tmp_path)
-    try:
-        yield led
-    finally:
-        await led.close()
-
-
-@pytest.fixture
-async def w3(anvil: Anvil) -> AsyncIterator[AsyncWeb3]:
-    web3 = AsyncWeb3(AsyncHTTPProvider(anvil.http_url))
-    try:
-        yield web3
-    finally:
-        await web3.provider.disconnect()
 
 
 async def head(w3: AsyncWeb3) -> int:

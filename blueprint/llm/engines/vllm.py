@@ -21,6 +21,7 @@ as is: ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enable_prefix_cac
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 import uuid
@@ -376,14 +377,9 @@ class VllmClient(LlmClient):
             if not finished:
                 await engine.abort(request_id)
 
-    # -------------------------------------------------------------------------- chat
-
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
-        self._require(request.model)
-        check_logprobs_request(request)
-        top = requested_logprobs(request)
-        prompt = self._chat_prompt(request)
-        params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=False)
+    async def _final(self, prompt: list[int], params: Any) -> tuple[Any, int]:
+        """Run one prompt to its end: vLLM's final ``RequestOutput`` and the tokens it produced
+        (all choices), with the node's metrics kept (an error counts as one)."""
         started = self._tracker.started()
         final = None
         try:
@@ -392,10 +388,22 @@ class VllmClient(LlmClient):
         except BaseException:
             self._tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=0, error=True)
             raise
-        assert final is not None
-        completion = sum(len(o.token_ids) for o in final.outputs)
+        if final is None:
+            raise BackendError("vLLM ended the request without any output.")
+        produced = sum(len(o.token_ids) for o in final.outputs)
         self._tracker.first_token(started)
-        self._tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=completion)
+        self._tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=produced)
+        return final, produced
+
+    # -------------------------------------------------------------------------- chat
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+        self._require(request.model)
+        check_logprobs_request(request)
+        top = requested_logprobs(request)
+        prompt = self._chat_prompt(request)
+        params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=False)
+        final, completion = await self._final(prompt, params)
         return ChatCompletion(
             model=self.config.model, usage=Usage.of(len(prompt), completion),
             choices=[ChatChoice(index=o.index, message=ChatMessage(role="assistant", content=o.text),
@@ -428,25 +436,24 @@ class VllmClient(LlmClient):
         self._require(request.model)
         check_logprobs_request(request)
         top = requested_logprobs(request)
+        texts = request.prompts()
+        prompts = [self._encode(text, special=True) for text in texts]
+        # every prompt at once: vLLM batches them (one after another, each would wait for the last);
+        # the first failure cancels the rest, which aborts their vLLM requests (``_generate``)
+        tasks = [asyncio.ensure_future(self._final(
+            prompt, self._params(request, self._budget(prompt, request.max_tokens), stream=False)))
+            for prompt in prompts]
+        try:
+            finals = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         choices: list[CompletionChoice] = []
-        prompt_total = completion_total = 0
-        for p_index, text in enumerate(request.prompts()):
-            prompt = self._encode(text, special=True)
-            params = self._params(request, self._budget(prompt, request.max_tokens), stream=False)
-            started = self._tracker.started()
-            final = None
-            try:
-                async for output in self._generate(prompt, params):
-                    final = output
-            except BaseException:
-                self._tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=0, error=True)
-                raise
-            assert final is not None
-            produced = sum(len(o.token_ids) for o in final.outputs)
-            self._tracker.first_token(started)
-            self._tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=produced)
-            prompt_total += len(prompt)
-            completion_total += produced
+        prompt_total = sum(len(prompt) for prompt in prompts)
+        completion_total = sum(produced for _, produced in finals)
+        for p_index, (text, (final, _)) in enumerate(zip(texts, finals, strict=True)):
             for o in final.outputs:
                 choices.append(CompletionChoice(
                     index=p_index * request.n + o.index, text=(text if request.echo else "") + o.text,
