@@ -43,15 +43,33 @@ def now() -> int:
     return int(time.time())
 
 
+class PromptTokensDetails(_Response):
+    #: Prompt tokens the engine reused from its cache (0 when it cannot tell).
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(_Response):
+    #: Completion tokens spent thinking (the text in ``reasoning``).
+    reasoning_tokens: int = 0
+
+
 class Usage(_Response):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int = 0) -> Usage:
+    def of(cls, prompt_tokens: int, completion_tokens: int = 0, *, cached_tokens: int = 0,
+           reasoning_tokens: int | None = None) -> Usage:
+        """Usage as OpenRouter reads it: ``cached_tokens`` always (0 when the engine cannot
+        tell), ``reasoning_tokens`` when the node can think."""
         return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                   total_tokens=prompt_tokens + completion_tokens)
+                   total_tokens=prompt_tokens + completion_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+                   completion_tokens_details=None if reasoning_tokens is None
+                   else CompletionTokensDetails(reasoning_tokens=reasoning_tokens))
 
 
 class StreamOptions(_Request):
@@ -162,6 +180,8 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    #: The model's thinking (answers only; ignored in requests).
+    reasoning: str | None = None
 
     @model_validator(mode="after")
     def _check_content(self) -> ChatMessage:
@@ -198,6 +218,15 @@ class Tool(_Request):
     function: ToolFunction
 
 
+class ReasoningConfig(_Request):
+    """OpenRouter's ``reasoning`` request object."""
+
+    effort: Literal["xhigh", "high", "medium", "low", "minimal", "none"] | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    exclude: bool = False
+    enabled: bool | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -209,6 +238,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    reasoning: ReasoningConfig | None = None
 
     def requested_max_tokens(self) -> int | None:
         """``max_completion_tokens`` (the newer name) wins over ``max_tokens``."""
@@ -241,6 +271,7 @@ class ChatCompletion(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
