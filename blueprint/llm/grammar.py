@@ -11,7 +11,7 @@ library behind OpenAI's structured outputs, and vLLM accepts the same grammars t
 :class:`GrammarCompiler` (one per engine) wraps the model's tokenizer once (llguidance needs the
 vocabulary's bytes) and caches a pristine matcher per grammar; each sequence gets a deep copy
 (:class:`GrammarState`). Masks are computed for every constrained row of a batch at once
-(:func:`apply_masks`), off the GIL, and laid on the logits as ``-inf``.
+(:func:`apply_masks`, off the GIL) and laid on the logits as ``-inf``.
 """
 
 from __future__ import annotations
@@ -120,14 +120,17 @@ _SHIFTS: dict[torch.device, torch.Tensor] = {}
 
 
 def apply_masks(logits: torch.Tensor, rows: list[int], states: list[GrammarState],
-                executor: Any) -> None:
+                executor: Any = None) -> None:
     """Set to ``-inf``, in place, the logits of tokens each row's grammar forbids now."""
     words = (logits.shape[-1] + 31) // 32
     bitmask = torch.zeros((len(rows), words), dtype=torch.int32)
-    # What ``llguidance.torch.fill_next_token_bitmask_par`` does, without importing that module
-    # (it decorates a kernel with ``torch.compile`` at import, which costs seconds on CPU).
-    executor.unsafe_compute_mask_ptr([(s.matcher, i) for i, s in enumerate(states)],
-                                     bitmask.data_ptr(), words * 4, len(rows))
+    # Row by row on this thread: llguidance's parallel executor spins worker threads that fight
+    # torch's for the cores (a 50x slowdown on a busy 2-core CPU), while one row's mask costs
+    # 20-200 µs. (Not ``llguidance.torch``'s helpers either: that module runs ``torch.compile``
+    # at import, seconds on CPU.)
+    base, row_bytes = bitmask.data_ptr(), words * 4
+    for i, state in enumerate(states):
+        state.matcher.unsafe_compute_mask_ptr(base + i * row_bytes, row_bytes)
     device = logits.device
     shifts = _SHIFTS.get(device)
     if shifts is None:
@@ -138,9 +141,3 @@ def apply_masks(logits: torch.Tensor, rows: list[int], states: list[GrammarState
     selected = logits.index_select(0, index).masked_fill(~allowed, float("-inf"))
     logits.index_copy_(0, index, selected)
 
-
-def new_executor() -> Any:
-    """llguidance's mask executor (its own small thread pool, GIL released)."""
-    import llguidance
-
-    return llguidance.LLExecutor(num_threads=2)

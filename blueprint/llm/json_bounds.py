@@ -33,6 +33,12 @@ INTEGER_LIMIT = 2**53 - 1
 BYTES_PER_CHAR = 6
 #: How deep ``$ref`` chains are inlined; deeper (recursive) schemas count as unbounded.
 MAX_REF_DEPTH = 8
+#: The least room a cap leaves a string with a ``pattern`` or ``format`` (a date-time takes 20-35
+#: characters; tighter caps would make such schemas unsatisfiable).
+PATTERN_FLOOR = 40
+#: Longest strings of the formats the grammar knows.
+FORMAT_LENGTHS = {"date": 10, "time": 32, "date-time": 40, "uuid": 36, "ipv4": 15, "ipv6": 45,
+                  "duration": 40}
 #: The longest key of a free-form object (keys are ``[A-Za-z0-9_]`` runs).
 MAX_FREE_KEY = 32
 
@@ -197,7 +203,14 @@ def _bound(node: Any, caps: Caps) -> Any:
             return out
     if "string" in types:
         low = int(out.get("minLength", 0))
-        out["maxLength"] = max(low, min(int(out.get("maxLength", caps.string)), caps.string))
+        cap = caps.string
+        if "pattern" in out or "format" in out:
+            # A cap below what the pattern or format needs would make the schema unsatisfiable:
+            # such strings keep their own length (a bounded pattern) or a generous floor.
+            width = _pattern_width(out.get("pattern")) if "pattern" in out else FORMAT_LENGTHS.get(
+                str(out.get("format")), PATTERN_FLOOR)
+            cap = width if width is not None else max(cap, PATTERN_FLOOR)
+        out["maxLength"] = max(low, min(int(out.get("maxLength", cap)), cap))
     if "integer" in types and "number" not in types:
         if "minimum" not in out and "exclusiveMinimum" not in out:
             out["minimum"] = -caps.integer_limit
@@ -249,6 +262,17 @@ def _bound_object(out: dict[str, Any], caps: Caps) -> None:
     limit = max(low, min(int(out.get("maxProperties", caps.items)), caps.items))
     out.pop("additionalProperties", None)
     out.update(free_object(values, Caps(caps.string, limit)))
+
+
+def _pattern_width(pattern: Any) -> int | None:
+    """The most characters a regular expression can match, None when unbounded or unknown."""
+    import re._parser as sre_parse  # the stdlib parser behind ``re``
+
+    try:
+        width = sre_parse.parse(str(pattern).removeprefix("^").removesuffix("$")).getwidth()[1]
+    except Exception:  # an unusual pattern just gets the generous floor
+        return None
+    return int(width) if width < 10_000 else None
 
 
 def _all_required(node: dict[str, Any]) -> bool:
@@ -308,7 +332,9 @@ def _type_bytes(node: dict[str, Any], kind: str) -> int:
     if kind == "string":
         if "maxLength" not in node:
             raise UnboundedSchema("string without maxLength")
-        return 2 + BYTES_PER_CHAR * int(node["maxLength"])
+        # Pattern and format strings are matched as text: UTF-8, no escapes (4 bytes a character).
+        per_char = 4 if "pattern" in node or "format" in node else BYTES_PER_CHAR
+        return 2 + per_char * int(node["maxLength"])
     if kind in ("integer", "number"):
         return _number_bytes(node, kind)
     if kind == "array":

@@ -20,7 +20,7 @@ text alone or batched, text-level stop sequences and cancellation, so we run the
   seeded request draws the same random numbers whatever it is batched with.
 * **Grammars** (a sequence with ``grammar`` set, see :mod:`blueprint.llm.grammar`): before
   sampling, the tokens its grammar forbids get ``-inf`` (masks for all constrained rows are
-  computed together, off the GIL); the sampled token advances the grammar; a complete grammar
+  computed in one pass, off the GIL); the sampled token advances the grammar; a complete grammar
   ends the sequence with ``stop``, and so does the budget's end where the grammar may end there.
   Stop sequences do not apply to constrained sequences (they would cut a valid answer short).
 * **Logprobs** (a sequence with ``logprobs`` set) come from the same step's logits, for the rows
@@ -141,7 +141,6 @@ class ContinuousBatcher:
         self._positions: torch.Tensor | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._grammar_executor: Any = None
         #: Observability (read from other threads; plain ints are safe to read).
         self.peak_batch_size = 0
         self.decode_steps = 0
@@ -262,7 +261,7 @@ class ContinuousBatcher:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                           **self._last_logits_only)
-        tokens, logprobs = sample_step(out.logits[:, -1, :], new, self._executor_for(new))
+        tokens, logprobs = sample_step(out.logits[:, -1, :], new)
         keep = self._advance_all(new, tokens, logprobs)
         if keep:
             self._merge(out.past_key_values, mask, [new[r] for r in keep], [tokens[r] for r in keep], keep)
@@ -327,20 +326,12 @@ class ContinuousBatcher:
                           use_cache=True)
         self._cache, self._mask = out.past_key_values, mask
         self.decode_steps += 1
-        tokens, logprobs = sample_step(out.logits[:, -1, :], self._running, self._executor_for(self._running))
+        tokens, logprobs = sample_step(out.logits[:, -1, :], self._running)
         self._positions = self._positions + 1
         self._next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(1)
         alive = self._advance_all(self._running, tokens, logprobs)
         if len(alive) < len(self._running):
             self._keep_rows(alive)
-
-    def _executor_for(self, seqs: list[Sequence]) -> Any:
-        """llguidance's mask executor, made when the first constrained sequence needs it."""
-        if self._grammar_executor is None and any(seq.grammar is not None for seq in seqs):
-            from blueprint.llm.grammar import new_executor
-
-            self._grammar_executor = new_executor()
-        return self._grammar_executor
 
     def _advance_all(self, seqs: list[Sequence], tokens: list[int],
                      logprobs: list[RawLogprobs | None]) -> list[int]:
@@ -481,8 +472,8 @@ def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     return sample_step(logits, seqs)[0]
 
 
-def sample_step(logits: torch.Tensor, seqs: list[Sequence],
-                grammar_executor: Any = None) -> tuple[list[int], list[RawLogprobs | None]]:
+def sample_step(logits: torch.Tensor,
+                seqs: list[Sequence]) -> tuple[list[int], list[RawLogprobs | None]]:
     """The next token of each row, and the logprobs of the rows whose sequence asked for them.
 
     Sampling order: penalties and logit bias on the raw logits; then greedy rows take the argmax;
@@ -508,7 +499,7 @@ def sample_step(logits: torch.Tensor, seqs: list[Sequence],
     constrained = [row for row, seq in enumerate(seqs) if isinstance(seq.grammar, GrammarState)]
     if constrained:
         logits = logits if cloned else logits.clone()
-        apply_masks(logits, constrained, [seqs[row].grammar for row in constrained], grammar_executor)
+        apply_masks(logits, constrained, [seqs[row].grammar for row in constrained])
     tokens = _pick(logits, seqs)
     wanted = [row for row, seq in enumerate(seqs) if seq.logprobs is not None]
     if not wanted:
