@@ -457,6 +457,25 @@ class ModelList(_Response):
     data: list[ModelInfo]
 
 
+class ModelDocument(_Response):
+    """One model in OpenRouter's typed provider document (schema 2.4); the nested modality
+    objects follow OpenRouter's published schema (``blueprint.server.provider_document``)."""
+
+    schema_version: Literal["2.4"] = "2.4"
+    id: str
+    name: str
+    created: int | None = None
+    input_modalities: list[dict[str, Any]]
+    output_modalities: list[dict[str, Any]]
+
+
+class ProviderModelList(_Response):
+    """``GET /v1/models``: typed documents (the default) or the legacy flat entries."""
+
+    object: Literal["list"] | None = None
+    data: list[ModelDocument] | list[ModelInfo]
+
+
 # --------------------------------------------------------------------------------------------
 # Parsing helpers
 

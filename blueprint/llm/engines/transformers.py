@@ -142,6 +142,7 @@ class TransformersClient(LlmClient):
         self._context_length = config.context_length or _config_context_length(self._path) or _DEFAULT_CONTEXT
         self._ignore_eos = bool(config.options.get("ignore_eos", False))
         self._grammars: Any = None  # GrammarCompiler once loaded, where the tokenizer allows
+        self._created = _model_created(self._path)
         self._thinks = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -217,6 +218,7 @@ class TransformersClient(LlmClient):
                                            "top_logprobs"],
             supported_features=self.capabilities().features(),
             is_ready=self._started,
+            created=self._created,
         )]
 
     def capabilities(self) -> Capabilities:
@@ -607,6 +609,15 @@ def _grammar_compiler(tokenizer: Any, eos: set[int], vocab_size: int) -> Any:
         log.warning("grammar_unsupported_tokenizer", hint="tools and JSON output need a fast tokenizer")
         return None
     return GrammarCompiler(tokenizer, eos_token_ids=eos, vocab_size=vocab_size)
+
+
+def _model_created(path: Path) -> int:
+    """When the model's files were written (``config.json``'s mtime): a ``created`` that stays the
+    same across calls and restarts; the start time where there is no such file."""
+    try:
+        return int((path / "config.json").stat().st_mtime)
+    except OSError:
+        return now()
 
 
 def _config_context_length(path: Path) -> int | None:
