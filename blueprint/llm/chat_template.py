@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from blueprint.errors import InvalidRequestError
 from blueprint.llm.tool_calls import CALL_PREFIX, CALL_SUFFIX, render_call
 from blueprint.llm.types import ChatMessage
 
@@ -81,7 +82,13 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage], *,
     ``add_special_tokens=False``.
     """
     if getattr(tokenizer, "chat_template", None):
+        from jinja2 import TemplateError
+
         plain = [template_message(m) for m in messages]
-        return tokenizer.apply_chat_template(plain, tools=tools or None, add_generation_prompt=True,
-                                             tokenize=False, **template_kwargs)
+        try:
+            return tokenizer.apply_chat_template(plain, tools=tools or None, add_generation_prompt=True,
+                                                 tokenize=False, **template_kwargs)
+        except TemplateError as exc:  # the template refuses this conversation: the client's mistake
+            raise InvalidRequestError(f"The model's chat template rejects these messages: {exc}",
+                                      param="messages") from None
     return render_fallback(messages, getattr(tokenizer, "bos_token", None), tools)

@@ -43,7 +43,13 @@ from blueprint.server.auth import KeyRing, RateLimiter
 from blueprint.server.metrics import NO_MODEL, ServerMetrics
 from blueprint.server.openapi import build_openapi
 from blueprint.server.provider_document import model_document
-from blueprint.server.responses import JSON, HttpStatusError, error_response, model_response
+from blueprint.server.responses import (
+    DEFAULT_RETRY_AFTER_S,
+    JSON,
+    HttpStatusError,
+    error_response,
+    model_response,
+)
 from blueprint.server.routes import BY_NAME, ROUTES, RouteSpec
 from blueprint.server.settings import ServerSettings
 from blueprint.server.sse import StreamOutcome, stream_sse
@@ -276,7 +282,10 @@ class Api:
         healthy = [row["name"] for row in rows if row.get("healthy") and not row.get("draining")]
         body = {"status": "ready" if healthy else "not_ready", "healthy_nodes": healthy,
                 "nodes": len(rows)}
-        return _json(body, 200 if healthy else 503)
+        response = _json(body, 200 if healthy else 503)
+        if not healthy:
+            response.headers["Retry-After"] = str(int(DEFAULT_RETRY_AFTER_S))
+        return response
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.telemetry.render(),

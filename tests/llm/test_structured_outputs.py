@@ -267,3 +267,16 @@ def test_capabilities_declare_tools_and_structured_outputs(engine: TransformersC
     caps = engine.capabilities()
     assert caps.tools and caps.json_mode and caps.structured_outputs
     assert {"tools", "json_mode", "structured_outputs"} <= set(engine.models()[0].supported_features)
+
+
+async def test_a_template_that_rejects_the_conversation_is_a_client_error(
+        engine: TransformersClient) -> None:
+    """Templates such as Llama's raise on a conversation they cannot render (roles that do not
+    alternate): that is the client's mistake (400), not a server error."""
+    template = engine._encoder.chat_template
+    engine._encoder.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+    try:
+        with pytest.raises(InvalidRequestError, match="roles must alternate"):
+            await engine.chat(chat(max_tokens=1))
+    finally:
+        engine._encoder.chat_template = template
