@@ -22,8 +22,9 @@ from blueprint.contracts.manager import (
     service_offers,
 )
 from blueprint.contracts.offer import ModelOffer
+from blueprint.devnet import setup
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle import abi, setup
+from blueprint.tangle import abi
 from blueprint.tangle.chain import ChainClient, TransactionReverted, logs_with_topic
 from blueprint.tangle.quotes import SignedJobQuote
 

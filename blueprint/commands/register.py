@@ -23,7 +23,7 @@ from blueprint.commands._chain import add_chain_arguments, chain_from, settings_
 from blueprint.config import Settings
 from blueprint.contracts.manager import blueprint_manager, manager_contract
 from blueprint.contracts.offer import ModelOffer, Offer, build_offer, encode_offer, split_for_registration
-from blueprint.tangle import setup
+from blueprint.devnet import setup
 from blueprint.tangle.keystore import Operator
 
 log = structlog.get_logger(__name__)

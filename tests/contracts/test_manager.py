@@ -23,7 +23,7 @@ from blueprint.contracts.offer import (
     estimated_register_gas,
     split_for_registration,
 )
-from blueprint.tangle import setup
+from blueprint.devnet import setup
 from blueprint.tangle.chain import ChainClient, TransactionReverted
 from tests.contracts.conftest import OFFER_A, OFFER_B, TANGLE, Stack, fresh_operator
 

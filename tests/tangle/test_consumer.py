@@ -12,11 +12,11 @@ import pytest
 from eth_abi import decode, encode
 from web3 import AsyncWeb3
 
+from blueprint.devnet.anvil import Anvil
+from blueprint.devnet.setup import DevService, submit_job, submit_jobs
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.consumer import Consumer, encode_submit_result
-from blueprint.tangle.devnet import Anvil
 from blueprint.tangle.ledger import JobState, Ledger
-from blueprint.tangle.setup import DevService, submit_job, submit_jobs
 from blueprint.tangle.txmanager import TxManager, TxRevertedError
 from blueprint.tangle.types import JobCall, JobResult
 from tests.tangle.conftest import output, seen_jobs

@@ -7,9 +7,10 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
 
-from blueprint.tangle import abi, setup
+from blueprint.devnet import setup
+from blueprint.devnet.anvil import DEV_KEYS
+from blueprint.tangle import abi
 from blueprint.tangle.chain import ChainClient, TransactionReverted
-from blueprint.tangle.devnet import DEV_KEYS
 from blueprint.tangle.keystore import Operator, load_operator
 
 pytestmark = pytest.mark.chain
