@@ -26,7 +26,7 @@ from blueprint.llm.registry import create_client
 from blueprint.server import ServerSettings, create_app
 from blueprint.server.app import BALANCER_KEY
 from blueprint.server.quote import enable_quotes_from_settings, estimate_tokens
-from blueprint.tangle.chain import ChainClient, TransactionReverted
+from blueprint.tangle.chain import ChainClient, TxRevertedError
 from blueprint.tangle.quotes import SignedJobQuote, inputs_hash, recover_quote_signer
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
 from tests.contracts.conftest import OFFER_A, TANGLE, Stack
@@ -100,7 +100,7 @@ async def test_quote_prices_with_the_tokenizer_and_is_accepted_on_chain(
     assert again.details != quote.details
     assert await bp.submit(stack.owner.account, 0, MODEL, 16, CHAT, quote=again, inputs=inputs) > call_id
     # A quote is single use: paying it twice is refused by Tangle.
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await bp.submit(stack.owner.account, 0, MODEL, 16, CHAT, quote=again, inputs=inputs)
     assert info.value.revert.name == "QuoteAlreadyUsed"
 
