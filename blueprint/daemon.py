@@ -280,8 +280,8 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             shutdown_timeout_s=jobs.shutdown_timeout_s, dry_run=settings.dry_run,
         )
         if settings.server.enabled:
+            from blueprint.quoting.quoter import enable_quotes_from_settings
             from blueprint.server.app import create_app, include_metrics
-            from blueprint.server.quote import enable_quotes_from_settings
             from blueprint.server.runner import start_server
 
             app = create_app(ctx.balancer, settings.server)

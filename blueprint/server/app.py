@@ -270,8 +270,8 @@ class Api:
         return web.Response(body=self._openapi, content_type=JSON)
 
     async def quote(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/quote`` (:mod:`blueprint.server.quote`; 503 until ``enable_quotes``)."""
-        from blueprint.server.quote import handle_quote
+        """``POST /v1/quote`` (:mod:`blueprint.quoting.quoter`; 503 until ``enable_quotes``)."""
+        from blueprint.quoting.quoter import handle_quote
 
         return await handle_quote(request.app, await self._body(request))
 

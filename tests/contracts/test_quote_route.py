@@ -23,9 +23,9 @@ from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.registry import create_client
+from blueprint.quoting.quoter import enable_quotes_from_settings, estimate_tokens
 from blueprint.server import ServerSettings, create_app
 from blueprint.server.app import BALANCER_KEY
-from blueprint.server.quote import enable_quotes_from_settings, estimate_tokens
 from blueprint.tangle.chain import ChainClient, TxRevertedError
 from blueprint.tangle.quotes import SignedJobQuote, inputs_hash, recover_quote_signer
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
