@@ -280,16 +280,19 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             shutdown_timeout_s=jobs.shutdown_timeout_s, dry_run=settings.dry_run,
         )
         if settings.server.enabled:
-            from blueprint.quoting.quoter import enable_quotes_from_settings
+            from blueprint.quoting.quoter import quotes_from_settings
             from blueprint.server.app import create_app, include_metrics
+            from blueprint.server.quote_route import enable_quotes
             from blueprint.server.runner import start_server
 
             app = create_app(ctx.balancer, settings.server)
             chain_metrics = ChainMetrics(ctx.ledger, producer=producer, txm=ctx.txm, w3=ctx.chain.w3)
             include_metrics(app, ctx.metrics.registry, chain_metrics)
             if ctx.operator is not None:  # POST /v1/quote signs with the operator's key
-                enable_quotes_from_settings(app, settings, ctx.balancer, ctx.operator.account,
-                                            await ctx.chain.w3.eth.chain_id)
+                quoter = quotes_from_settings(settings, ctx.balancer, ctx.operator.account,
+                                              await ctx.chain.w3.eth.chain_id)
+                if quoter is not None:
+                    enable_quotes(app, quoter)
             server = await start_server(ctx.balancer, settings.server, app=app)
         loop = asyncio.get_running_loop()
         if install_signals:

@@ -23,9 +23,10 @@ from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.registry import create_client
-from blueprint.quoting.quoter import enable_quotes_from_settings, estimate_tokens
+from blueprint.quoting.quoter import estimate_tokens, quotes_from_settings
 from blueprint.server import ServerSettings, create_app
 from blueprint.server.app import BALANCER_KEY
+from blueprint.server.quote_route import enable_quotes
 from blueprint.tangle.chain import ChainClient, TxRevertedError
 from blueprint.tangle.quotes import SignedJobQuote, inputs_hash, recover_quote_signer
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
@@ -47,8 +48,10 @@ async def _quote_client(stack: Stack, client: ChainClient, node: NodeConfig) -> 
     await balancer.start()
     try:
         app = create_app(balancer, ServerSettings())
-        assert enable_quotes_from_settings(app, settings, balancer, stack.operators[0].account,
-                                           await client.w3.eth.chain_id)
+        quoter = quotes_from_settings(settings, balancer, stack.operators[0].account,
+                                      await client.w3.eth.chain_id)
+        assert quoter is not None
+        enable_quotes(app, quoter)
         async with TestClient(TestServer(app)) as http:
             yield http
     finally:
