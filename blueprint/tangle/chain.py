@@ -112,7 +112,7 @@ class ChainClient:
             address=self.status_registry_address, abi=abi.STATUS_REGISTRY_ABI
         )
         self.receipt_timeout = receipt_timeout
-        self._senders: dict[str, TxManager] = {}
+        self._chain_id: int | None = None
 
     @classmethod
     def connect(
@@ -207,13 +207,14 @@ class ChainClient:
 
     # --- writes -----------------------------------------------------------------------------
 
-    def sender(self, account: LocalAccount) -> TxManager:
-        """The transaction manager of ``account`` (one per account, so its nonces stay in order)."""
-        txm = self._senders.get(account.address)
-        if txm is None:
-            txm = TxManager(self.w3, account, receipt_timeout=self.receipt_timeout)
-            self._senders[account.address] = txm
-        return txm
+    async def sender(self, account: LocalAccount) -> TxManager:
+        """A transaction manager for one-off sends from ``account``. Each takes its first nonce
+        from the node, as every one-off send must: a reorg or another sender may have moved the
+        account's nonce since the last one (the daemon's long-lived manager follows such moves
+        from the node's nonce errors instead)."""
+        if self._chain_id is None:
+            self._chain_id = int(await self.w3.eth.chain_id)
+        return TxManager(self.w3, account, chain_id=self._chain_id, receipt_timeout=self.receipt_timeout)
 
     async def send(
         self,
@@ -232,7 +233,7 @@ class ChainClient:
         :class:`TxRevertedError` (decoded) when the simulation or the mined tx reverts, and a
         :class:`ChainError` when no receipt arrives within ``receipt_timeout``.
         """
-        txm = self.sender(account)
+        txm = await self.sender(account)
         what = fn.fn_name
         to = fn.address
         data = bytes.fromhex(fn._encode_transaction_data().removeprefix("0x"))
