@@ -310,7 +310,7 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             if not settings.dry_run:  # keeps the operator online in the OperatorStatusRegistry
                 from blueprint.tangle.heartbeat import heartbeat_for_daemon
 
-                heartbeat = await heartbeat_for_daemon(settings, ctx)
+                heartbeat = await heartbeat_for_daemon(settings, ctx.chain, ctx.txm, ctx.balancer)
                 await heartbeat.start()
             await daemon.run()
         finally:
