@@ -156,6 +156,8 @@ class Consumer:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Jobs :meth:`resume` handed out to be sent again: simulated before their first send.
+        self._resumed: set[tuple[int, int]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -199,8 +201,12 @@ class Consumer:
         submitted. An orphaned job is not sent (its block left the chain). Resumed
         ``answered``/``submitted`` jobs are sent again; the chain's ``ResultAlreadySubmitted``
         keeps that single. ``verify`` simulates before the first send (for results that may
-        already be on chain).
+        already be on chain; always so for what :meth:`resume` handed out).
         """
+        key = (result.service_id, result.call_id)
+        if key in self._resumed:
+            self._resumed.discard(key)
+            verify = True
         record = await self.ledger.prepare_answer(result.service_id, result.call_id, result.output)
         if record.state is JobState.ORPHANED:
             return SubmitOutcome(result.service_id, result.call_id, "orphaned", reason=record.reason)
@@ -316,6 +322,7 @@ class Consumer:
         if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:
             log.info("consumer.resume_resubmit", state=str(record.state))
             plan.resend.append(JobResult(record.service_id, record.call_id, record.result))
+            self._resumed.add(key)
             return
         if record.state is JobState.RUNNING:
             await self.ledger.transition(*key, JobState.SEEN, reason="requeued on restart")
