@@ -42,6 +42,9 @@ log = structlog.get_logger(__name__)
 #: Default multiplier and floor added on top of ``eth_estimateGas``.
 GAS_MULTIPLIER = 1.5
 GAS_HEADROOM = 300_000
+#: Gas a one-off send is simulated with (its own limit comes from the estimate or the caller):
+#: room for any set-up call, under the usual node cap on ``eth_call`` gas.
+SIMULATION_GAS = 30_000_000
 
 
 class ChainSettings(Protocol):
@@ -214,7 +217,8 @@ class ChainClient:
         from the node's nonce errors instead)."""
         if self._chain_id is None:
             self._chain_id = int(await self.w3.eth.chain_id)
-        return TxManager(self.w3, account, chain_id=self._chain_id, receipt_timeout=self.receipt_timeout)
+        return TxManager(self.w3, account, chain_id=self._chain_id, gas_limit=SIMULATION_GAS,
+                         receipt_timeout=self.receipt_timeout)
 
     async def send(
         self,
