@@ -10,11 +10,12 @@ hook silently runs out of gas). Every revert is a :class:`TxRevertedError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
@@ -45,6 +46,8 @@ GAS_HEADROOM = 300_000
 #: Gas a one-off send is simulated with (its own limit comes from the estimate or the caller):
 #: room for any set-up call, under the usual node cap on ``eth_call`` gas.
 SIMULATION_GAS = 30_000_000
+#: ``Tangle.getJobCall``'s return type (``Types.JobCall``).
+JOB_CALL_TYPE = "(uint8,address,uint64,uint32,bool,bool,uint256)"
 
 
 class ChainSettings(Protocol):
@@ -76,6 +79,19 @@ class OnchainJobCall:
     def exists(self) -> bool:
         """A job that was never submitted reads back as all zeros."""
         return self.created_at != 0
+
+    @classmethod
+    def decode(cls, data: bytes) -> OnchainJobCall:
+        """The view's return data (raw ``eth_call`` bytes), as the transaction manager reads it."""
+        (raw,) = abi_decode([JOB_CALL_TYPE], data)
+        return cls.from_tuple(raw)
+
+    @classmethod
+    def from_tuple(cls, raw: Sequence[Any]) -> OnchainJobCall:
+        """The struct as web3 decodes it (a tuple in field order)."""
+        return cls(job_index=int(raw[0]), caller=str(raw[1]), created_at=int(raw[2]),
+                   result_count=int(raw[3]), completed=bool(raw[4]), is_rfq=bool(raw[5]),
+                   payment=int(raw[6]))
 
 
 def logs_with_topic(receipt: Receipt, topic0: str, address: str | None = None) -> list[RawLog]:
@@ -179,10 +195,7 @@ class ChainClient:
     async def get_job_call(self, service_id: int, call_id: int) -> OnchainJobCall:
         """``getJobCall(serviceId, callId)``."""
         raw = await self.call(self.tangle.functions.getJobCall(service_id, call_id))
-        return OnchainJobCall(
-            job_index=raw[0], caller=raw[1], created_at=raw[2], result_count=raw[3],
-            completed=raw[4], is_rfq=raw[5], payment=raw[6],
-        )
+        return OnchainJobCall.from_tuple(raw)
 
     async def result_logs(
         self,

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from web3 import AsyncWeb3
 
 from blueprint.tangle.abi import JOB_RESULT_SUBMITTED_TOPIC, TANGLE_ABI, fragment, selector
+from blueprint.tangle.chain import OnchainJobCall
 from blueprint.tangle.events import address_topic, decode_result_log, uint_topic
 from blueprint.tangle.ledger import IllegalTransitionError, JobRecord, JobState, Ledger, LedgerError
 from blueprint.tangle.txmanager import (
@@ -236,15 +236,12 @@ class Consumer:
         operator = operator or self.txm.address
         data = _GET_JOB_CALL + abi_encode(["uint64", "uint64"], [service_id, call_id])
         try:
-            raw = await self.txm.simulate(self.tangle, data)
+            job = OnchainJobCall.decode(await self.txm.simulate(self.tangle, data))
         except TxRevertedError:
             return False
-        (_index, _caller, _created, result_count, completed, _rfq, _payment), = abi_decode(
-            ["(uint8,address,uint64,uint32,bool,bool,uint256)"], raw
-        )
-        if completed:
+        if job.completed:
             return True
-        if result_count == 0:
+        if job.result_count == 0:
             return False
         return await self.our_answer(service_id, call_id, operator, from_block=from_block) is not None
 
