@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from blueprint.errors import BackendError
 from blueprint.jobs.router import Router
 from blueprint.tangle.ledger import IllegalTransitionError, JobRecord, JobState
 from blueprint.tangle.types import JobCall, JobResult
@@ -64,6 +65,9 @@ class Daemon:
         shutdown_timeout_s: how long running jobs may finish after a stop request.
         dry_run: compute and record answers, log them, never submit.
         resume: answer what the ledger says is still owed before taking new jobs.
+        max_handler_runs: the poison-job guard: a job whose handler was started this many times
+            without finishing (each time the process died with it) gets a ``job_crashed`` error
+            result instead of a further run, so one job cannot hold the daemon in a crash loop.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Daemon:
         shutdown_timeout_s: float = 30.0,
         dry_run: bool = False,
         resume: bool = True,
+        max_handler_runs: int = 2,
     ) -> None:
         self.ctx = ctx
         self.ledger = ledger
@@ -90,6 +95,7 @@ class Daemon:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.dry_run = dry_run
         self.resume = resume
+        self.max_handler_runs = max_handler_runs
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -181,18 +187,30 @@ class Daemon:
 
     async def _compute(self, call: JobCall) -> bytes | None:
         """``running`` -> handler -> encoded answer (None if the job left our hands meanwhile)."""
+        runs = 0
         try:
-            await self.ledger.mark_running(call.service_id, call.call_id)
+            runs = (await self.ledger.mark_running(call.service_id, call.call_id)).runs
         except IllegalTransitionError as exc:
             if exc.current is not JobState.RUNNING:
                 log.info("daemon.job_skipped", state=str(exc.current))
                 return None
         metrics = self.ctx.metrics
-        metrics.in_flight.inc()
-        try:
-            outcome = await self.router.route(call.job_index, call.inputs, self.ctx)
-        finally:
-            metrics.in_flight.dec()
+        if runs > self.max_handler_runs:
+            log.error("daemon.poison_job", earlier_runs=runs - 1,
+                      note="the process died with this job's handler each time: answered with an error")
+            outcome = self.router.refuse(BackendError(
+                f"This job was started {runs - 1} times and each time the operator's process died "
+                "while computing it; it is not run again.", code="job_crashed"))
+        else:
+            metrics.in_flight.inc()
+            try:
+                outcome = await self.router.route(call.job_index, call.inputs, self.ctx)
+            except asyncio.CancelledError:  # a stop cut it short: that run does not count
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.ledger.forget_run(call.service_id, call.call_id))
+                raise
+            finally:
+                metrics.in_flight.dec()
         metrics.handler_seconds.labels(str(call.job_index)).observe(outcome.elapsed_s)
         metrics.jobs_answered.labels(str(call.job_index), outcome.error_code or "ok").inc()
         log.info("daemon.job_answered", ok=outcome.ok, error_code=outcome.error_code,
@@ -303,6 +321,7 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             ctx, ledger=ctx.ledger, producer=producer, consumer=consumer, service_id=settings.service_id,
             router=Router(timeout_s=jobs.job_timeout_s), max_concurrent=jobs.max_concurrent,
             shutdown_timeout_s=jobs.shutdown_timeout_s, dry_run=settings.dry_run,
+            max_handler_runs=jobs.max_handler_runs,
         )
         if settings.server.enabled:
             from blueprint.server.app import create_app, include_metrics
@@ -398,10 +417,11 @@ async def _first_block_at_or_after(ctx: Context, timestamp: int, head: int) -> i
 
 def format_result(output: bytes) -> str:
     """A result as pretty JSON for humans (``dev`` prints it)."""
+    from blueprint import safejson
     from blueprint.jobs.codec import decode_result
 
     text = decode_result(output)
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        return json.dumps(safejson.loads(text), indent=2, ensure_ascii=False)
     except ValueError:
         return text

@@ -19,11 +19,11 @@ Rules applied to every request that comes from the chain, decided here once:
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from blueprint import safejson
 from blueprint.errors import InvalidRequestError
 from blueprint.jobs.codec import JobInputs
 from blueprint.llm.types import (
@@ -57,7 +57,7 @@ class HandlerContext(Protocol):
 def _body(inputs: JobInputs) -> dict[str, Any]:
     """The request JSON as an object, with the model of the inputs filled in or checked."""
     try:
-        body = json.loads(inputs.request)
+        body = safejson.loads(inputs.request)
     except ValueError as exc:
         raise InvalidRequestError(f"The job's request is not valid JSON: {exc}",
                                   code="invalid_json") from None

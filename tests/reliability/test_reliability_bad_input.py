@@ -191,3 +191,40 @@ def test_the_crash_check_can_fail(harness: Harness) -> None:
     outcome = harness.loop.run_until_complete(crashing.route(0, encode_inputs(MODEL, 8, "{}"), harness.ctx))
     with pytest.raises(AssertionError):
         check(outcome, 0)
+
+
+def _nest(depth: int, shape: str) -> str:
+    """JSON nested ``depth`` deep: arrays, objects, or both alternating."""
+    if shape == "array":
+        return "[" * depth + "]" * depth
+    if shape == "object":
+        return '{"a":' * depth + "1" + "}" * depth
+    return '[{"a":' * (depth // 2) + "1" + "}]" * (depth // 2)
+
+
+#: Where a nested value sits in an otherwise valid request of each job.
+DEEP_SLOTS = {
+    0: ['{{"messages":{v}}}', '{{"messages":[{{"role":"user","content":{v}}}]}}',
+        '{{"messages":[{{"role":"user","content":"hi"}}],"tools":{v}}}',
+        '{{"messages":[{{"role":"user","content":"hi"}}],"response_format":{{"type":"json_schema",'
+        '"json_schema":{v}}}}}', '{v}'],
+    1: ['{{"prompt":{v}}}', '{{"prompt":"hi","logit_bias":{v}}}', '{v}'],
+    2: ['{{"input":{v}}}', '{v}'],
+}
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(job_index=st.integers(0, 2), slot=st.integers(0, 4),
+       depth=st.sampled_from([150, 199, 200, 201, 1_000]) | st.integers(201, 100_000),
+       shape=st.sampled_from(["array", "object", "mixed"]))
+def test_deeply_nested_job_inputs(harness: Harness, job_index: int, slot: int, depth: int,
+                                  shape: str) -> None:
+    """Nesting beyond what the parser allows (web3 raised the recursion limit to 100,000, so the
+    standard library's parser overflowed the C stack here) is an error result, never a crash."""
+    templates = DEEP_SLOTS[job_index]
+    request = templates[slot % len(templates)].format(v=_nest(depth, shape))
+    result = check(harness.route(job_index, encode_inputs(MODEL, 8, request)), job_index)
+    if depth > 200:
+        assert "error" in result
+
