@@ -65,7 +65,8 @@ class ServerSettings(BaseModel):
         default_factory=list, description="Accepted Bearer keys."
     )
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="Keys for /admin/*; empty: the api_keys are admin keys."
+        default_factory=list,
+        description="Keys for /admin/* (only these, never an API key); empty: the admin API is off."
     )
     allow_public_without_auth: bool = Field(
         default=False, description="Allow a non-loopback host with no API key (explicit opt-out)."
@@ -115,7 +116,7 @@ class ServerSettings(BaseModel):
             return False
 
     def admin_key_values(self) -> list[str]:
-        return [key.get_secret_value() for key in (self.admin_keys or self.api_keys)]
+        return [key.get_secret_value() for key in self.admin_keys]
 
     def api_key_values(self) -> list[str]:
         return [key.get_secret_value() for key in self.api_keys]

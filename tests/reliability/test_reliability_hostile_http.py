@@ -47,3 +47,44 @@ def test_upstream_error_body_nested_90000_deep_is_an_error_not_a_crash(
         assert streamed.status_code == 400
         assert client.get("/health").status_code == 200
     assert server.alive()
+
+
+ADMIN_KEY = "sk-admin-only-5d1e7c"
+
+
+def test_an_ordinary_key_is_never_an_admin_key(
+        serve: Callable[..., ServeProcess], backend_process: Callable[..., BackendProcess]) -> None:
+    """Row 2: with ``admin_keys`` unset the admin API is off, whatever key is presented (a paying
+    customer must not add a node that receives other users' prompts)."""
+    backend = backend_process("--trivial")
+    server = serve([{"name": "emu", "engine": "openai", "model": MODEL, "base_url": backend.base_url}])
+    hijack = {"name": "mine", "engine": "openai", "model": MODEL, "base_url": "http://127.0.0.1:9/v1"}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for method, path, body in (("GET", "/admin/nodes", None), ("POST", "/admin/nodes", hijack),
+                                   ("POST", "/admin/nodes/emu/drain", None),
+                                   ("DELETE", "/admin/nodes/emu", None)):
+            reply = client.request(method, path, headers=AUTH, json=body)
+            assert reply.status_code == 401 and reply.json()["error"]["code"] == "admin_disabled", reply.text
+        assert client.post("/v1/chat/completions", headers=AUTH, json=CHAT).status_code == 200
+
+
+def test_admin_engines_are_registered_names_only(
+        serve: Callable[..., ServeProcess], backend_process: Callable[..., BackendProcess]) -> None:
+    """Row 2: even an admin cannot make the server import and call an arbitrary ``module:callable``
+    (``sys:exit`` stopped the server); built-in engines still work."""
+    backend = backend_process("--trivial")
+    server = serve([{"name": "emu", "engine": "openai", "model": MODEL, "base_url": backend.base_url}],
+                   env={"SERVER__ADMIN_KEYS": ADMIN_KEY})
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/admin/nodes", headers=AUTH).status_code == 401  # an API key is not admin
+        for engine in ("sys:exit", "os:abort", "builtins:exec", "bench.echo_engine:EchoClient"):
+            reply = client.post("/admin/nodes", headers=admin,
+                                json={"name": "x", "engine": engine, "model": "m2"})
+            assert reply.status_code == 400, (engine, reply.text)
+            assert reply.json()["error"]["code"] == "unknown_engine"
+        assert server.alive()
+        added = client.post("/admin/nodes", headers=admin, json={
+            "name": "emu-2", "engine": "openai", "model": MODEL, "base_url": backend.base_url})
+        assert added.status_code == 201, added.text
+        assert client.get("/health").status_code == 200
