@@ -65,6 +65,11 @@ class ResponseFormat(_Request):
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
+#: Bounds every engine can honour: a seed a torch generator takes (vLLM takes any), and counts
+#: that fit a 32-bit integer (more than any vocabulary or context).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+INT32_MAX = 2**31 - 1
+
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -75,10 +80,10 @@ class SamplingFields(_Request):
 
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None

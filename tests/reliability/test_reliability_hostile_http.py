@@ -3,6 +3,7 @@ one key holder or one upstream must never take the server down or fail other use
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,30 @@ def test_admin_engines_are_registered_names_only(
             "name": "emu-2", "engine": "openai", "model": MODEL, "base_url": backend.base_url})
         assert added.status_code == 201, added.text
         assert client.get("/health").status_code == 200
+
+
+POISONS = [{"seed": 2**64}, {"seed": -(2**63) - 1}, {"top_k": 2**63}]
+
+
+async def test_a_poisoned_request_fails_alone_and_never_trips_the_breaker(
+        serve: Callable[..., ServeProcess], tiny_model_dir: Path) -> None:
+    """Row 3, on the real ``serve`` with the tiny model: each bad request is refused (400) while
+    four innocent requests sent with it succeed; then a burst of bad ones (more than the
+    breaker's failure threshold) leaves the node healthy and serving."""
+    server = serve([{"name": "tiny", "engine": "transformers", "model": "tiny", "path": str(tiny_model_dir),
+                     "device": "cpu", "max_batch_size": 8}])
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.8}
+    async with httpx.AsyncClient(base_url=server.url, timeout=60, headers=AUTH) as client:
+        for poison in POISONS:
+            replies = await asyncio.gather(*(client.post("/v1/completions", json={**body, "seed": i})
+                                             for i in range(4)),
+                                           client.post("/v1/completions", json={**body, **poison}))
+            *innocent, bad = replies
+            assert [r.status_code for r in innocent] == [200] * 4, [r.text for r in innocent]
+            assert bad.status_code == 400, (poison, bad.text)
+            assert bad.json()["error"]["type"] == "invalid_request_error"
+        for _ in range(3):
+            for poison in POISONS:
+                assert (await client.post("/v1/completions", json={**body, **poison})).status_code == 400
+        assert (await client.get("/ready")).status_code == 200
+        assert (await client.post("/v1/completions", json=body)).status_code == 200
