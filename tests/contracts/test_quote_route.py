@@ -123,7 +123,8 @@ async def test_submit_command_helper_reads_the_route(stack: Stack, client: Chain
     ({"service_id": 999}, 400, "wrong_service"),
     ({"requester": "0x1234"}, 400, "invalid_request"),
     ({"job_index": 5}, 400, "invalid_request"),
-    ({"request": {**CHAT, "max_tokens": 17}}, 400, "max_tokens_exceeds_paid"),
+    ({"max_tokens": 3, "request": {**CHAT, "n": 4}}, 400, "max_tokens_exceeds_paid"),
+    ({"request": {**CHAT, "max_tokens": "17"}}, 400, "invalid_request"),
     ({"request": {"messages": "not a list"}}, 400, "invalid_request"),
 ])
 async def test_bad_requests_are_refused(stack: Stack, api: TestClient, overrides: dict[str, Any],

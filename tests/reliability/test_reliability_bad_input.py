@@ -228,3 +228,40 @@ def test_deeply_nested_job_inputs(harness: Harness, job_index: int, slot: int, d
     if depth > 200:
         assert "error" in result
 
+
+
+#: Values at and past the edges of what engines can take (int64, uint64, doubles), and the
+#: non-integers that must not be coerced into integers where money or compute is at stake.
+EDGE_NUMBERS = st.sampled_from([
+    0, 1, -1, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63),
+    -(2**63) - 1, 10**30, -(10**30), 0.0, -0.0, 0.5, 1.0, 2.0, 400.0, 1e308, -1e308, 5e-324,
+    "400", "1", "1e3", " 7", True, False, None,
+]) | st.integers(-(2**80), 2**80) | st.floats(allow_nan=False, allow_infinity=False)
+NUMERIC_FIELDS = ["max_tokens", "max_completion_tokens", "n", "seed", "top_k", "temperature", "top_p",
+                  "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "top_logprobs",
+                  "logprobs", "best_of", "dimensions"]
+#: The numeric fields each job's request type knows (others are ignored, like any unknown field).
+KNOWN_BY_JOB = {0: set(NUMERIC_FIELDS) - {"logprobs", "best_of", "dimensions"},
+                1: set(NUMERIC_FIELDS) - {"max_completion_tokens", "top_logprobs", "dimensions"},
+                2: {"dimensions"}}
+INTEGER_FIELDS = {"max_tokens", "max_completion_tokens", "n", "seed", "top_k", "top_logprobs",
+                  "best_of", "dimensions"}
+
+
+@FUZZ
+@given(job_index=st.integers(0, 2), ceiling=st.integers(0, 64),
+       fields=st.dictionaries(st.sampled_from(NUMERIC_FIELDS), EDGE_NUMBERS, min_size=1, max_size=3))
+def test_numeric_edge_values(harness: Harness, job_index: int, ceiling: int,
+                             fields: dict[str, Any]) -> None:
+    """Every numeric field at its edges: an error result or a response within the paid ceiling;
+    an integer field given as a string, a float or a boolean is refused, never coerced."""
+    base: dict[str, Any] = ({"messages": [{"role": "user", "content": "hi"}]} if job_index == 0 else
+                            {"prompt": "hi"} if job_index == 1 else {"input": "hi"})
+    result = check(harness.route(job_index, encode_inputs(MODEL, ceiling, {**base, **fields})), job_index)
+    coerced = [k for k, v in fields.items()
+               if k in INTEGER_FIELDS & KNOWN_BY_JOB[job_index] and v is not None
+               and isinstance(v, (str, float, bool))]
+    if coerced:
+        assert "error" in result, (coerced, result)
+    if "error" not in result and job_index != 2:
+        assert result["usage"]["completion_tokens"] <= ceiling
