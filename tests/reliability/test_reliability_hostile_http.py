@@ -12,7 +12,7 @@ import httpx
 import pytest
 from reliability_support import API_KEY, MODEL, BackendProcess, ServeProcess
 
-from blueprint.devstack import write_config
+from blueprint.devnet.stack import write_config
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
