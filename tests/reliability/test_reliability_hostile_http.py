@@ -4,6 +4,8 @@ one key holder or one upstream must never take the server down or fail other use
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 from reliability_support import API_KEY, MODEL, BackendProcess, ServeProcess
 
 from blueprint.devnet.stack import write_config
+from blueprint.server import ServerSettings
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
@@ -116,3 +119,42 @@ async def test_a_poisoned_request_fails_alone_and_never_trips_the_breaker(
                 assert (await client.post("/v1/completions", json={**body, **poison})).status_code == 400
         assert (await client.get("/ready")).status_code == 200
         assert (await client.post("/v1/completions", json=body)).status_code == 200
+
+
+@pytest.mark.parametrize("keys", [[""], ["  "], ["sk-good", "\u00a0"], ["sk bad"], ["sk-\u3000"]])
+def test_empty_whitespace_or_invisible_keys_are_a_configuration_error(keys: list[str]) -> None:
+    """Row 8: ``api_keys = [""]`` passed the public-bind guard, then U+00A0 / U+3000 / U+0085
+    tokens authenticated (stripped to the empty key)."""
+    with pytest.raises(ValueError, match="key"):
+        ServerSettings(api_keys=keys)
+    with pytest.raises(ValueError, match="key"):
+        ServerSettings(api_keys=["sk-good"], admin_keys=keys)
+
+
+def _raw_request(url: str, authorization: bytes) -> tuple[int, bytes]:
+    """One request with the ``Authorization`` header's exact bytes; (status, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Authorization: " + authorization + b"\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def test_malformed_authorization_headers_are_401_in_openai_shape(
+        serve: Callable[..., ServeProcess], backend_process: Callable[..., BackendProcess]) -> None:
+    """Rows 8 and 10: strict header parsing; a non-UTF-8 byte was a 500 with a traceback."""
+    backend = backend_process("--trivial")
+    server = serve([{"name": "emu", "engine": "openai", "model": MODEL, "base_url": backend.base_url}])
+    key = API_KEY.encode()
+    assert _raw_request(server.url, b"Bearer " + key)[0] == 200
+    for header in (b"Bearer \xff\xfe" + key, b"Bearer " + key + b"\xa0", b"Bearer  " + key,
+                   b"Bearer \xc2\xa0", b"Bearer \xe3\x80\x80", b"Bearer \xc2\x85",
+                   b"bearer" + key, b"Basic " + key, b"Bearer " + key + b" extra"):
+        status, body = _raw_request(server.url, header)
+        assert status == 401, (header, status, body)
+        assert json.loads(body)["error"]["type"] == "authentication_error", body
+    assert server.alive()
