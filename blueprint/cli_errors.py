@@ -86,9 +86,9 @@ class Explained:
 
 def explain(exc: BaseException) -> Explained | None:
     """One or two lines for a known mistake; None for an exception we cannot explain."""
+    from blueprint.devnet.anvil import DevnetError
     from blueprint.errors import BlueprintError
-    from blueprint.tangle.chain import ChainError, TransactionReverted
-    from blueprint.tangle.devnet import DevnetError
+    from blueprint.tangle.chain import ChainError, TxRevertedError
     from blueprint.tangle.keystore import KeystoreError
     from blueprint.tangle.preflight import PreflightError
 
@@ -100,7 +100,7 @@ def explain(exc: BaseException) -> Explained | None:
         return Explained(exc.message, exc.hint, EXIT_USAGE)
     if isinstance(exc, KeystoreError):
         return Explained(exc.message, KEYSTORE_HINT, EXIT_USAGE)
-    if isinstance(exc, TransactionReverted):
+    if isinstance(exc, TxRevertedError):
         name = exc.revert.name
         return Explained(exc.message, REVERT_HINTS.get(name, "the contract refused it; -v shows the call"))
     unreachable = rpc_unreachable(exc)

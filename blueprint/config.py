@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,9 @@ from blueprint.llm.config import NodeConfig
 from blueprint.server.settings import ServerSettings
 
 CONFIG_ENV = "BLUEPRINT_CONFIG"
+#: The TOML file :func:`load_settings` was given, seen by the sources while it builds Settings
+#: (a context variable, so loading never writes to the process environment).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("blueprint_config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -91,7 +95,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_path = os.environ.get(CONFIG_ENV)
+        config_path = _CONFIG_FILE.get() or os.environ.get(CONFIG_ENV)
         if config_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_path)))
         return tuple(sources)
@@ -110,9 +114,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         path = Path(os.environ[CONFIG_ENV])
     if path is not None and not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass --config FILE or set {CONFIG_ENV})")
-    previous = os.environ.get(CONFIG_ENV)
-    if path is not None:
-        os.environ[CONFIG_ENV] = str(path)
+    token = _CONFIG_FILE.set(path)
     try:
         settings = Settings(**flags)
     except ValidationError as exc:
@@ -120,10 +122,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except tomllib.TOMLDecodeError as exc:
         raise toml_error(exc, path or Path("config")) from None
     finally:
-        if previous is None:
-            os.environ.pop(CONFIG_ENV, None)
-        else:
-            os.environ[CONFIG_ENV] = previous
+        _CONFIG_FILE.reset(token)
     problems = check_settings(settings)
     if problems:
         raise config_error(problems, path)

@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from blueprint.logging import configure_logging
+
+if TYPE_CHECKING:
+    from structlog.typing import BindableLogger
+
+    from blueprint.config import Settings
 
 #: flag -> (Settings field, type, help). The manager's variables, one flag each.
 MANAGER_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -96,7 +101,7 @@ def _run(coro: Any) -> None:
         uvloop.run(coro)
 
 
-def _registration_mode(settings: Any, log: Any) -> int:
+def _registration_mode(settings: Settings, log: BindableLogger) -> int:
     """No SERVICE_ID: with ``REGISTRATION_MODE_ON`` the manager wants this operator's
     registration inputs (written by :func:`blueprint.commands.register.write_registration_inputs`);
     without it there is no service to serve, which the operator must hear plainly."""

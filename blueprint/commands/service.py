@@ -18,7 +18,7 @@ from eth_utils import to_checksum_address
 
 from blueprint.cli_errors import CommandFailed, UsageError
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
-from blueprint.tangle import setup
+from blueprint.devnet import setup
 from blueprint.tangle.chain import ChainClient
 
 #: tnt-core Types.ServiceStatus.

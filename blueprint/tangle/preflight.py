@@ -9,7 +9,7 @@ which setting to fix.
 from __future__ import annotations
 
 from blueprint.errors import BlueprintError
-from blueprint.tangle.chain import ChainClient, TransactionReverted
+from blueprint.tangle.chain import ChainClient, TxRevertedError
 
 
 class PreflightError(BlueprintError):
@@ -26,7 +26,7 @@ async def check_service(chain: ChainClient, service_id: int, operator: str) -> N
     """Raise :class:`PreflightError` unless ``operator`` can answer jobs of ``service_id``."""
     try:
         service = await chain.call(chain.tangle.functions.getService(service_id))
-    except TransactionReverted as exc:
+    except TxRevertedError as exc:
         if exc.revert.name != "ServiceNotFound":
             raise
         service = None

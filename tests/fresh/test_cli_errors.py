@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from blueprint.contracts.offer import decode_offer
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, free_port
+from blueprint.devnet.anvil import DEV_KEYS, Anvil, free_port
 from blueprint.tangle.keystore import write_sdk_key
 from tests.devnet_support import devnet_anvil
 from tests.fresh.cli_support import Ran, blueprint
@@ -109,14 +109,14 @@ def test_registration_mode_writes_the_offer_and_exits_0(tmp_path: Path, tiny_mod
 def test_contract_revert_is_decoded_with_a_hint(anvil: Anvil) -> None:
     ran = blueprint("service", "approve", "--request-id", "999", "--private-key-env", "OWNER_KEY",
                     "--http-rpc-url", anvil.http_url, env=OWNER)
-    assert_short(ran, "approveService reverted: ServiceRequestNotFound(999)", code=1)
+    assert_short(ran, "approveService reverted in simulation: ServiceRequestNotFound(999)", code=1)
     assert "service request" in ran.err_lines[1]
 
 
 def test_submit_to_a_service_that_does_not_exist(anvil: Anvil) -> None:
     ran = blueprint("submit", "--service-id", "99", "--model", "m", "--request", "{}",
                     "--private-key-env", "OWNER_KEY", "--http-rpc-url", anvil.http_url, env=OWNER)
-    assert_short(ran, "submitJob reverted: ServiceNotFound(99)", code=1)
+    assert_short(ran, "submitJob reverted in simulation: ServiceNotFound(99)", code=1)
     assert "SERVICE_ID" in ran.err_lines[1]
 
 

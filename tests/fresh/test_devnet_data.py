@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import blueprint.tangle.devnet as devnet
+import blueprint.devnet.anvil as devnet
 from blueprint import devnet_data
 from blueprint.devnet_data import STATE_NAME, carried_state_file, manifest, read_carried
 

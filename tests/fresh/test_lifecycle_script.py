@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from blueprint.tangle.devnet import free_port
+from blueprint.devnet.anvil import free_port
 from tests.devnet_support import devnet_anvil
 from tests.fresh.cli_support import REPO
 
