@@ -64,6 +64,10 @@ class ServerSettings(BaseModel):
     enabled: bool = Field(default=True, description="Serve the HTTP API from `run` too.")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="URL clients reach this API at: the on-chain offer's endpoint and "
+        "rpcAddress (`register`, registration mode)."
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Accepted Bearer keys."
     )

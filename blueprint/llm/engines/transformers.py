@@ -148,6 +148,9 @@ class TransformersClient(LlmClient):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from blueprint.llm.engines._hf_batching import ContinuousBatcher
+        from blueprint.logging import route_library_logging
+
+        route_library_logging()  # its records and warnings as our one-line events
 
         threads = self.config.options.get("torch_threads")
         if threads:
