@@ -18,11 +18,12 @@ CHAT = {"model": "emu", "messages": [{"role": "user", "content": "x"}]}
 
 def test_429_and_503_carry_retry_after(emulated_server: Callable[..., LiveServer]) -> None:
     busy = emulated_server(EmulatedOptions(model="emu", fail_rate=1.0, fail_status=429, retry_after_s=3,
-                                           trivial=True), node_overrides={"max_queue": 0})
+                                           trivial=True), node_overrides={"max_queue": 0},
+                          admin_keys=[API_KEY])
     with httpx.Client(base_url=busy.url, headers=AUTH, timeout=10) as client:
         overloaded = client.post("/v1/chat/completions", json=CHAT)
         assert overloaded.status_code == 429 and int(overloaded.headers["Retry-After"]) >= 1
-        client.post("/admin/nodes/emu-node/drain")
+        assert client.post("/admin/nodes/emu-node/drain").status_code == 200
         unavailable = client.post("/v1/chat/completions", json=CHAT)
         assert unavailable.status_code == 503 and int(unavailable.headers["Retry-After"]) >= 1
         streamed = client.post("/v1/chat/completions", json={**CHAT, "stream": True})

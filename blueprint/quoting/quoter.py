@@ -1,4 +1,4 @@
-"""``POST /v1/quote``: a per-request price, signed for ``submitJobFromQuote``.
+"""The quoter: a per-request price for ``POST /v1/quote``, signed for ``submitJobFromQuote``.
 
 The operator prices exactly the job inputs the caller will submit,
 ``abi.encode(string model, uint32 maxTokens, string request)`` with ``request`` the compact JSON
@@ -20,8 +20,8 @@ the requester, the service, the job index, the price, ``keccak256(inputs)`` and 
 request is first checked the way the daemon will check the job, so a quote is never given for a
 job that would only earn an error answer.
 
-Without an operator key the route answers 503 ``quotes_disabled``: :func:`enable_quotes` attaches
-a :class:`Quoter` to the app (the daemon does so; ``serve`` has no key).
+Without an operator key the route answers 503 ``quotes_disabled``: the daemon attaches a
+:class:`Quoter` to the app (:func:`blueprint.server.quote_route.enable_quotes`; ``serve`` has no key).
 """
 
 from __future__ import annotations
@@ -32,91 +32,38 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, to_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from blueprint.contracts.offer import Offer
-from blueprint.errors import BlueprintError, InvalidRequestError, ModelNotFoundError
+from blueprint.contracts.offer import Offer, offer_from_nodes
+from blueprint.errors import (
+    BlueprintError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat, prepare_completion, prepare_embeddings
-from blueprint.llm.types import ChatMessage, parse_request
+from blueprint.llm.types import ChatMessage
+from blueprint.quoting.wire import (
+    QuoteRequest,
+    QuoteResponse,
+    QuotesUnavailableError,
+    SignedQuote,
+    TokenCount,
+)
 from blueprint.tangle.quotes import JobQuoteDetails, inputs_hash, job_quote_digest, sign_job_quote
 
 if TYPE_CHECKING:
+    from blueprint.balancer import Balancer
     from blueprint.config import Settings
 
 log = structlog.get_logger(__name__)
 
-UINT32_MAX = 2**32 - 1
-UINT64_MAX = 2**64 - 1
 #: Bytes per token of the fallback estimate (see the module docstring).
 ESTIMATE_BYTES_PER_TOKEN = 3
-TokenCount = Literal["tokenizer", "estimate"]
-
-
-class QuotesUnavailableError(BlueprintError):
-    http_status = 503
-    error_type = "server_error"
-    code = "quotes_disabled"
-
-
-# --- wire types ---------------------------------------------------------------------------------
-
-class QuoteRequest(BaseModel):
-    """What to price: the job exactly as it will be submitted, and who will submit it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    service_id: Annotated[int, Field(ge=0, le=UINT64_MAX)] | None = None
-    job_index: Literal[0, 1, 2]
-    model: Annotated[str, Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=0, le=UINT32_MAX)]
-    request: dict[str, Any]
-    requester: str
-    ttl_s: Annotated[int, Field(ge=1)] | None = None
-
-    @field_validator("requester")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if not is_address(value):
-            raise ValueError("requester must be a 0x address")
-        return to_checksum_address(value)
-
-
-class QuoteDetails(BaseModel):
-    """``Types.JobQuoteDetails`` as JSON, with the struct's field names (``price`` in wei as a
-    decimal string)."""
-
-    requester: str
-    serviceId: int
-    jobIndex: int
-    price: str
-    timestamp: int
-    expiry: int
-    confidentiality: int
-    inputsHash: str
-
-
-class SignedQuote(BaseModel):
-    """``Types.SignedJobQuote``: pass it to ``submitJobFromQuote`` with ``msg.value = price``."""
-
-    details: QuoteDetails
-    signature: str
-    operator: str
-
-
-class QuoteResponse(BaseModel):
-    quote: SignedQuote
-    price_wei: str
-    prompt_tokens: int
-    completion_tokens: int
-    token_count: TokenCount
-    inputs: str = Field(description="The job inputs (0x hex) the quote is bound to.")
 
 
 # --- pricing and signing ------------------------------------------------------------------------
@@ -148,7 +95,7 @@ class Quoter:
     chain_id: int
     tangle: str
     offer: Offer
-    balancer: Any
+    balancer: Balancer
     service_id: int | None = None
     default_ttl_s: int = 300
     max_ttl_s: int = 3600
@@ -160,14 +107,17 @@ class Quoter:
         terms = self.offer.model(req.model)
         if terms is None or req.model not in {m.id for m in self.balancer.models()}:
             raise ModelNotFoundError(req.model)
-        if req.max_tokens > terms.max_output_tokens:
+        context, output = self._limits(req.model, terms.context_length, terms.max_output_tokens)
+        if req.max_tokens > output:
             raise InvalidRequestError(
-                f"max_tokens {req.max_tokens} is above this operator's limit of {terms.max_output_tokens} "
+                f"max_tokens {req.max_tokens} is above this operator's limit of {output} "
                 f"for {req.model!r}.", code="max_tokens_above_limit", param="max_tokens")
         request_text = json.dumps(req.request, separators=(",", ":"))
-        pieces, exact = _prompt_pieces(req.job_index, JobInputs(req.model, req.max_tokens, request_text))
-        counted, how = await self._count(req.model, pieces) if pieces else (0, "tokenizer")
-        prompt_tokens = counted + exact
+        pieces, exact, per_choice = _prompt_pieces(req.job_index,
+                                                   JobInputs(req.model, req.max_tokens, request_text))
+        counts, how = await self._count(req.model, pieces) if pieces else ([], "tokenizer")
+        _check_context(counts + exact, per_choice, context)
+        prompt_tokens = sum(counts) + sum(exact)
         price = terms.price_for(prompt_tokens, req.max_tokens)
         inputs = encode_inputs(req.model, req.max_tokens, request_text)
         ttl = min(req.ttl_s or self.default_ttl_s, self.max_ttl_s)
@@ -195,8 +145,20 @@ class Quoter:
                                       code="wrong_service", param="service_id")
         return asked
 
-    async def _count(self, model: str, pieces: list[str | list[ChatMessage]]) -> tuple[int, TokenCount]:
-        """With the first node of ``model`` that has a tokenizer, else the estimate."""
+    def _limits(self, model: str, context: int, output: int) -> tuple[int, int]:
+        """(context, output) limits a job of ``model`` is held to: the offer's, lowered by every
+        loaded node serving it (the job may be routed to any of them)."""
+        for node in self.balancer.nodes():
+            if not node.client.serves(model):
+                continue
+            card = node.client.model_info(model)
+            context = min(context, card.context_length)
+            output = min(output, card.max_output_length or card.context_length, card.context_length)
+        return context, output
+
+    async def _count(self, model: str, pieces: list[str | list[ChatMessage]]) -> tuple[list[int], TokenCount]:
+        """Tokens of each piece, with the first node of ``model`` that has a tokenizer, else the
+        estimate."""
         for node in self.balancer.nodes():
             if not node.client.serves(model):
                 continue
@@ -208,8 +170,8 @@ class Quoter:
                 log.warning("quote.count_failed", node=node.name, error=str(exc))
                 continue
             if all(c is not None for c in counts):
-                return sum(c for c in counts if c is not None), "tokenizer"
-        return sum(estimate_tokens(piece) for piece in pieces), "estimate"
+                return [c for c in counts if c is not None], "tokenizer"
+        return [estimate_tokens(piece) for piece in pieces], "estimate"
 
     def _unused(self, details: JobQuoteDetails) -> JobQuoteDetails:
         """Tangle refuses a quote whose digest was used before (``QuoteAlreadyUsed``): two equal
@@ -227,60 +189,51 @@ class Quoter:
                                      code="quote_rate")
 
 
-def _prompt_pieces(job_index: int, inputs: JobInputs) -> tuple[list[str | list[ChatMessage]], int]:
-    """The prompt parts to count, and tokens known exactly (embedding inputs given as token
-    ids), after the checks the daemon applies to the job."""
+def _prompt_pieces(job_index: int, inputs: JobInputs) -> tuple[list[str | list[ChatMessage]], list[int], int]:
+    """The prompt parts to count, the token counts known exactly (embedding inputs given as token
+    ids), and the tokens each choice may generate (0 for embeddings), after the checks and the
+    clamp the daemon applies to the job."""
     if job_index == 0:
-        return [list(prepare_chat(inputs).messages)], 0
+        chat = prepare_chat(inputs)
+        return [list(chat.messages)], [], chat.requested_max_tokens() or 0
     if job_index == 1:
-        return list(prepare_completion(inputs).prompts()), 0
+        completion = prepare_completion(inputs)
+        return list(completion.prompts()), [], completion.max_tokens or 0
     request = prepare_embeddings(inputs)
     texts = request.texts()
     if texts is not None:
-        return list(texts), 0
-    return [], sum(len(ids) for ids in request.token_lists() or [])
+        return list(texts), [], 0
+    return [], [len(ids) for ids in request.token_lists() or []], 0
 
 
-# --- the app hook -------------------------------------------------------------------------------
-
-QUOTER_KEY = web.AppKey("quoter", Quoter)
-
-
-def enable_quotes(app: web.Application, quoter: Quoter) -> None:
-    """Serve signed quotes on ``app`` (call before the app starts)."""
-    app[QUOTER_KEY] = quoter
-
-
-async def handle_quote(app: web.Application, body: bytes) -> web.Response:
-    """The route's work (the app's guard maps errors to OpenAI error objects)."""
-    quoter = app.get(QUOTER_KEY)
-    if quoter is None:
-        raise QuotesUnavailableError(
-            "Quotes are disabled: this API runs without an operator key (quotes are served by "
-            "`python -m blueprint run` with KEYSTORE_URI and SERVICE_ID).")
-    response = await quoter.quote(parse_request(QuoteRequest, body))
-    return web.Response(body=response.model_dump_json().encode(), content_type="application/json")
+def _check_context(prompt_tokens: list[int], per_choice: int, context: int) -> None:
+    """Refuse (before signing: nothing is paid) a job one of whose prompts, with the tokens its
+    choices may generate, does not fit the model's context."""
+    longest = max(prompt_tokens, default=0)
+    if longest + per_choice > context:
+        wanted = f"{longest} prompt tokens" + (f" + {per_choice} output tokens" if per_choice else "")
+        raise ContextLengthExceededError(
+            f"{wanted} do not fit this model's context of {context} tokens; shorten the prompt or "
+            "lower max_tokens.", param="messages")
 
 
-def quoter_from_settings(settings: Settings, balancer: Any, account: LocalAccount, chain_id: int) -> Quoter:
+def quoter_from_settings(settings: Settings, balancer: Balancer, account: LocalAccount,
+                         chain_id: int) -> Quoter:
     """A :class:`Quoter` with the prices ``register`` would put in the offer."""
-    from blueprint.commands.register import offer_from_settings
-
-    offer = offer_from_settings(settings, "")
+    offer = offer_from_nodes(settings.nodes, "", loaded={info.id: info for info in balancer.models()})
     return Quoter(account=account, chain_id=chain_id, tangle=settings.tangle_contract, offer=offer,
                   balancer=balancer, service_id=settings.service_id)
 
 
-def enable_quotes_from_settings(app: web.Application, settings: Settings, balancer: Any,
-                                account: LocalAccount, chain_id: int) -> bool:
-    """:func:`enable_quotes` with :func:`quoter_from_settings`; an offer the configured nodes
-    cannot make (e.g. more models than fit on chain) leaves quotes disabled, with a warning,
-    rather than stopping the daemon."""
+def quotes_from_settings(settings: Settings, balancer: Balancer, account: LocalAccount,
+                         chain_id: int) -> Quoter | None:
+    """:func:`quoter_from_settings`, or None when the configured nodes cannot make an offer (e.g.
+    more models than fit on chain): quotes stay disabled, with a warning, rather than stopping
+    the daemon."""
     try:
         quoter = quoter_from_settings(settings, balancer, account, chain_id)
     except BlueprintError as exc:
         log.warning("quotes.disabled", reason=exc.message)
-        return False
-    enable_quotes(app, quoter)
+        return None
     log.info("quotes.enabled", operator=account.address, models=[m.model for m in quoter.offer.models])
-    return True
+    return quoter
