@@ -109,8 +109,10 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
         from blueprint.tangle.heartbeat import heartbeat_for_daemon
 
         services.append(await heartbeat_for_daemon(settings, ctx.chain, ctx.txm, ctx.balancer))
+    job_router = JobRouter(ctx.ledger, Router(timeout_s=jobs.job_timeout_s), ctx,
+                           max_handler_runs=jobs.max_handler_runs)
     runner: JobRunner = Runner(
-        producer, JobRouter(ctx.ledger, Router(timeout_s=jobs.job_timeout_s), ctx), consumer,
+        producer, job_router, consumer,
         services=services, backlog=consumer.backlog, log_fields=job_log_fields,
         on_error=lambda _exc: ctx.metrics.jobs_failed.inc(),
         max_concurrent=jobs.max_concurrent, shutdown_timeout_s=jobs.shutdown_timeout_s,

@@ -24,10 +24,13 @@ a pending state in the ledger, which the next start takes up.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 import structlog
 
+from blueprint.errors import BackendError
 from blueprint.jobs.codec import decode_result
 from blueprint.runner import Backlog
 from blueprint.tangle.ledger import IllegalTransitionError, JobState
@@ -60,27 +63,43 @@ class JobRouter:
         ledger: the job ledger (the producer put every call in it).
         router: job index -> handler (:class:`blueprint.jobs.router.Router`).
         ctx: the shared context handed to handlers; its metrics count the jobs.
+        max_handler_runs: the poison-job guard: a job whose handler was started this many times
+            without finishing (each time the process died with it) gets a ``job_crashed`` error
+            result instead of a further run, so one job cannot hold the daemon in a crash loop.
     """
 
-    def __init__(self, ledger: Ledger, router: Router, ctx: Context) -> None:
+    def __init__(self, ledger: Ledger, router: Router, ctx: Context, *, max_handler_runs: int = 2) -> None:
         self.ledger = ledger
         self.router = router
         self.ctx = ctx
+        self.max_handler_runs = max_handler_runs
 
     async def __call__(self, call: JobCall) -> JobResult | None:
         metrics = self.ctx.metrics
         metrics.jobs_seen.labels(str(call.job_index)).inc()
+        runs = 0
         try:
-            await self.ledger.mark_running(call.service_id, call.call_id)
+            runs = (await self.ledger.mark_running(call.service_id, call.call_id)).runs
         except IllegalTransitionError as exc:
             if exc.current is not JobState.RUNNING:
                 log.info("daemon.job_skipped", state=str(exc.current))
                 return None
-        metrics.in_flight.inc()
-        try:
-            outcome = await self.router.route(call.job_index, call.inputs, self.ctx)
-        finally:
-            metrics.in_flight.dec()
+        if runs > self.max_handler_runs:
+            log.error("daemon.poison_job", earlier_runs=runs - 1,
+                      note="the process died with this job's handler each time: answered with an error")
+            outcome = self.router.refuse(BackendError(
+                f"This job was started {runs - 1} times and each time the operator's process died "
+                "while computing it; it is not run again.", code="job_crashed"))
+        else:
+            metrics.in_flight.inc()
+            try:
+                outcome = await self.router.route(call.job_index, call.inputs, self.ctx)
+            except asyncio.CancelledError:  # a stop cut it short: that run does not count
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.ledger.forget_run(call.service_id, call.call_id))
+                raise
+            finally:
+                metrics.in_flight.dec()
         metrics.handler_seconds.labels(str(call.job_index)).observe(outcome.elapsed_s)
         metrics.jobs_answered.labels(str(call.job_index), outcome.error_code or "ok").inc()
         log.info("daemon.job_answered", ok=outcome.ok, error_code=outcome.error_code,

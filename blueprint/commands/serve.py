@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", action="store_true", default=None, help="aiohttp access log.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="More logging (-vv: debug).")
     parser.add_argument("--pretty", action="store_true", help="Human-readable logs.")
+    parser.add_argument("--log-content", action="store_true", default=None,
+                        help="Also log prompts and results ($BLUEPRINT_LOG_CONTENT; off: users' data).")
 
 
 def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,7 +47,7 @@ async def serve_settings(settings: Settings) -> None:
 def main(args: argparse.Namespace) -> int:
     from blueprint.server import run_with_uvloop
 
-    configure_logging(args.verbose, args.pretty)
+    configure_logging(args.verbose, args.pretty, log_content=args.log_content)
     overrides = _server_overrides(args)
     settings = load_settings(args.config, server=overrides) if overrides else load_settings(args.config)
     if not settings.nodes:

@@ -144,7 +144,7 @@ class Api:
         if not keys.enabled:
             if spec.auth == "admin":
                 raise AuthenticationError(
-                    "The admin API is disabled: configure server.admin_keys or server.api_keys.",
+                    "The admin API is off: the operator has configured no server.admin_keys.",
                     code="admin_disabled")
             return
         index = keys.check(request.headers.get("Authorization"))
@@ -260,7 +260,7 @@ class Api:
         from blueprint.llm.registry import create_client
 
         config = parse_request(NodeConfig, await self._body(request))
-        client = create_client(config)
+        client = create_client(config, import_paths=False)  # never import what a request names
         await self.balancer.add_node(client, config)
         log.info("node added", node=config.node_name, engine=config.engine, model=config.model)
         return _json({"name": config.node_name, "models": [m.id for m in client.models()]}, 201)
