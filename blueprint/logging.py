@@ -99,7 +99,7 @@ def configure_logging(verbosity: int = 0, pretty: bool = False, *, base_level: i
         processors=[*shared, *exceptions, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
