@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     if settings.service_id is None:
         return _registration_mode(settings, log)
 
-    from blueprint.daemon import run_daemon
+    from blueprint.assembly import run_daemon
 
     try:
         _run(_checked_run(settings, run_daemon))

@@ -37,26 +37,11 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def serve_settings(settings: Settings) -> None:
-    """Build the nodes and the balancer from ``settings`` and serve until a signal."""
-    from blueprint.balancer import Balancer
-    from blueprint.balancer.watcher import start_watcher
-    from blueprint.llm.registry import create_client
-    from blueprint.server import check_exposure, serve
+    """Serve the configured nodes until a signal (:func:`blueprint.assembly.serve_api`); prints
+    ``READY <port>`` once listening."""
+    from blueprint.assembly import serve_api
 
-    check_exposure(settings.server)  # before loading any model
-    clients = [create_client(node) for node in settings.nodes]
-    balancer = Balancer(clients, settings.balancer,
-                        node_configs={node.node_name: node for node in settings.nodes})
-    await balancer.start()
-    watcher = None
-    try:
-        watcher = await start_watcher(balancer, settings.balancer)  # nodes added/removed live
-        await serve(balancer, settings.server,
-                    on_ready=lambda running: print(f"READY {running.port}", flush=True))
-    finally:
-        if watcher is not None:
-            await watcher.close()
-        await balancer.close()
+    await serve_api(settings, on_ready=lambda running: print(f"READY {running.port}", flush=True))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from blueprint import safejson
 from blueprint.cli_errors import CommandFailed, UsageError
 from blueprint.client import BlueprintClient
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
@@ -47,7 +48,7 @@ async def fetch_quote(endpoint: str, *, job_index: int, model: str, max_tokens: 
             "requester": requester}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async with session.post(endpoint.rstrip("/") + "/v1/quote", json=body) as resp:
-            data = await resp.json()
+            data = safejson.loads(await resp.read())  # an operator's server: untrusted
             if resp.status != 200:
                 raise CommandFailed(f"quote refused ({resp.status}): {data}")
     return SignedJobQuote.from_json(data["quote"])

@@ -12,7 +12,8 @@ broadcast makes the next send re-read it, which fills a gap the failure may have
 
 This is the package's one sender: the daemon's results and heartbeats go through the operator's
 manager, and :meth:`ChainClient.send <blueprint.tangle.chain.ChainClient.send>` (set-up steps,
-tools, tests) through one manager per account. A revert is always :class:`TxRevertedError`.
+tools, tests) through a manager made for each one-off send. A revert is always
+:class:`TxRevertedError`.
 
 A transaction is first simulated with ``eth_call`` unless the caller says not to (a revert is
 decoded with the TNT Core custom errors and raised as :class:`TxRevertedError`, nothing is
