@@ -40,8 +40,15 @@ from blueprint.llm.types import (
 from blueprint.server.auth import KeyRing, RateLimiter
 from blueprint.server.metrics import NO_MODEL, ServerMetrics
 from blueprint.server.openapi import build_openapi
+from blueprint.server.provider_document import model_document
 from blueprint.server.quote_route import handle_quote
-from blueprint.server.responses import JSON, HttpStatusError, error_response, model_response
+from blueprint.server.responses import (
+    DEFAULT_RETRY_AFTER_S,
+    JSON,
+    HttpStatusError,
+    error_response,
+    model_response,
+)
 from blueprint.server.routes import BY_NAME, ROUTES, RouteSpec
 from blueprint.server.settings import ServerSettings
 from blueprint.server.sse import StreamOutcome, stream_sse
@@ -90,6 +97,8 @@ class Api:
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.telemetry = ServerMetrics(self.node_rows)
         self._openapi = json.dumps(build_openapi()).encode()
+        #: Each model's ``created`` as first listed, so that it stays the same on every call.
+        self._created: dict[str, int] = {}
 
     # ---- guard ------------------------------------------------------------------------------
 
@@ -218,13 +227,26 @@ class Api:
     # ---- catalog and probes -----------------------------------------------------------------
 
     def catalog(self) -> list[ModelInfo]:
-        """The balancer's models with the operator's ``model_catalog`` extras laid over them."""
+        """The balancer's models with the operator's ``model_catalog`` extras laid over them;
+        ``created`` is fixed at a model's first listing (engines that cannot tell report the
+        time of asking), unless the operator declared it."""
         extras = self.settings.model_catalog
-        infos = self.balancer.models()
-        return [extras[info.id].apply(info) if info.id in extras else info for info in infos]
+        infos = []
+        for info in self.balancer.models():
+            created = self._created.setdefault(info.id, info.created)
+            if created != info.created:
+                info = info.model_copy(update={"created": created})
+            infos.append(extras[info.id].apply(info) if info.id in extras else info)
+        return infos
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        return model_response(ModelList(data=self.catalog()))
+        catalog = self.catalog()
+        if self.settings.models_document == "legacy":
+            return model_response(ModelList(data=catalog))
+        extras = self.settings.model_catalog
+        documents = [model_document(info, extras[info.id].policy() if info.id in extras else None)
+                     for info in catalog]
+        return _json({"data": documents})
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         return _json({"status": "ok"})
@@ -237,7 +259,10 @@ class Api:
         healthy = [row["name"] for row in rows if row.get("healthy") and not row.get("draining")]
         body = {"status": "ready" if healthy else "not_ready", "healthy_nodes": healthy,
                 "nodes": len(rows)}
-        return _json(body, 200 if healthy else 503)
+        response = _json(body, 200 if healthy else 503)
+        if not healthy:
+            response.headers["Retry-After"] = str(int(DEFAULT_RETRY_AFTER_S))
+        return response
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.telemetry.render(),

@@ -11,7 +11,7 @@ import ipaddress
 import json
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -32,6 +32,16 @@ def _split_keys(value: Any) -> Any:
     return value
 
 
+class Datacenter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    country_code: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2.")
+    region: str | None = None
+
+
+V2_ONLY_FIELDS = {"deprecation_date", "is_free", "datacenters", "deployment_region", "compliance"}
+
+
 class ModelCatalogEntry(BaseModel):
     """What an operator adds to a model's ``/v1/models`` entry (OpenRouter's optional fields);
     every field left unset keeps what the engine reports."""
@@ -49,10 +59,24 @@ class ModelCatalogEntry(BaseModel):
     pricing: Pricing | None = None
     supported_features: list[str] | None = None
     supported_sampling_parameters: list[str] | None = None
+    created: int | None = Field(default=None, ge=0, description="Unix time shown as `created` (else "
+                                "the engine's, fixed at its first listing).")
+    # The operator's data policy, shown in the v2 document only (OpenRouter's optional fields).
+    deprecation_date: str | None = Field(
+        default=None, pattern=r"^\d{4}-\d{2}-\d{2}(T\d{2}:00:00Z)?$",
+        description="YYYY-MM-DD or YYYY-MM-DDTHH:00:00Z (UTC) when the model goes away.")
+    is_free: bool | None = None
+    datacenters: list[Datacenter] | None = None
+    deployment_region: str | None = Field(default=None, min_length=1)
+    compliance: dict[str, bool] | None = Field(default=None, description="e.g. {zdr = true, hipaa = false}.")
+
+    def policy(self) -> dict[str, Any]:
+        """The v2-only fields that are set (data policy, deprecation)."""
+        return self.model_dump(include=V2_ONLY_FIELDS, exclude_none=True)
 
     def apply(self, info: ModelInfo) -> ModelInfo:
         """``info`` with this entry's set fields laid over it."""
-        update = self.model_dump(exclude_none=True)
+        update = self.model_dump(exclude_none=True, exclude=V2_ONLY_FIELDS)
         if "pricing" in update:
             update["pricing"] = self.pricing
         return info.model_copy(update=update) if update else info
@@ -102,6 +126,9 @@ class ServerSettings(BaseModel):
     access_log: bool = Field(default=False, description="aiohttp access log (costs throughput).")
     model_catalog: dict[str, ModelCatalogEntry] = Field(
         default_factory=dict, description="Per model id: fields laid over /v1/models entries."
+    )
+    models_document: Literal["v2", "legacy"] = Field(
+        default="v2", description="/v1/models format: OpenRouter's typed schema 2.4, or the legacy flat one."
     )
 
     _split_api_keys = field_validator("api_keys", "admin_keys", mode="before")(_split_keys)
