@@ -77,7 +77,8 @@ class ServerSettings(BaseModel):
         default=None, ge=1, description="Bucket size; None: one minute's worth of requests."
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
-    request_timeout_s: float = Field(default=600.0, gt=0, description="Bound on one whole request.")
+    request_timeout_s: float = Field(default=600.0, gt=0, description=(
+        "Bound on a non-streamed request, and on each silence between two chunks of a stream."))
     first_token_timeout_s: float = Field(default=120.0, gt=0, description="Bound on the first token's wait.")
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for a request body (a client trickling it gets 408)."

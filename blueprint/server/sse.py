@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from blueprint.errors import BackendTimeoutError, BlueprintError
+from blueprint.llm.raw import RawChunk
 from blueprint.server.metrics import ServerMetrics
 from blueprint.server.settings import ServerSettings
 
@@ -140,24 +141,37 @@ async def _stream_body(response: web.StreamResponse, iterator: AsyncIterator[Bas
             return
         rm = metrics.route(route, model)  # bound only now: the model is known to be served
         rm.first_token(time.perf_counter() - started)
-        async with asyncio.timeout(settings.request_timeout_s):
+        # request_timeout_s bounds each silence between two chunks, not the whole stream: a
+        # stream that keeps producing is never cut. One timer, moved on at every chunk.
+        idle_s = settings.request_timeout_s
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(loop.time() + idle_s) as idle:
             while True:
-                usage = getattr(chunk, "usage", None)
-                if usage is not None:
+                usage = chunk.usage
+                if usage is None or include_usage:
+                    if isinstance(chunk, RawChunk):  # the upstream's bytes, as they came
+                        await write(b"data: " + chunk.payload + b"\n\n")
+                    else:
+                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
+                    if usage is not None:
+                        rm.usage(usage)
+                else:  # usage the client did not ask for: counted, and left out of the stream
                     rm.usage(usage)
-                    if not include_usage:
-                        chunk.usage = None  # type: ignore[attr-defined]
-                if include_usage or usage is None or getattr(chunk, "choices", None):
-                    await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
+                    if isinstance(chunk, RawChunk):
+                        chunk = chunk.parsed()
+                    if chunk.choices:
+                        chunk.usage = None
+                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
                 try:
                     chunk = await anext(iterator)
                 except StopAsyncIteration:
                     break
+                idle.reschedule(loop.time() + idle_s)
         await write(DONE)
     except TimeoutError:
         outcome.status = BackendTimeoutError.http_status
         await _write_error(response, BackendTimeoutError(
-            f"The request ran past {settings.request_timeout_s:g} s.", code="request_timeout"))
+            f"The stream was silent for {settings.request_timeout_s:g} s.", code="request_timeout"))
     except BlueprintError as exc:
         outcome.status = exc.http_status
         log.debug("stream failed", code=exc.code, status=exc.http_status)

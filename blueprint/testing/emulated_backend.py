@@ -16,7 +16,8 @@ model's arithmetic, so that routing strategies can be compared on believable num
 * ``slowdown`` multiplies both (one node twice as slow as its peers).
 * at most ``max_num_seqs`` requests run at once; the rest wait (``vllm:num_requests_waiting``).
 * fault modes: ``fail_rate``/``fail_status`` (answer an error), ``hang`` (accept, never answer),
-  ``die_after_chunks`` (drop the connection mid-stream), and ``trivial`` (no sleeps at all: the
+  ``die_after_chunks`` (drop the connection mid-stream), ``stall_after_chunks`` (go silent
+  mid-stream), and ``trivial`` (no sleeps at all: the
   backend of gateway-overhead benchmarks).
 
 Generated text is deterministic: the same prompt (and ``seed``) always yields the same words, so a
@@ -100,6 +101,8 @@ class EmulatedOptions:
     retry_after_s: float = 1.0
     hang: bool = False
     die_after_chunks: int | None = None
+    #: Go silent (connection open, nothing sent) after this many token chunks of a stream.
+    stall_after_chunks: int | None = None
     #: No sleeps at all (gateway-overhead benchmarks).
     trivial: bool = False
     seed: int = 0
@@ -487,6 +490,9 @@ class EmulatedBackend:
                 if die_after is not None and sent >= die_after:
                     self._drop(request)
                     return response
+                if self.options.stall_after_chunks is not None and sent >= self.options.stall_after_chunks:
+                    await self._stopping.wait()
+                    return response
                 await response.write(b"".join(parts))
                 sent += 1
             completion_tokens = sum(len(o[0]) for o in outputs)
@@ -621,7 +627,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default = getattr(defaults, field.name)
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=default)
-        elif field.name == "die_after_chunks":
+        elif field.name in ("die_after_chunks", "stall_after_chunks"):
             parser.add_argument(flag, type=int, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)

@@ -6,18 +6,22 @@ Why it looks the way it does:
 * **aiohttp with one pooled session** (keep-alive connections, bounded by ``max_connections``):
   the proxy hop must add well under a millisecond, so no connection is opened per request and no
   request body is validated twice (requests are already validated wire types; they are dumped once
-  with ``model_dump_json``, and every streamed chunk is parsed once with ``model_validate_json``).
-* **SSE is relayed as it arrives**: bytes are split into lines incrementally, ``data:`` payloads
-  are parsed as they complete, comments (``: keep-alive``) are ignored, ``[DONE]`` ends the stream.
-* **A hung backend never hangs us**: a connect timeout (``connect_timeout_s``), a first-chunk
-  timeout for streams (from sending the request to the first SSE event) and a total timeout
-  (``timeout_s``, which also bounds a non-streamed answer) bound every request.
+  with ``model_dump_json``).
+* **SSE is relayed as it arrives, as the upstream's bytes**: bytes are split into lines
+  incrementally, each ``data:`` payload is forwarded as a :class:`~blueprint.llm.raw.RawChunk`
+  (no parse and re-serialisation per chunk; usage is read from the one event that carries it, and
+  the model name is swapped in the bytes), comments (``: keep-alive``) are ignored, ``[DONE]`` ends
+  the stream. Error events are recognised (they have no ``choices``) and become our errors.
+* **A hung backend never hangs us, a long stream is never cut**: ``connect_timeout_s`` bounds the
+  connect; ``timeout_s`` bounds a non-streamed answer, and for a stream the wait for its first
+  event and each silence between two reads after it, never the whole stream (a ten-minute stream
+  that keeps producing runs to its end).
 * **Errors become our types** so the balancer can retry what is retryable (5xx, connection errors,
   429) and report the rest; once a stream has yielded its first chunk, a failure is a
   :class:`StreamInterruptedError` (never retried: the client already has tokens).
 
-Engine options (``NodeConfig.options``): ``first_chunk_timeout_s`` (default: the smaller of
-``timeout_s`` and 60), ``read_timeout_s`` (longest silence between two reads; default none),
+Engine options (``NodeConfig.options``): ``first_chunk_timeout_s`` (default ``timeout_s``),
+``read_timeout_s`` (longest silence between two reads of a stream; default ``timeout_s``),
 ``max_connections`` (default ``max_batch_size + max_queue``), ``keepalive_s`` (default 4, below
 uvicorn's 5 s so we never reuse a connection the server is closing), ``health_timeout_s`` (2),
 ``health_path`` (``/health``), ``metrics_path`` (``/metrics``), ``metrics_max_age_s`` (30: older
@@ -52,6 +56,7 @@ from blueprint.errors import (
 )
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
+from blueprint.llm.raw import RawChunk
 from blueprint.llm.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -216,12 +221,16 @@ class OpenAIHttpClient(LlmClient):
         self.base_url = config.base_url.rstrip("/")
         self.root_url = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
         self._served_model = config.served_model or config.model
-        self._first_chunk_timeout_s = float(opts.get("first_chunk_timeout_s", min(config.timeout_s, 60.0)))
-        read_timeout = opts.get("read_timeout_s")
-        self._timeout = aiohttp.ClientTimeout(
-            total=config.timeout_s, sock_connect=config.connect_timeout_s,
-            sock_read=float(read_timeout) if read_timeout is not None else None,
-        )
+        #: How the model is named in a compact JSON chunk: ours, and the backend's.
+        self._model_bytes = b'"model":' + json.dumps(config.model).encode()
+        self._served_bytes = b'"model":' + json.dumps(self._served_model).encode()
+        # timeout_s bounds a non-streamed answer, and for a stream the wait for its first event
+        # and every silence after it; never a whole stream (one that keeps producing runs on).
+        self._first_chunk_timeout_s = float(opts.get("first_chunk_timeout_s", config.timeout_s))
+        read_timeout = float(opts.get("read_timeout_s", config.timeout_s))
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=config.connect_timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s,
+                                                     sock_read=read_timeout)
         self._health_timeout = aiohttp.ClientTimeout(total=float(opts.get("health_timeout_s", 2.0)))
         self._health_path = str(opts.get("health_path", "/health"))
         self._metrics_path = str(opts.get("metrics_path", "/metrics"))
@@ -461,7 +470,8 @@ class OpenAIHttpClient(LlmClient):
         return result
 
     async def _stream(self, path: str, request: Any, chunk_type: type[ChunkT]) -> AsyncIterator[ChunkT]:
-        """Relay the backend's SSE stream chunk by chunk as it arrives."""
+        """Relay the backend's SSE stream event by event as it arrives, as :class:`RawChunk`
+        (the upstream's bytes, parsed only where routing, usage or metrics need a field)."""
         body, wants_usage = self._prepare(request, stream=True)
         session = self._ensure_session()
         tracker = self._tracker
@@ -470,16 +480,18 @@ class OpenAIHttpClient(LlmClient):
         prompt_tokens = completion_tokens = 0
         saw_usage = done = False
         failed = True
-        our_model = self.config.model
+        our_model, model_bytes = self.config.model, self._model_bytes
         reader = _SseReader()
         response: aiohttp.ClientResponse | None = None
         try:
             # Until the first event: bounded by the first-chunk timeout; errors here are
             # retryable. No yield happens inside this window, so the deadline never hits the
-            # consumer's code.
+            # consumer's code. After it, only the silence between two reads is bounded
+            # (``read_timeout_s``): a stream that keeps producing is never cut.
             try:
                 async with asyncio.timeout(self._first_chunk_timeout_s):
-                    response = await session.post(self.base_url + path, data=body)
+                    response = await session.post(self.base_url + path, data=body,
+                                                  timeout=self._stream_timeout)
                     if response.status >= 300:
                         payload = await response.read()
                         raise map_http_error(response.status, payload, response.headers.get("Retry-After"),
@@ -494,21 +506,21 @@ class OpenAIHttpClient(LlmClient):
                         if payload == b"[DONE]":
                             done = True
                             break
-                        chunk = self._parse_chunk(payload, chunk_type, streamed=first_at is not None)
+                        chunk = self._raw_chunk(payload, chunk_type, model_bytes,
+                                                streamed=first_at is not None)
                         usage = chunk.usage
                         if usage is not None:
                             saw_usage = True
                             prompt_tokens = usage.prompt_tokens
                             completion_tokens = usage.completion_tokens
-                            if not chunk.choices and not wants_usage:
+                            if not wants_usage and not chunk.has_choices:
                                 continue  # we asked for usage only to count tokens
-                        elif chunk.choices and not saw_usage:
+                        elif not saw_usage and chunk.has_choices:
                             completion_tokens += 1
                         if first_at is None:
                             first_at = time.perf_counter()
                             tracker.first_token(started)
-                        chunk.model = our_model
-                        yield chunk
+                        yield chunk  # type: ignore[misc]  # a RawChunk reads like ChunkT
                     if done:
                         break
                     pending = await self._next_events(content, reader)
@@ -529,6 +541,21 @@ class OpenAIHttpClient(LlmClient):
                     response.close()  # unread data left: this connection cannot be reused
             tracker.finished(started, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                              first_token_at=first_at, error=failed)
+
+    def _raw_chunk(self, payload: bytes, chunk_type: type[ChunkT], model_bytes: bytes, *,
+                   streamed: bool) -> RawChunk:
+        """The event as a RawChunk naming our model id; an error event (or garbage) raises."""
+        if b'"choices"' not in payload:
+            self._parse_chunk(payload, chunk_type, streamed=streamed)  # raises unless a chunk
+        if model_bytes not in payload:
+            served = self._served_bytes
+            if served in payload:  # the backend's name for the model: ours goes out instead
+                return RawChunk(payload.replace(served, model_bytes, 1), chunk_type)
+            # The backend named another model (or spaced its JSON): rewrite it the slow way.
+            parsed = self._parse_chunk(payload, chunk_type, streamed=streamed)
+            parsed.model = self.config.model
+            payload = parsed.model_dump_json(exclude_none=True).encode()
+        return RawChunk(payload, chunk_type)
 
     @staticmethod
     async def _next_events(content: aiohttp.StreamReader, reader: _SseReader) -> list[bytes]:

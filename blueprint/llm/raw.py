@@ -1,0 +1,71 @@
+"""Streamed chunks relayed as the upstream's own bytes.
+
+A proxy node (the ``openai`` engine) does not need to understand a chunk to forward it: parsing
+every SSE event into a pydantic model and serialising it again cost more CPU than the rest of the
+gateway's per-chunk work together. A :class:`RawChunk` keeps the upstream's JSON and reads only
+what routing, usage accounting and metrics need, straight from the bytes:
+
+* ``usage`` is parsed only from the one event that carries a non-null ``usage`` (the last one);
+* ``has_choices`` is a byte test (a usage-only event has ``"choices":[]``);
+* anything else (``choices[0].delta``, ``model_dump``) parses the payload once, on first use, into
+  the engine's chunk type, so code written for pydantic chunks keeps working unchanged.
+
+The SSE writer sends :attr:`RawChunk.payload` as is (see ``blueprint.server.sse``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from blueprint.llm.types import Usage
+
+_USAGE = b'"usage":'
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
+
+
+class RawChunk:
+    """One upstream SSE ``data`` payload (a chat or text-completion chunk), kept as bytes."""
+
+    __slots__ = ("_parsed", "_type", "_usage", "payload")
+
+    def __init__(self, payload: bytes, chunk_type: type[BaseModel]) -> None:
+        self.payload = payload
+        self._type = chunk_type
+        self._parsed: BaseModel | None = None
+        self._usage: Usage | bool | None = False  # False: not looked at yet
+
+    @property
+    def usage(self) -> Usage | None:
+        """The chunk's usage, or None (read from the bytes only when they name a non-null one)."""
+        usage = self._usage
+        if usage is False:
+            usage = None
+            at = self.payload.find(_USAGE)
+            if at >= 0 and not self.payload[at + 8:at + 14].lstrip().startswith(b"null"):
+                data = json.loads(self.payload).get("usage")
+                usage = Usage.model_validate(data) if isinstance(data, dict) else None
+            self._usage = usage
+        return usage
+
+    @property
+    def has_choices(self) -> bool:
+        payload = self.payload
+        return not any(marker in payload for marker in _NO_CHOICES)
+
+    def parsed(self) -> Any:
+        """The payload as the engine's pydantic chunk type (parsed once)."""
+        if self._parsed is None:
+            self._parsed = self._type.model_validate_json(self.payload)
+        return self._parsed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parsed(), name)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        return str(self.parsed().model_dump_json(**kwargs))
+
+    def __repr__(self) -> str:
+        return f"RawChunk({self.payload[:120]!r})"
