@@ -5,6 +5,7 @@ nodes. Runs until SIGINT/SIGTERM, then stops accepting and lets in-flight reques
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -34,8 +35,9 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-async def serve_settings(settings: Settings) -> None:
-    """Build the nodes and the balancer from ``settings`` and serve until a signal."""
+async def serve_settings(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Build the nodes and the balancer from ``settings`` and serve until a signal; ``on_ready``
+    runs once listening (default: print ``READY <port>``)."""
     from blueprint.balancer import Balancer
     from blueprint.balancer.watcher import start_watcher
     from blueprint.llm.registry import create_client
@@ -50,7 +52,8 @@ async def serve_settings(settings: Settings) -> None:
     try:
         watcher = await start_watcher(balancer, settings.balancer)  # nodes added/removed live
         await serve(balancer, settings.server,
-                    on_ready=lambda running: print(f"READY {running.port}", flush=True))
+                    on_ready=(lambda running: print(f"READY {running.port}", flush=True))
+                    if on_ready is None else (lambda _running: on_ready()))
     finally:
         if watcher is not None:
             await watcher.close()
@@ -65,5 +68,9 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, server=overrides) if overrides else load_settings(args.config)
     if not settings.nodes:
         log.warning("no nodes configured: every model request will answer 404")
+    if settings.server.workers > 1:
+        from blueprint.server.workers import serve_workers
+
+        return serve_workers(settings, lambda one, ready: run_with_uvloop(serve_settings(one, ready)))
     run_with_uvloop(serve_settings(settings))
     return 0

@@ -280,9 +280,17 @@ class Api:
     async def admin_list_nodes(self, request: web.Request) -> web.StreamResponse:
         return _json({"data": self.node_rows()})
 
+    def _one_process(self) -> None:
+        """Node changes over HTTP reach one worker only: refused when there are several."""
+        if self.settings.workers > 1:
+            raise HttpStatusError(409, f"This server runs {self.settings.workers} worker processes and "
+                                       "an admin call reaches one: change nodes in balancer.nodes_file.",
+                                  "multiple_workers")
+
     async def admin_add_node(self, request: web.Request) -> web.StreamResponse:
         from blueprint.llm.registry import create_client
 
+        self._one_process()
         config = parse_request(NodeConfig, await self._body(request))
         client = create_client(config)
         await _maybe_await(self.balancer.add_node(client, config))
@@ -296,6 +304,7 @@ class Api:
         raise HttpStatusError(404, f"No node named {name!r}.", "node_not_found")
 
     async def admin_drain_node(self, request: web.Request) -> web.StreamResponse:
+        self._one_process()
         name = request.match_info["name"]
         self._row(name)
         await _maybe_await(self.balancer.drain_node(name))
@@ -303,6 +312,7 @@ class Api:
         return _json(self._row(name))
 
     async def admin_remove_node(self, request: web.Request) -> web.StreamResponse:
+        self._one_process()
         name = request.match_info["name"]
         self._row(name)
         await _maybe_await(self.balancer.remove_node(name))

@@ -93,6 +93,10 @@ class ServerSettings(BaseModel):
     )
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Bound on finishing in-flight work.")
     access_log: bool = Field(default=False, description="aiohttp access log (costs throughput).")
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="`serve` only: server processes sharing the port (SO_REUSEPORT); for openai nodes.",
+    )
     model_catalog: dict[str, ModelCatalogEntry] = Field(
         default_factory=dict, description="Per model id: fields laid over /v1/models entries."
     )

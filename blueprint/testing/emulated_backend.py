@@ -220,6 +220,8 @@ class EmulatedBackend:
         self.cache = PrefixCache(self.options.block_size, self.options.cache_blocks)
         self.stats = _Stats()
         self._peers: set[tuple[str, int]] = set()
+        #: CRC32s of the prompts served (routing tests: on how many nodes did one prompt land).
+        self._prompts: set[int] = set()
         self._rng = random.Random(self.options.seed)
         self._slots = asyncio.Semaphore(self.options.max_num_seqs)
         self._stopping = asyncio.Event()
@@ -284,6 +286,7 @@ class EmulatedBackend:
         running, waiting = self.stats.running, self.stats.waiting
         self.stats = _Stats(running=running, waiting=waiting)
         self._peers.clear()
+        self._prompts.clear()
 
     def stats_dict(self) -> dict[str, Any]:
         s = self.stats
@@ -301,6 +304,7 @@ class EmulatedBackend:
             "failures_injected": s.failures_injected,
             "errors": s.errors,
             "connections_seen": self.connections_seen,
+            "distinct_prompts": len(self._prompts),
             "kv_cache_usage": min(1.0, s.kv_tokens / self.options.kv_capacity_tokens),
         }
 
@@ -392,6 +396,8 @@ class EmulatedBackend:
             prompts = parsed.prompts()
             max_tokens = parsed.max_tokens or self.options.default_max_tokens
         prompt_pieces = [split_pieces(p) for p in prompts]
+        if len(self._prompts) < 1_000_000:
+            self._prompts.update(zlib.crc32(p.encode()) for p in prompts)
         try:
             for pieces in prompt_pieces:
                 self._check_context(len(pieces), max_tokens)
