@@ -501,7 +501,7 @@ async def start_targets(args: argparse.Namespace, trivial_port: int, paced_port:
         variants = [(name, 1)] + ([(f"{name}-w{args.ours_workers}", args.ours_workers)]
                                   if args.ours_workers > 1 and policy == "ca" else [])
         for variant, workers in variants:
-            if variant not in wanted and not (wanted == ["all"]):
+            if name not in wanted and wanted != ["all"]:
                 continue
             proc, port = start_ours(variant, trivial_port, paced_port, workdir, POLICIES[policy], workers)
             procs.append(proc)

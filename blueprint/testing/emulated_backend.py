@@ -164,6 +164,7 @@ class _Stats:
     failures_injected: int = 0
     kv_tokens: int = 0
     errors: int = 0
+    tokenizer_calls: int = 0
 
 
 def _words_for(key: str, seed: int, count: int) -> list[str]:
@@ -235,6 +236,10 @@ class EmulatedBackend:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        # vLLM's tokenizer endpoints, which vllm-router's cache-aware policy calls per request
+        app.router.add_post("/v1/chat/completions/render", self._render_chat)
+        app.router.add_post("/v1/completions/render", self._render_completion)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -305,6 +310,7 @@ class EmulatedBackend:
             "errors": s.errors,
             "connections_seen": self.connections_seen,
             "distinct_prompts": len(self._prompts),
+            "tokenizer_calls": s.tokenizer_calls,
             "kv_cache_usage": min(1.0, s.kv_tokens / self.options.kv_capacity_tokens),
         }
 
@@ -572,6 +578,61 @@ class EmulatedBackend:
             "object": "list", "data": data, "model": parsed.model,
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         })
+
+    # ---------------------------------------------------------------- vLLM tokenizer endpoints
+
+    @staticmethod
+    def _token_ids(text: str) -> list[int]:
+        """Deterministic ids of the text's pieces (the same pieces the prefix cache counts)."""
+        return [zlib.crc32(piece.encode()) % 151_936 for piece in split_pieces(text)]
+
+    @staticmethod
+    def _chat_prompt(messages: Any) -> str:
+        """The emulated chat template (as ``_serve`` renders it) over plain JSON messages."""
+        parts = []
+        for message in messages if isinstance(messages, list) else []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(f"{message.get('role')}: {content or ''}\n")
+        return "".join(parts) + "assistant:"
+
+    async def _read_json(self, request: web.Request) -> dict[str, Any] | None:
+        self.stats.tokenizer_calls += 1
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def _render_chat(self, request: web.Request) -> web.Response:
+        """``POST /v1/chat/completions/render``: the prompt's token ids, no generation."""
+        body = await self._read_json(request)
+        if body is None or not isinstance(body.get("messages"), list):
+            return _error_response(400, "messages required", "invalid_request_error", "bad_request")
+        prompt = self._chat_prompt(body["messages"])
+        return web.json_response({"model": body.get("model", self.options.model), "prompt": prompt,
+                                  "token_ids": self._token_ids(prompt), "features": None})
+
+    async def _render_completion(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        prompt = body.get("prompt") if body is not None else None
+        if not isinstance(prompt, str):
+            return _error_response(400, "a string prompt required", "invalid_request_error", "bad_request")
+        return web.json_response({"model": body.get("model", self.options.model),  # type: ignore[union-attr]
+                                  "prompt": prompt, "token_ids": self._token_ids(prompt), "features": None})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """``POST /tokenize`` (vLLM's shape): ``prompt`` or chat ``messages`` in, ``tokens`` out."""
+        body = await self._read_json(request)
+        if body is None:
+            return _error_response(400, "a JSON object required", "invalid_request_error", "bad_request")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            prompt = self._chat_prompt(body.get("messages"))
+        tokens = self._token_ids(prompt)
+        return web.json_response({"count": len(tokens), "max_model_len": self.options.max_model_len,
+                                  "tokens": tokens, "token_strs": None})
 
     async def _models(self, request: web.Request) -> web.Response:
         opts = self.options
