@@ -56,6 +56,7 @@ from blueprint.errors import (
 )
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
+from blueprint.llm.engines._http1 import Http1Pool
 from blueprint.llm.raw import RawChunk
 from blueprint.llm.types import (
     ChatCompletion,
@@ -228,9 +229,9 @@ class OpenAIHttpClient(LlmClient):
         # and every silence after it; never a whole stream (one that keeps producing runs on).
         self._first_chunk_timeout_s = float(opts.get("first_chunk_timeout_s", config.timeout_s))
         read_timeout = float(opts.get("read_timeout_s", config.timeout_s))
+        self._timeout_s = config.timeout_s
+        self._read_timeout_s = read_timeout
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=config.connect_timeout_s)
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s,
-                                                     sock_read=read_timeout)
         self._health_timeout = aiohttp.ClientTimeout(total=float(opts.get("health_timeout_s", 2.0)))
         self._health_path = str(opts.get("health_path", "/health"))
         self._metrics_path = str(opts.get("metrics_path", "/metrics"))
@@ -247,7 +248,10 @@ class OpenAIHttpClient(LlmClient):
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # probes: health, models, metrics
+        #: The hot path (chat and completion POSTs): lean keep-alive connections.
+        self._pool = Http1Pool(self.base_url, headers=self._headers, keepalive_s=self._keepalive_s,
+                               connect_timeout_s=config.connect_timeout_s)
         self._tracker = MetricsTracker()
         self._backend_info: dict[str, Any] = {}
         self._ready = False
@@ -269,6 +273,7 @@ class OpenAIHttpClient(LlmClient):
             log.warning("openai_backend_models_unreadable", node=self.name, error=str(exc))
 
     async def close(self) -> None:
+        self._pool.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -433,16 +438,19 @@ class OpenAIHttpClient(LlmClient):
         return BackendError(f"Backend {self.name!r} unreachable: {exc!r}")
 
     async def _post(self, path: str, body: bytes, response_type: type[ResponseT]) -> ResponseT:
-        """One non-streamed request: the whole answer within the total timeout."""
-        session = self._ensure_session()
+        """One non-streamed request: the whole answer within ``timeout_s``."""
+        pool = self._pool
         try:
-            async with session.post(self.base_url + path, data=body) as resp:
-                payload = await resp.read()
-                if resp.status >= 300:
-                    raise map_http_error(resp.status, payload, resp.headers.get("Retry-After"),
-                                         self.config.model)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            async with asyncio.timeout(self._timeout_s):
+                conn = await pool.post(path, body)
+                try:
+                    payload = await conn.read_all()
+                finally:
+                    pool.release(conn)
+        except (TimeoutError, OSError) as exc:
             raise self._connection_error(exc, streamed=False) from exc
+        if conn.status >= 300:
+            raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), self.config.model)
         try:
             return response_type.model_validate_json(payload)
         except ValidationError as exc:
@@ -473,7 +481,6 @@ class OpenAIHttpClient(LlmClient):
         """Relay the backend's SSE stream event by event as it arrives, as :class:`RawChunk`
         (the upstream's bytes, parsed only where routing, usage or metrics need a field)."""
         body, wants_usage = self._prepare(request, stream=True)
-        session = self._ensure_session()
         tracker = self._tracker
         started = tracker.started()
         first_at: float | None = None
@@ -482,7 +489,8 @@ class OpenAIHttpClient(LlmClient):
         failed = True
         our_model, model_bytes = self.config.model, self._model_bytes
         reader = _SseReader()
-        response: aiohttp.ClientResponse | None = None
+        pool = self._pool
+        conn = None
         try:
             # Until the first event: bounded by the first-chunk timeout; errors here are
             # retryable. No yield happens inside this window, so the deadline never hits the
@@ -490,16 +498,14 @@ class OpenAIHttpClient(LlmClient):
             # (``read_timeout_s``): a stream that keeps producing is never cut.
             try:
                 async with asyncio.timeout(self._first_chunk_timeout_s):
-                    response = await session.post(self.base_url + path, data=body,
-                                                  timeout=self._stream_timeout)
-                    if response.status >= 300:
-                        payload = await response.read()
-                        raise map_http_error(response.status, payload, response.headers.get("Retry-After"),
-                                             our_model)
-                    content = response.content
-                    pending = await self._next_events(content, reader)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                    conn = await pool.post(path, body)
+                    if conn.status >= 300:
+                        payload = await conn.read_all()
+                        raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), our_model)
+                    pending = await self._next_events(conn, reader)
+            except (TimeoutError, OSError) as exc:
                 raise self._connection_error(exc, streamed=False) from exc
+            gap_s = self._read_timeout_s
             try:
                 while pending:
                     for payload in pending:
@@ -523,8 +529,12 @@ class OpenAIHttpClient(LlmClient):
                         yield chunk  # type: ignore[misc]  # a RawChunk reads like ChunkT
                     if done:
                         break
-                    pending = await self._next_events(content, reader)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                    async with asyncio.timeout(gap_s):  # no yield inside: only our own read
+                        pending = await self._next_events(conn, reader)
+                if done and not conn.complete:  # the end of the chunked body, for reuse
+                    async with asyncio.timeout(gap_s):
+                        await conn.read_all()
+            except (TimeoutError, OSError) as exc:
                 raise self._connection_error(exc, streamed=first_at is not None) from exc
             if not done:
                 raise self._connection_error(ConnectionError("the stream ended without [DONE]"),
@@ -534,11 +544,8 @@ class OpenAIHttpClient(LlmClient):
             failed = False  # the consumer stopped listening: not the backend's fault
             raise
         finally:
-            if response is not None:
-                if done:
-                    response.release()
-                else:
-                    response.close()  # unread data left: this connection cannot be reused
+            if conn is not None:
+                pool.release(conn)  # reused only when read to its end
             tracker.finished(started, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                              first_token_at=first_at, error=failed)
 
@@ -558,10 +565,10 @@ class OpenAIHttpClient(LlmClient):
         return RawChunk(payload, chunk_type)
 
     @staticmethod
-    async def _next_events(content: aiohttp.StreamReader, reader: _SseReader) -> list[bytes]:
+    async def _next_events(conn: Any, reader: _SseReader) -> list[bytes]:
         """Read until at least one complete SSE event is available; [] at the end of the body."""
         while True:
-            data = await content.readany()
+            data = await conn.read_some()
             if not data:
                 return reader.flush()
             events = reader.feed(data)
