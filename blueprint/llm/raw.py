@@ -10,17 +10,24 @@ what routing, usage accounting and metrics need, straight from the bytes:
 * anything else (``choices[0].delta``, ``model_dump``) parses the payload once, on first use, into
   the engine's chunk type, so code written for pydantic chunks keeps working unchanged.
 
-The SSE writer sends :attr:`RawChunk.payload` as is (see ``blueprint.server.sse``).
+The SSE writer sends :attr:`RawChunk.payload` as is (see ``blueprint.server.sse``). A whole
+non-streamed answer is relayed the same way when the caller says it can take one
+(:data:`RELAY_RAW`, set by the HTTP server for its request's task): the job handlers keep getting
+pydantic answers, the HTTP path skips a parse and a serialisation per request.
 """
 
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel
 
 from blueprint.llm.types import Usage
+
+#: Whether the current task's caller takes relayed answers (``model_response`` sends their bytes).
+RELAY_RAW: ContextVar[bool] = ContextVar("relay_raw", default=False)
 
 _USAGE = b'"usage":'
 _NO_CHOICES = (b'"choices":[]', b'"choices": []')

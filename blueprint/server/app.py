@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from blueprint.errors import (
     RequestTooLargeError,
 )
 from blueprint.llm.config import NodeConfig
+from blueprint.llm.raw import RELAY_RAW
 from blueprint.llm.types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -123,7 +124,7 @@ class Api:
         started = time.perf_counter()
         rid = request.headers.get("X-Request-Id")
         if rid is None or not _REQUEST_ID_RE.match(rid):
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()  # as unique as uuid4().hex, a tenth of its cost
         request[REQUEST_ID] = rid
         structlog.contextvars.bind_contextvars(request_id=rid)
         spec: RouteSpec | None = BY_NAME.get(request.match_info.route.name or "")
@@ -187,6 +188,8 @@ class Api:
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:
             raise RequestTooLargeError(f"Request body larger than {self.settings.max_body_bytes} bytes.")
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+            return await request.read()
         try:  # a client trickling its body (slowloris) must not hold a handler forever
             async with asyncio.timeout(self.settings.body_timeout_s):
                 return await request.read()
@@ -216,6 +219,7 @@ class Api:
             return await stream_sse(request, stream(req), settings=self.settings, metrics=self.telemetry,
                                     route=route, model=req.model, include_usage=wants_usage,
                                     started=started, outcome=outcome)
+        RELAY_RAW.set(True)  # this request's task only: a proxy node may answer with its bytes
         result = await self._call(once(req))
         self.telemetry.route(route, req.model).usage(getattr(result, "usage", None))
         return model_response(result)

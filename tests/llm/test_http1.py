@@ -68,7 +68,7 @@ async def test_chunked_answers_split_at_every_byte_are_read_and_the_connection_r
 
     pool, connections = await serve(handler)
     for _ in range(3):
-        conn = await pool.post("/chat/completions", b"{}")
+        conn = await pool.post("/chat/completions", b"{}", 5)
         assert conn.status == 200 and conn.headers["x-thing"] == "1"
         assert await conn.read_all() == body
         pool.release(conn)
@@ -88,14 +88,14 @@ async def test_content_length_and_close_delimited_bodies(serve) -> None:  # type
         await writer.drain()
 
     pool, connections = await serve(handler)
-    conn = await pool.post("/x", b"length")
+    conn = await pool.post("/x", b"length", 5)
     assert (conn.status, await conn.read_all(), conn.headers["retry-after"]) == (429, b"hello", "3")
     pool.release(conn)
-    conn = await pool.post("/x", b"again")
+    conn = await pool.post("/x", b"again", 5)
     assert await conn.read_all() == b"ok"
     pool.release(conn)
     assert len(connections) == 1
-    conn = await pool.post("/x", b"close")
+    conn = await pool.post("/x", b"close", 5)
     assert await conn.read_all() == b"until the end" and not conn.keep_alive
     pool.release(conn)
 
@@ -111,13 +111,13 @@ async def test_a_stale_idle_connection_is_replaced_and_garbage_is_an_error(serve
         # then close: the pooled connection goes stale while idle
 
     pool, connections = await serve(handler)
-    conn = await pool.post("/x", b"first")
+    conn = await pool.post("/x", b"first", 5)
     assert await conn.read_all() == b"ok"
     pool.release(conn)
     await asyncio.sleep(0.05)
-    conn = await pool.post("/x", b"second")  # the idle one was closed by the server: a fresh one
+    conn = await pool.post("/x", b"second", 5)  # the idle one was closed by the server: a fresh one
     assert await conn.read_all() == b"ok"
     pool.release(conn)
     assert len(connections) == 2
     with pytest.raises(Http1Error):
-        conn = await pool.post("/x", b"garbage")
+        conn = await pool.post("/x", b"garbage", 5)

@@ -36,7 +36,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.used = False
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -65,7 +65,7 @@ class _Connection(asyncio.Protocol):
         if not self.complete:
             if self._length is None and not self._chunked and self._head_done:
                 self.complete = True  # a body delimited by the connection's close
-            else:
+            elif self._error is None:  # a timeout that closed it keeps its own error
                 self._error = exc or Http1Error("the upstream closed the connection mid-answer")
         self._wake()
 
@@ -179,6 +179,27 @@ class _Connection(asyncio.Protocol):
             pos += 2
             self._chunk_left = -1
 
+    # ---- deadlines: one timer handle, cheaper than an asyncio.timeout() per read
+
+    def arm(self, seconds: float) -> None:
+        """Fail the exchange with TimeoutError (and close the connection) unless the next
+        :meth:`disarm` or :meth:`arm` comes within ``seconds``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._expire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._error is None:
+            self._error = TimeoutError("the upstream did not answer in time")
+        self.close()
+        self._wake()
+
     # ---- reading
 
     def _wake(self) -> None:
@@ -224,6 +245,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(payload)
 
     def close(self) -> None:
+        self.disarm()
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
@@ -265,14 +287,17 @@ class Http1Pool:
             conn.close()
         return None
 
-    async def post(self, path: str, body: bytes) -> _Connection:
+    async def post(self, path: str, body: bytes, timeout_s: float) -> _Connection:
         """Send the request; returns the connection once the answer's headers are in (read its
-        body with ``read_some``/``read_all``, then hand it to :meth:`release`)."""
+        body with ``read_some``/``read_all``, then hand it to :meth:`release`). The connection
+        is armed with ``timeout_s`` from the send on (see :meth:`_Connection.arm`); the caller
+        re-arms or disarms it."""
         payload = (b"POST " + (self._prefix + path).encode() + b" HTTP/1.1\r\n" + self._head_tail
                    + str(len(body)).encode() + b"\r\n\r\n" + body)
         conn = self._take_idle()
         if conn is not None:
             conn.send(payload)
+            conn.arm(timeout_s)
             try:
                 await conn.read_head()
                 return conn
@@ -284,6 +309,7 @@ class Http1Pool:
         conn = await self._connect()
         try:
             conn.send(payload)
+            conn.arm(timeout_s)
             await conn.read_head()
         except BaseException:
             conn.close()
@@ -293,6 +319,7 @@ class Http1Pool:
     def release(self, conn: _Connection) -> None:
         """Back to the pool when the answer was read to its end on a keep-alive connection;
         closed otherwise (unread bytes would corrupt the next answer)."""
+        conn.disarm()
         if conn.complete and conn.keep_alive and not conn.closed and conn._error is None \
                 and len(self._idle) < self._max_idle:
             conn.idle_since = time.monotonic()

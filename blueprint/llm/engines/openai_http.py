@@ -57,7 +57,7 @@ from blueprint.errors import (
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines._http1 import Http1Pool
-from blueprint.llm.raw import RawChunk
+from blueprint.llm.raw import RELAY_RAW, RawChunk
 from blueprint.llm.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -441,16 +441,21 @@ class OpenAIHttpClient(LlmClient):
         """One non-streamed request: the whole answer within ``timeout_s``."""
         pool = self._pool
         try:
-            async with asyncio.timeout(self._timeout_s):
-                conn = await pool.post(path, body)
-                try:
-                    payload = await conn.read_all()
-                finally:
-                    pool.release(conn)
+            conn = await pool.post(path, body, self._timeout_s)  # armed: the answer's bound
+            try:
+                payload = await conn.read_all()
+            finally:
+                pool.release(conn)
         except (TimeoutError, OSError) as exc:
             raise self._connection_error(exc, streamed=False) from exc
         if conn.status >= 300:
             raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), self.config.model)
+        if RELAY_RAW.get() and b'"choices"' in payload:  # relayed as is, our model name swapped in
+            if self._model_bytes in payload:
+                return RawChunk(payload, response_type)  # type: ignore[return-value]
+            if self._served_bytes in payload:
+                return RawChunk(payload.replace(self._served_bytes, self._model_bytes, 1),  # type: ignore[return-value]
+                                response_type)
         try:
             return response_type.model_validate_json(payload)
         except ValidationError as exc:
@@ -474,7 +479,8 @@ class OpenAIHttpClient(LlmClient):
         completion = getattr(usage, "completion_tokens", 0) if usage is not None else 0
         tracker.first_token(started)
         tracker.finished(started, prompt_tokens=prompt, completion_tokens=completion)
-        result.model = self.config.model  # type: ignore[attr-defined]
+        if not isinstance(result, RawChunk):  # a relayed answer already names our model
+            result.model = self.config.model  # type: ignore[attr-defined]
         return result
 
     async def _stream(self, path: str, request: Any, chunk_type: type[ChunkT]) -> AsyncIterator[ChunkT]:
@@ -497,12 +503,12 @@ class OpenAIHttpClient(LlmClient):
             # consumer's code. After it, only the silence between two reads is bounded
             # (``read_timeout_s``): a stream that keeps producing is never cut.
             try:
-                async with asyncio.timeout(self._first_chunk_timeout_s):
-                    conn = await pool.post(path, body)
-                    if conn.status >= 300:
-                        payload = await conn.read_all()
-                        raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), our_model)
-                    pending = await self._next_events(conn, reader)
+                conn = await pool.post(path, body, self._first_chunk_timeout_s)  # armed until...
+                if conn.status >= 300:
+                    payload = await conn.read_all()
+                    raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), our_model)
+                pending = await self._next_events(conn, reader)
+                conn.disarm()  # ...the first event
             except (TimeoutError, OSError) as exc:
                 raise self._connection_error(exc, streamed=False) from exc
             gap_s = self._read_timeout_s
@@ -529,11 +535,13 @@ class OpenAIHttpClient(LlmClient):
                         yield chunk  # type: ignore[misc]  # a RawChunk reads like ChunkT
                     if done:
                         break
-                    async with asyncio.timeout(gap_s):  # no yield inside: only our own read
-                        pending = await self._next_events(conn, reader)
+                    conn.arm(gap_s)  # bounds our read only, never the consumer's time
+                    pending = await self._next_events(conn, reader)
+                    conn.disarm()
                 if done and not conn.complete:  # the end of the chunked body, for reuse
-                    async with asyncio.timeout(gap_s):
-                        await conn.read_all()
+                    conn.arm(gap_s)
+                    await conn.read_all()
+                    conn.disarm()
             except (TimeoutError, OSError) as exc:
                 raise self._connection_error(exc, streamed=first_at is not None) from exc
             if not done:
