@@ -36,31 +36,21 @@ _NO_CHOICES = (b'"choices":[]', b'"choices": []')
 class RawChunk:
     """One upstream SSE ``data`` payload (a chat or text-completion chunk), kept as bytes."""
 
-    __slots__ = ("_parsed", "_type", "_usage", "payload")
+    __slots__ = ("_parsed", "_type", "has_choices", "payload", "usage")
 
     def __init__(self, payload: bytes, chunk_type: type[BaseModel]) -> None:
         self.payload = payload
         self._type = chunk_type
         self._parsed: BaseModel | None = None
-        self._usage: Usage | bool | None = False  # False: not looked at yet
-
-    @property
-    def usage(self) -> Usage | None:
-        """The chunk's usage, or None (read from the bytes only when they name a non-null one)."""
-        usage = self._usage
-        if usage is False:
-            usage = None
-            at = self.payload.find(_USAGE)
-            if at >= 0 and not self.payload[at + 8:at + 14].lstrip().startswith(b"null"):
-                data = json.loads(self.payload).get("usage")
-                usage = Usage.model_validate(data) if isinstance(data, dict) else None
-            self._usage = usage
-        return usage
-
-    @property
-    def has_choices(self) -> bool:
-        payload = self.payload
-        return not any(marker in payload for marker in _NO_CHOICES)
+        #: The chunk's usage, read from the bytes only when they name a non-null one (the last
+        #: event of a stream); plain attributes, as every layer reads them for every chunk.
+        self.usage: Usage | None = None
+        at = payload.find(_USAGE)
+        if at >= 0 and not payload[at + 8:at + 14].lstrip().startswith(b"null"):
+            data = json.loads(payload).get("usage")
+            self.usage = Usage.model_validate(data) if isinstance(data, dict) else None
+        #: False for a usage-only event (``"choices":[]``).
+        self.has_choices = _NO_CHOICES[0] not in payload and _NO_CHOICES[1] not in payload
 
     def parsed(self) -> Any:
         """The payload as the engine's pydantic chunk type (parsed once)."""

@@ -430,3 +430,13 @@ async def test_a_relayed_answer_is_the_backends_bytes_with_our_model_name(backen
     assert relayed.usage is not None and relayed.usage.completion_tokens == 12
     assert relayed.choices[0].message.content == plain.choices[0].message.content
     assert client.metrics().completion_tokens_total == 24
+
+
+def test_sse_reader_cuts_events_across_reads_and_line_endings() -> None:
+    from blueprint.llm.engines.openai_http import _SseReader
+
+    reader = _SseReader()
+    assert reader.feed(b"data: a\n\n: keep-alive\n\ndata: b\ndata: c\n\nda") == [b"a", b"b\nc"]
+    assert reader.feed(b"ta: d\r") == []  # half of a CRLF held back
+    assert reader.feed(b"\n\r\ndata: e\r\n\r\n") == [b"d", b"e"]
+    assert reader.feed(b"data: [DONE]") == [] and reader.flush() == [b"[DONE]"]

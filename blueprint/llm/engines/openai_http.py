@@ -167,43 +167,42 @@ def parse_prometheus(text: str, names: set[str]) -> dict[str, list[float]]:
 
 class _SseReader:
     """Incremental SSE parser: feed bytes, get complete ``data`` payloads (multi-line data joined
-    by newlines as the SSE spec says; comments and other fields ignored)."""
+    by newlines as the SSE spec says; comments and other fields ignored). Events are cut at blank
+    lines with one ``split`` per read, the common one-line ``data:`` event taking no further work."""
 
-    __slots__ = ("_buffer", "_data")
+    __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        events: list[bytes] = []
-        buffer = self._buffer + chunk
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[5:].lstrip(b" "))
-            # ":" comments, "event:", "id:", "retry:" carry nothing we use
-        self._buffer = buffer[start:]
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            held = b"\r" if buffer.endswith(b"\r") else b""  # maybe half of a CRLF
+            buffer = buffer[:len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
+        blocks = buffer.split(b"\n\n")
+        self._buffer = blocks.pop()  # what follows the last blank line: an event still arriving
+        events = []
+        for block in blocks:
+            if block.startswith(b"data:") and b"\n" not in block:
+                events.append(block[5:].lstrip(b" "))
+            elif block:
+                event = _event_data(block)
+                if event is not None:
+                    events.append(event)
         return events
 
     def flush(self) -> list[bytes]:
         """Whatever a server left without the final blank line."""
-        events = self.feed(b"\n\n") if self._buffer else []
-        if self._data:
-            events.append(b"\n".join(self._data))
-            self._data = []
-        return events
+        buffer, self._buffer = self._buffer, b""
+        event = _event_data(buffer.replace(b"\r\n", b"\n").strip(b"\n")) if buffer else None
+        return [event] if event is not None else []
+
+
+def _event_data(block: bytes) -> bytes | None:
+    """The data of one event block (its ``data:`` lines joined by newlines), None without any."""
+    data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(data) if data else None
 
 
 # ------------------------------------------------------------------------------------ client
