@@ -18,12 +18,12 @@ pydantic answers, the HTTP path skips a parse and a serialisation per request.
 
 from __future__ import annotations
 
-import json
 from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel
 
+from blueprint import safejson
 from blueprint.llm.types import Usage
 
 #: Whether the current task's caller takes relayed answers (``model_response`` sends their bytes).
@@ -47,7 +47,7 @@ class RawChunk:
         self.usage: Usage | None = None
         at = payload.find(_USAGE)
         if at >= 0 and not payload[at + 8:at + 14].lstrip().startswith(b"null"):
-            data = json.loads(payload).get("usage")
+            data = safejson.loads(payload).get("usage")  # untrusted: depth-bounded
             self.usage = Usage.model_validate(data) if isinstance(data, dict) else None
         #: False for a usage-only event (``"choices":[]``).
         self.has_choices = _NO_CHOICES[0] not in payload and _NO_CHOICES[1] not in payload

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blueprint.config import load_settings
+from blueprint.config import Settings, load_settings
 from blueprint.errors import InvalidRequestError
 from blueprint.server.workers import check_workers, split_settings
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
@@ -41,12 +41,11 @@ def test_split_settings_divides_limits_and_hashes_prefixes(tmp_path: Path) -> No
     assert one.balancer.cache_aware.placement == "prefix_hash"
 
 
-def test_workers_refuse_in_process_engines(tmp_path: Path) -> None:
-    path = tmp_path / "op.toml"
-    path.write_text('[server]\nworkers = 2\n\n[[nodes]]\nname = "t"\nengine = "transformers"\nmodel = "t"\n'
-                    'path = "/nonexistent"\n')
+def test_workers_refuse_in_process_engines() -> None:
+    settings = Settings.model_validate({"server": {"workers": 2}, "nodes": [
+        {"name": "t", "engine": "transformers", "model": "t", "path": "/models/t"}]})
     with pytest.raises(InvalidRequestError, match="remote"):
-        check_workers(load_settings(str(path)))
+        check_workers(settings)
 
 
 async def test_two_workers_share_the_port_and_agree_on_prefix_homes(tmp_path: Path) -> None:
