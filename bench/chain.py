@@ -35,7 +35,7 @@ from blueprint.jobs.codec import encode_inputs
 
 MODEL = "echo"
 #: The consumer's batching knobs ([jobs] table); None keeps the daemon defaults.
-BATCHING: dict[str, float] = {}
+BATCHING: dict[str, float | bool] = {}
 INPUTS = encode_inputs(MODEL, 16, {"messages": [{"role": "user", "content": "ping"}]})
 
 
@@ -185,11 +185,15 @@ def main() -> int:
     parser.add_argument("--long", action="store_true", help="Run to 2000 jobs and report RSS growth.")
     parser.add_argument("--batch-window", type=float, default=None, help="jobs.batch_window_s of the daemon.")
     parser.add_argument("--max-batch", type=int, default=None, help="jobs.max_batch of the daemon.")
+    parser.add_argument("--no-simulate", action="store_true",
+                        help="jobs.simulate_before_send = false (to see what simulation costs).")
     args = parser.parse_args()
     if args.batch_window is not None:
         BATCHING["batch_window_s"] = args.batch_window
     if args.max_batch is not None:
         BATCHING["max_batch"] = args.max_batch
+    if args.no_simulate:
+        BATCHING["simulate_before_send"] = False
     return asyncio.run(bench(args))
 
 
