@@ -54,7 +54,9 @@ class NodeConfig(BaseModel):
     max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond the batch before 429.")
     context_length: int | None = Field(default=None, ge=1, description="Override the model's context length.")
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on tokens per request.")
-    timeout_s: float = Field(default=120.0, gt=0, description="Whole-request timeout (openai engine).")
+    timeout_s: float = Field(default=120.0, gt=0, description=(
+        "openai engine: bound on a non-streamed answer, and on a stream's first event and each "
+        "silence after it (never on a whole stream)."))
     connect_timeout_s: float = Field(default=5.0, gt=0)
     weight: float = Field(default=1.0, gt=0, description="Static weight for the weighted strategy.")
     hugging_face_id: str | None = None
