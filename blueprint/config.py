@@ -23,6 +23,7 @@ from blueprint.balancer.settings import BalancerSettings
 from blueprint.jobs.settings import JobsSettings
 from blueprint.llm.config import NodeConfig
 from blueprint.server.settings import ServerSettings
+from blueprint.tracing.settings import TracingSettings
 
 CONFIG_ENV = "BLUEPRINT_CONFIG"
 
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from blueprint import tracing
 from blueprint.jobs.router import Router
 from blueprint.tangle.ledger import IllegalTransitionError, JobRecord, JobState
 from blueprint.tangle.types import JobCall, JobResult
@@ -40,6 +41,8 @@ from blueprint.tangle.types import JobCall, JobResult
 if TYPE_CHECKING:
     from blueprint.config import Settings
     from blueprint.context import Context
+    from blueprint.context.console_chain import LedgerChainView
+    from blueprint.context.metrics import ChainMetrics
     from blueprint.tangle.consumer import Consumer
     from blueprint.tangle.ledger import Ledger
     from blueprint.tangle.producer import Producer
@@ -158,8 +161,10 @@ class Daemon:
         """Run one job and submit its answer. Never raises (except cancellation)."""
         self.jobs_started += 1
         metrics = self.ctx.metrics
-        with structlog.contextvars.bound_contextvars(call_id=call.call_id, service_id=call.service_id,
-                                                     job_index=call.job_index):
+        with tracing.span("tangle.job", _job_attributes(call), kind="consumer") as span, \
+                structlog.contextvars.bound_contextvars(call_id=call.call_id, service_id=call.service_id,
+                                                        job_index=call.job_index,
+                                                        **_trace_ids(span)):
             try:
                 metrics.jobs_seen.labels(str(call.job_index)).inc()
                 if not holding_slot:
@@ -207,6 +212,8 @@ class Daemon:
             log.info("daemon.dry_run_result", result=decode_result(result.output)[:_LOG_RESULT_CHARS])
             return
         fate = await self.consumer.submit(result)
+        if tracing.active():
+            await _trace_transaction(self.ledger, result, fate.status, fate.tx_hash)
         if fate.status == "failed":
             self.ctx.metrics.jobs_failed.inc()
             log.warning("daemon.job_failed", reason=fate.reason)
@@ -264,6 +271,38 @@ class Daemon:
                 log.exception("daemon.resubmit_error")
 
 
+def _job_attributes(call: JobCall) -> dict[str, tracing.AttributeValue] | None:
+    if not tracing.active():
+        return None
+    from blueprint.tracing import attributes as attr
+
+    return {attr.SERVICE_ID: call.service_id, attr.CALL_ID: call.call_id, attr.JOB_INDEX: call.job_index}
+
+
+def _trace_ids(span: tracing.Span) -> dict[str, str]:
+    trace_id = tracing.trace_id_hex(span)
+    return {"trace_id": trace_id} if trace_id is not None else {}
+
+
+async def _trace_transaction(ledger: Ledger, result: JobResult, status: str, tx_hash: str | None) -> None:
+    """The answer's send and confirmation as spans, drawn from the ledger's timestamps (the
+    consumer batches answers in its own task, so the times it recorded are the truth)."""
+    from blueprint.tracing import attributes as attr
+
+    record = await ledger.get(result.service_id, result.call_id)
+    if record is None:
+        return
+    common: dict[str, tracing.AttributeValue] = {attr.CALL_ID: result.call_id, attr.TX_STATUS: status}
+    if tx_hash:
+        common[attr.TX_HASH] = tx_hash
+    if record.answered_at is not None and record.submitted_at is not None:
+        send = tracing.start_span("tangle.tx.send", common, kind="client", start_time_s=record.answered_at)
+        tracing.end_span(send, end_time_s=max(record.answered_at, record.submitted_at))
+    if record.submitted_at is not None and record.confirmed_at is not None:
+        confirm = tracing.start_span("tangle.tx.confirm", common, start_time_s=record.submitted_at)
+        tracing.end_span(confirm, end_time_s=max(record.submitted_at, record.confirmed_at))
+
+
 # --- assembly --------------------------------------------------------------------------------
 
 async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
@@ -281,10 +320,12 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
     if settings.service_id is None:
         raise ValueError("run_daemon needs settings.service_id")
     jobs = settings.jobs
+    traced = tracing.configure_tracing(settings.tracing)
     ctx = await Context.create(settings, with_chain=True)
     assert ctx.ledger is not None and ctx.chain is not None and ctx.txm is not None
     server = None
     chain_metrics: ChainMetrics | None = None
+    chain_view = None
     try:
         start_block = jobs.start_block
         if start_block is None:
@@ -306,12 +347,15 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
         )
         if settings.server.enabled:
             from blueprint.server.app import create_app, include_metrics
+            from blueprint.server.console import attach_chain_view
             from blueprint.server.quote import enable_quotes_from_settings
             from blueprint.server.runner import start_server
 
             app = create_app(ctx.balancer, settings.server)
             chain_metrics = ChainMetrics(ctx.ledger, producer=producer, txm=ctx.txm, w3=ctx.chain.w3)
             include_metrics(app, ctx.metrics.registry, chain_metrics)
+            chain_view = _console_chain_view(settings, ctx, chain_metrics)
+            attach_chain_view(app, chain_view)
             if ctx.operator is not None:  # POST /v1/quote signs with the operator's key
                 enable_quotes_from_settings(app, settings, ctx.balancer, ctx.operator.account,
                                             await ctx.chain.w3.eth.chain_id)
@@ -334,6 +378,8 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
 
                 heartbeat = await heartbeat_for_daemon(settings, ctx)
                 await heartbeat.start()
+                if chain_view is not None:
+                    chain_view.heartbeat = heartbeat
             await daemon.run()
         finally:
             if chain_metrics is not None:
@@ -350,6 +396,16 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             with contextlib.suppress(Exception):
                 await server.close()
         await ctx.close()
+        if traced:
+            tracing.shutdown_tracing()
+
+
+def _console_chain_view(settings: Settings, ctx: Context, chain_metrics: ChainMetrics) -> LedgerChainView:
+    from blueprint.context.console_chain import LedgerChainView
+
+    assert ctx.ledger is not None and ctx.chain is not None and settings.service_id is not None
+    return LedgerChainView(ctx.ledger, settings.service_id, ctx.operator.address if ctx.operator else None,
+                           ctx.chain.w3, settings.tangle_contract, chain_metrics=chain_metrics, txm=ctx.txm)
 
 
 async def _relay(stop: asyncio.Event, daemon: Daemon) -> None:

@@ -163,6 +163,7 @@ class NodeState:
         metrics = self.metrics()
         return {
             "name": self.name,
+            "engine": self.config.engine if self.config is not None else type(self.client).__name__,
             "models": sorted(self.models),
             "health": self.health.value,
             "draining": self.draining,

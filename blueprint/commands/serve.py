@@ -36,12 +36,14 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 async def serve_settings(settings: Settings) -> None:
     """Build the nodes and the balancer from ``settings`` and serve until a signal."""
+    from blueprint import tracing
     from blueprint.balancer import Balancer
     from blueprint.balancer.watcher import start_watcher
     from blueprint.llm.registry import create_client
     from blueprint.server import check_exposure, serve
 
     check_exposure(settings.server)  # before loading any model
+    traced = tracing.configure_tracing(settings.tracing)
     clients = [create_client(node) for node in settings.nodes]
     balancer = Balancer(clients, settings.balancer,
                         node_configs={node.node_name: node for node in settings.nodes})
@@ -55,6 +57,8 @@ async def serve_settings(settings: Settings) -> None:
         if watcher is not None:
             await watcher.close()
         await balancer.close()
+        if traced:
+            tracing.shutdown_tracing()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import NoDecode
 
 from blueprint.llm.types import ModelInfo, Pricing
+from blueprint.server.console.settings import ConsoleSettings
 
 API_KEYS_ENV = "API_KEYS"
 
@@ -95,6 +96,7 @@ class ServerSettings(BaseModel):
     model_catalog: dict[str, ModelCatalogEntry] = Field(
         default_factory=dict, description="Per model id: fields laid over /v1/models entries."
     )
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     _split_api_keys = field_validator("api_keys", "admin_keys", mode="before")(_split_keys)
 
