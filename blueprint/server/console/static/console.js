@@ -116,7 +116,7 @@
     { name: "ttft", title: "Time to first token (ms)", lines: [["p50", "ttft_p50_s", 1000], ["p99", "ttft_p99_s", 1000]] },
     { name: "latency", title: "Latency (ms)", lines: [["p50", "latency_p50_s", 1000], ["p99", "latency_p99_s", 1000]] },
     { name: "queue", title: "Queue depth and 429s/s", lines: [["queued", "queue_depth", 1], ["429/s", "rejected_429_per_s", 1]] },
-    { name: "cache", title: "Prefix-cache hit rate by node", keyed: "prefix_cache_hit_rate",
+    { name: "cache", title: "Prefix-cache hit rate by node", keyed: "prefix_cache_hit_rate", floor: 1,
       empty: "No node reports prefix-cache counters (vLLM backends do)." },
     { name: "jobs", title: "Jobs/s (chain)", lines: [["jobs/s", "jobs_per_s", 1]], empty: "No chain jobs (serve only)." },
   ];
@@ -161,10 +161,9 @@
       }
       if (existing) existing.plot.destroy();
       plotBox.replaceChildren();
-      const width = Math.max(260, plotBox.clientWidth || 320);
       const plot = new uPlot({
-        width: width, height: 160, legend: { show: true },
-        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1e-6)] } },
+        width: chartWidth(box), height: 160, legend: { show: true, live: false },
+        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, spec.floor || 1)] } },
         series: [{}, ...labels.map((label, i) => ({ label: label, stroke: COLORS[i % COLORS.length], width: 1.5,
                                                     spanGaps: false }))],
         axes: [{}, { size: 50 }],
@@ -173,10 +172,13 @@
     }
   }
 
+  // The chart box is a grid cell that shrinks with the page (min-width: 0); the plot follows it.
+  function chartWidth(box) { return Math.max(200, Math.floor(box.clientWidth || 320)); }
+
   window.addEventListener("resize", () => {
     for (const [name, chart] of Object.entries(charts)) {
-      const box = document.querySelector("#chart-" + name + " .plot");
-      if (box) chart.plot.setSize({ width: Math.max(260, box.clientWidth), height: 160 });
+      const box = document.getElementById("chart-" + name);
+      if (box) chart.plot.setSize({ width: chartWidth(box), height: 160 });
     }
   });
 
