@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from blueprint.jobs.codec import JobIndex, decode_inputs, decode_result
+from blueprint.tangle.abi import JOB_RESULT_SUBMITTED_TOPIC
+from blueprint.tangle.events import decode_job_log, decode_result_log
 from blueprint.tangle.ledger import JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -158,21 +160,63 @@ class LedgerChainView:
             return None
         row = _row(record)
         row["caller"] = record.caller
+        # The ledger drops a job's inputs and result once it is confirmed; the chain keeps both
+        # in the logs of the submitting and the answering transactions.
+        inputs = record.inputs or await self._chain_inputs(record)
         row["request_preview"] = None
-        if record.inputs:
+        if inputs:
             try:
-                inputs = decode_inputs(record.inputs)
-                row["request_preview"] = _preview(inputs.request)
-                row["model"], row["max_tokens"] = inputs.model, inputs.max_tokens
+                decoded = decode_inputs(inputs)
+                row["request_preview"] = _preview(decoded.request)
+                row["model"], row["max_tokens"] = decoded.model, decoded.max_tokens
             except Exception as exc:
                 row["request_preview"] = f"(inputs not decodable: {exc})"
+        result = record.result or await self._chain_result(record)
         row["result_preview"] = None
-        if record.result:
+        if result:
             try:
-                row["result_preview"] = _preview(decode_result(record.result))
+                row["result_preview"] = _preview(decode_result(result))
             except Exception as exc:
                 row["result_preview"] = f"(result not decodable: {exc})"
         return row
+
+    async def _receipt_logs(self, tx_hash: str | None) -> list[Any]:
+        if self.w3 is None or not tx_hash:
+            return []
+        try:
+            receipt = await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except Exception as exc:  # pruned, unknown or the node hiccuped: show what the ledger has
+            log.debug("console.receipt_failed", tx=tx_hash, error=str(exc))
+            return []
+        return list(receipt["logs"])
+
+    async def _chain_inputs(self, record: JobRecord) -> bytes | None:
+        for entry in await self._receipt_logs(record.tx_hash):
+            try:
+                call = decode_job_log(entry)
+            except Exception:
+                continue
+            if (call.service_id, call.call_id) == (record.service_id, record.call_id):
+                return call.inputs
+        return None
+
+    async def _chain_result(self, record: JobRecord) -> bytes | None:
+        for entry in await self._receipt_logs(record.submit_tx_hash):
+            topics = entry.get("topics") or []
+            if not topics or _topic_hex(topics[0]) != JOB_RESULT_SUBMITTED_TOPIC:
+                continue
+            try:
+                answer = decode_result_log(entry)
+            except Exception:
+                continue
+            if (answer.service_id, answer.call_id) == (record.service_id, record.call_id):
+                return answer.output
+        return None
+
+
+def _topic_hex(topic: Any) -> str:
+    text = topic.hex() if isinstance(topic, bytes | bytearray) else str(topic)
+    return text.lower() if text.startswith("0x") else "0x" + text.lower()
 
 
 def _eth(wei: int) -> str:

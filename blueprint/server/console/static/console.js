@@ -239,7 +239,7 @@
       const job = await api("/console/api/jobs/" + serviceId + "/" + callId);
       const times = ["seen_at", "started_at", "answered_at", "submitted_at", "confirmed_at"]
         .map((k) => k.replace("_at", "") + " " + fmtTime(job[k])).join(" -> ");
-      box.replaceChildren(
+      box.replaceChildren(...[
         el("h3", {}, "Job " + job.call_id + " (" + (job.job_kind || job.job_index) + "): ", badge(job.state)),
         el("p", {}, times),
         el("p", {}, "caller ", el("code", {}, job.caller || "-"), ", submitted in ", txNode(job.tx_hash),
@@ -248,7 +248,7 @@
         el("p", {}, "answered by: " + (job.answered_by || "-") + "; attempts: " + job.attempts),
         el("h4", {}, "request"), el("pre", {}, job.request_preview || "-"),
         el("h4", {}, "result"), el("pre", {}, job.result_preview || "-"),
-        el("button", { onclick: () => { box.hidden = true; openJob = null; } }, "Close"));
+        el("button", { onclick: () => { box.hidden = true; openJob = null; } }, "Close")].filter(Boolean));
       box.hidden = false;
     } catch (error) {
       box.replaceChildren(el("p", {}, "Job " + callId + ": " + error.message));
