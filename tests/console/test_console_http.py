@@ -115,3 +115,31 @@ async def test_login_session_reads_state_and_drives_the_admin_api(backend: Emula
     finally:
         await client.close()
         await balancer.close()
+
+
+async def test_prefix_cache_hit_rate_per_node_from_a_vllm_style_backend(backend: EmulatedBackend) -> None:
+    """An ``openai`` node reads vLLM's prefix-cache counters from its backend's /metrics; the
+    console charts their hit rate per node."""
+    from blueprint.server.console import CONSOLE_KEY, Console
+
+    client, balancer = await _client(backend, admin_keys=[ADMIN_KEY])
+    try:
+        console = client.server.app[CONSOLE_KEY]
+        assert isinstance(console, Console)
+        await balancer.refresh_metrics()
+        console.sampler.sample()
+        system = "You are a careful assistant. " * 40
+        for i in range(6):
+            chat = {"model": "emu", "max_tokens": 2,
+                    "messages": [{"role": "system", "content": system}, {"role": "user", "content": f"q{i}"}]}
+            assert (await client.post("/v1/chat/completions", json=chat)).status == 200
+        await balancer.refresh_metrics()
+        rows = {row["name"]: row for row in console.node_rows()}
+        assert rows["emu-a"]["prefix_cache_queries"] > 0
+        console.sampler.sample()
+        rates = console.sampler.series()["prefix_cache_hit_rate"]
+        assert set(rates) == {"emu-a", "emu-b"}
+        assert 0.5 < rates["emu-a"][-1] < 1.0  # one backend behind both nodes: the same counters
+    finally:
+        await client.close()
+        await balancer.close()
