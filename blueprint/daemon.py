@@ -35,7 +35,7 @@ import structlog
 
 from blueprint import tracing
 from blueprint.jobs.router import Router
-from blueprint.tangle.ledger import IllegalTransitionError, JobRecord, JobState
+from blueprint.tangle.ledger import IllegalTransitionError, JobState
 from blueprint.tangle.types import JobCall, JobResult
 
 if TYPE_CHECKING:
@@ -204,14 +204,14 @@ class Daemon:
                  handler_ms=round(outcome.elapsed_s * 1000, 2), result_bytes=len(outcome.output))
         return outcome.output
 
-    async def _submit(self, result: JobResult) -> None:
+    async def _submit(self, result: JobResult, *, verify: bool = False) -> None:
         if self.dry_run:
             await self.ledger.mark_answered(result.service_id, result.call_id, result.output)
             from blueprint.jobs.codec import decode_result
 
             log.info("daemon.dry_run_result", result=decode_result(result.output)[:_LOG_RESULT_CHARS])
             return
-        fate = await self.consumer.submit(result)
+        fate = await self.consumer.submit(result, verify=verify)
         if tracing.active():
             await _trace_transaction(self.ledger, result, fate.status, fate.tx_hash)
         if fate.status == "failed":
@@ -229,42 +229,17 @@ class Daemon:
     # --- resume ------------------------------------------------------------------------------
 
     async def _resume(self) -> None:
-        """Answer or resubmit what the ledger says is owed, after checking the chain."""
-        records = await self.ledger.pending_on_start(self.service_id)
-        if not records:
-            return
-        log.info("daemon.resuming", jobs=len(records))
-        for record in records:
-            ids = {"call_id": record.call_id, "service_id": record.service_id}
-            with structlog.contextvars.bound_contextvars(**ids):
-                await self._resume_one(record)
-
-    async def _resume_one(self, record: JobRecord) -> None:
-        key = (record.service_id, record.call_id)
-        try:
-            answered = await self.consumer.is_answered_on_chain(*key, from_block=record.block_number)
-        except Exception as exc:  # cannot tell: resubmitting is safe (the chain refuses a duplicate)
-            log.warning("daemon.resume_check_failed", error=str(exc))
-            answered = False
-        if answered:
-            await self.consumer.confirm_already_answered([key], "already answered on chain")
-            log.info("daemon.resume_already_answered", state=str(record.state))
-            return
-        if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:
-            log.info("daemon.resume_resubmit", state=str(record.state))
-            self._spawn(self._resubmit(JobResult(record.service_id, record.call_id, record.result)))
-            return
-        if record.state is JobState.RUNNING:
-            await self.ledger.transition(*key, JobState.SEEN, reason="requeued on restart")
-        if not record.inputs and record.inputs != b"":
-            log.warning("daemon.resume_no_inputs")
-        log.info("daemon.resume_rerun", state=str(record.state))
-        self._spawn(self._process(record.to_job_call()))
+        """Answer or resubmit what the ledger says is owed (the consumer checks the chain first)."""
+        plan = await self.consumer.resume(self.service_id)
+        for result in plan.resend:
+            self._spawn(self._resubmit(result))
+        for call in plan.rerun:
+            self._spawn(self._process(call))
 
     async def _resubmit(self, result: JobResult) -> None:
         with structlog.contextvars.bound_contextvars(call_id=result.call_id, service_id=result.service_id):
             try:
-                await self._submit(result)
+                await self._submit(result, verify=True)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -346,9 +321,10 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             shutdown_timeout_s=jobs.shutdown_timeout_s, dry_run=settings.dry_run,
         )
         if settings.server.enabled:
+            from blueprint.quoting.quoter import quotes_from_settings
             from blueprint.server.app import create_app, include_metrics
             from blueprint.server.console import attach_chain_view
-            from blueprint.server.quote import enable_quotes_from_settings
+            from blueprint.server.quote_route import enable_quotes
             from blueprint.server.runner import start_server
 
             app = create_app(ctx.balancer, settings.server)
@@ -357,8 +333,10 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             chain_view = _console_chain_view(settings, ctx, chain_metrics)
             attach_chain_view(app, chain_view)
             if ctx.operator is not None:  # POST /v1/quote signs with the operator's key
-                enable_quotes_from_settings(app, settings, ctx.balancer, ctx.operator.account,
-                                            await ctx.chain.w3.eth.chain_id)
+                quoter = quotes_from_settings(settings, ctx.balancer, ctx.operator.account,
+                                              await ctx.chain.w3.eth.chain_id)
+                if quoter is not None:
+                    enable_quotes(app, quoter)
             server = await start_server(ctx.balancer, settings.server, app=app)
         loop = asyncio.get_running_loop()
         if install_signals:

@@ -15,12 +15,12 @@ import httpx
 
 from blueprint.config import load_settings
 from blueprint.daemon import run_daemon
-from blueprint.devstack import chain_client, create_service, write_config
+from blueprint.devnet.anvil import DEV_KEYS, Anvil
+from blueprint.devnet.setup import DevService, submit_job, wait_for_result
+from blueprint.devnet.stack import chain_client, create_service, write_config
 from blueprint.jobs.codec import encode_inputs
 from blueprint.server.runner import free_port
-from blueprint.tangle.chain import ResultLog
-from blueprint.tangle.devnet import DEV_KEYS, Anvil
-from blueprint.tangle.setup import DevService, submit_job, wait_for_result
+from blueprint.tangle.events import JobResultLog
 from tests.devnet_support import devnet_anvil
 
 
@@ -30,7 +30,7 @@ class InProcessDaemon:
     service: DevService
     base_url: str
 
-    async def chat_job(self, content: str = "Hi", max_tokens: int = 5) -> tuple[int, ResultLog]:
+    async def chat_job(self, content: str = "Hi", max_tokens: int = 5) -> tuple[int, JobResultLog]:
         """Submit one chat job from the service owner; its call id and result log."""
         async with chain_client(self.anvil) as client:
             call_id = await submit_job(client, self.service.owner, self.service.service_id, 0, encode_inputs(

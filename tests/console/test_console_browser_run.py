@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blueprint.devstack import DaemonProcess, chain_client, create_service
+from blueprint.devnet.anvil import DEV_KEYS
+from blueprint.devnet.setup import submit_job, wait_for_result
+from blueprint.devnet.stack import DaemonProcess, chain_client, create_service
 from blueprint.jobs.codec import decode_result_json, encode_inputs
 from blueprint.server.runner import free_port
-from blueprint.tangle.devnet import DEV_KEYS
-from blueprint.tangle.setup import submit_job, wait_for_result
 from tests.console.browser_support import (
     ADMIN_KEY,
     SHOTS,

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from blueprint.devnet.anvil import REPO_ROOT, Anvil
+from blueprint.devnet.setup import DevService, setup_dev_service
 from blueprint.tangle.chain import ChainClient
-from blueprint.tangle.devnet import REPO_ROOT, Anvil
 from blueprint.tangle.keystore import write_sdk_key
-from blueprint.tangle.setup import DevService, setup_dev_service
 
 #: TNT Core LocalTestnet addresses (shared/tnt-core/README.md); also the Settings defaults.
 TANGLE = "0x0165878A594ca255338adfa4d48449f69242Eb8F"
