@@ -374,8 +374,8 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             with contextlib.suppress(Exception):
                 await server.close()
         await ctx.close()
-        if traced:
-            tracing.shutdown_tracing()
+        if traced:  # flushes the last spans to the collector: off the event loop
+            await asyncio.to_thread(tracing.shutdown_tracing)
 
 
 def _console_chain_view(settings: Settings, ctx: Context, chain_metrics: ChainMetrics) -> LedgerChainView:

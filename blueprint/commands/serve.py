@@ -5,6 +5,7 @@ nodes. Runs until SIGINT/SIGTERM, then stops accepting and lets in-flight reques
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import structlog
@@ -57,8 +58,8 @@ async def serve_settings(settings: Settings) -> None:
         if watcher is not None:
             await watcher.close()
         await balancer.close()
-        if traced:
-            tracing.shutdown_tracing()
+        if traced:  # flushes the last spans to the collector: off the event loop
+            await asyncio.to_thread(tracing.shutdown_tracing)
 
 
 def main(args: argparse.Namespace) -> int:

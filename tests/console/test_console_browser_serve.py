@@ -104,6 +104,21 @@ async def test_console_against_serve(tmp_path: Path, tiny_model_dir: Path) -> No
             served = await asyncio.wait_for(load, 60)
             assert served > 0
 
+            # add a node from the registered engines with the form, then remove it by its button
+            await page.eval("document.querySelector('#add-node').open = true")
+            form = "document.querySelector('#add-form')"
+            await page.eval(f"{form}.engine.value = 'transformers'; {form}.model.value = 'tiny';"
+                            f" {form}.name.value = 'tiny-c'; {form}.path.value = {str(tiny_model_dir)!r};"
+                            f" {form}.max_batch_size.value = '1'")
+            await page.eval(f"{form}.querySelector('button[type=submit]').click()")
+            await page.wait_for("document.querySelector('tr[data-node=\"tiny-c\"] .health')?.textContent"
+                                " === 'closed'", within=90)
+            remove = "document.querySelector('tr[data-node=\"tiny-c\"] button[data-action=remove]')"
+            await page.eval(remove + ".click()")  # arms the button
+            assert await page.eval(remove + ".textContent") == "Confirm remove"
+            await page.eval(remove + ".click()")
+            await page.wait_for("document.querySelector('tr[data-node=\"tiny-c\"]') === null", within=60)
+
             await page.viewport(390, 844, mobile=True, scale=2)
             await asyncio.sleep(1.0)
             assert await page.eval("document.documentElement.scrollWidth <= window.innerWidth + 1")

@@ -9,6 +9,8 @@
   window.consoleCharts = charts; // read by the browser tests
   let state = null;
   let openJob = null;
+  const armed = new Map();      // node -> time its Remove button was armed (survives re-renders)
+  const ARM_MS = 6000;
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -68,11 +70,16 @@
     body.replaceChildren(...nodes.map((node) => {
       const health = node.draining ? "draining" : node.health;
       const enc = encodeURIComponent(node.name);
+      const isArmed = armed.has(node.name) && Date.now() - armed.get(node.name) < ARM_MS;
       const remove = el("button", { class: "danger", "data-action": "remove", onclick: (event) => {
-        const button = event.target;
-        if (button.dataset.armed) nodeAction(node.name, "DELETE", "/admin/nodes/" + enc, "Removing");
-        else { button.dataset.armed = "1"; button.textContent = "Confirm remove"; }
-      } }, "Remove");
+        if (armed.has(node.name) && Date.now() - armed.get(node.name) < ARM_MS) {
+          armed.delete(node.name);
+          nodeAction(node.name, "DELETE", "/admin/nodes/" + enc, "Removing");
+        } else {
+          armed.set(node.name, Date.now());
+          event.target.textContent = "Confirm remove";
+        }
+      } }, isArmed ? "Confirm remove" : "Remove");
       return el("tr", { "data-node": node.name },
         el("td", {}, node.name), el("td", {}, node.engine || "-"), el("td", { class: "wrap" }, (node.models || []).join(", ")),
         el("td", { class: "health" }, badge(health)),
