@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from blueprint.assembly import run_daemon
 from blueprint.config import load_settings
-from blueprint.daemon import run_daemon
 from blueprint.devnet.anvil import DEV_KEYS, Anvil
 from blueprint.devnet.setup import DevService, submit_job, wait_for_result
 from blueprint.devnet.stack import chain_client, create_service, write_config

@@ -25,7 +25,7 @@ async def admit_and_route(balancer: Balancer, request: RoutingRequest, tried: se
     model = request.model
     free = [node for node in balancer._serving(model)
             if node.in_flight < node.limit and node.selectable() and node.name not in tried]
-    queue_depth = len(balancer._queues.get(model, ()))
+    queue_depth = balancer._admission.queued(model)
     queued = queue_depth > 0 or not free
     with tracing.span("balancer.admission", {attr.REQUEST_MODEL: model, attr.QUEUE_DEPTH: queue_depth,
                                              attr.QUEUED: queued, attr.ATTEMPT: attempt}):

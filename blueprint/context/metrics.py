@@ -139,7 +139,7 @@ class ChainMetrics(Collector):
         return {"ledger": dict(self._counts or {}), "cursor_block": self._cursor_block,
                 "head_block": self._head_block}
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Refresh now and then every ``refresh_interval_s`` until :meth:`stop`."""
         if self._task is None:
             self._task = asyncio.create_task(self._refresh_loop(), name="chain-metrics")
