@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -66,6 +67,10 @@ def _no_fields(_item: object) -> Mapping[str, object]:
     return {}
 
 
+def _no_scope(_item: object) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 class Runner(Generic[Call, Result]):
     """Runs jobs from a producer through a router into a consumer.
 
@@ -83,6 +88,7 @@ class Runner(Generic[Call, Result]):
         on_ready: called once the services run, before the backlog and intake.
         on_error: told of a job whose routing or submission raised (the job stays owed).
         log_fields: the log context of a call or a result (bound while it is processed).
+        scope: a context entered around a call's routing and submission (the job's trace span).
         max_concurrent: jobs routed at once; intake waits while every slot is taken.
         shutdown_timeout_s: how long running jobs may finish after a stop request.
     """
@@ -99,6 +105,7 @@ class Runner(Generic[Call, Result]):
         on_ready: Callable[[], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         log_fields: Callable[[Call | Result], Mapping[str, object]] = _no_fields,
+        scope: Callable[[Call], AbstractContextManager[object]] = _no_scope,
         max_concurrent: int = 64,
         shutdown_timeout_s: float = 30.0,
     ) -> None:
@@ -111,6 +118,7 @@ class Runner(Generic[Call, Result]):
         self.on_ready = on_ready
         self.on_error = on_error
         self.log_fields = log_fields
+        self.scope = scope
         self.max_concurrent = max_concurrent
         self.shutdown_timeout_s = shutdown_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -200,7 +208,7 @@ class Runner(Generic[Call, Result]):
         """Admit, route one call and submit its result. Never raises (except cancellation)."""
         self.jobs_started += 1
         holding = holding_slot
-        with structlog.contextvars.bound_contextvars(**self.log_fields(call)):
+        with structlog.contextvars.bound_contextvars(**self.log_fields(call)), self.scope(call):
             try:
                 if self.admit is not None:
                     admitted = await self.admit(call)

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from blueprint import tracing
 from blueprint.errors import (
     AuthenticationError,
     BackendTimeoutError,
@@ -39,10 +40,12 @@ from blueprint.llm.types import (
     parse_request,
 )
 from blueprint.server.auth import KeyRing, RateLimiter
+from blueprint.server.console import install_console
 from blueprint.server.metrics import NO_MODEL, ServerMetrics
 from blueprint.server.openapi import build_openapi
 from blueprint.server.provider_document import model_document
 from blueprint.server.quote_route import handle_quote
+from blueprint.server.request_tracing import request_tracing
 from blueprint.server.responses import (
     DEFAULT_RETRY_AFTER_S,
     JSON,
@@ -97,6 +100,8 @@ class Api:
         self.admin_keys = KeyRing(settings.admin_key_values())
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.telemetry = ServerMetrics(self.node_rows)
+        #: Accepts a request on the admin routes without a Bearer key (the console's session).
+        self.admin_session: Callable[[web.Request], bool] | None = None
         self._openapi = json.dumps(build_openapi()).encode()
         #: Each model's ``created`` as first listed, so that it stays the same on every call.
         self._created: dict[str, int] = {}
@@ -150,6 +155,8 @@ class Api:
                     status, time.perf_counter() - started)
 
     def _authorize(self, request: web.Request, spec: RouteSpec) -> None:
+        if spec.auth == "admin" and self.admin_session is not None and self.admin_session(request):
+            return
         keys = self.admin_keys if spec.auth == "admin" else self.keys
         if not keys.enabled:
             if spec.auth == "admin":
@@ -207,7 +214,8 @@ class Api:
         RELAY_RAW.set(True)  # this request's task only: a proxy node may answer with its bytes
         result = await self._call(once(req))
         self.telemetry.route(route, req.model).usage(getattr(result, "usage", None))
-        return model_response(result)
+        with tracing.span("http.encode_response"):
+            return model_response(result)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_request(ChatCompletionRequest, await self._body(request))
@@ -338,10 +346,12 @@ def create_app(balancer: Balancer, settings: ServerSettings | None = None) -> we
     The balancer's lifetime is the caller's (start it before, close it after)."""
     settings = settings or ServerSettings()
     api = Api(balancer, settings)
-    app = web.Application(middlewares=[api.guard], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[*request_tracing(REQUEST_ID), api.guard],
+                          client_max_size=settings.max_body_bytes)
     app[API_KEY] = api
     app[BALANCER_KEY] = balancer
     for spec in ROUTES:
         app.router.add_route(spec.method, spec.path, getattr(api, spec.name), name=spec.name)
     app.on_response_prepare.append(api.on_prepare)
+    install_console(app, api)
     return app

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import NoDecode
 
 from blueprint.llm.types import ModelInfo, Pricing
+from blueprint.server.console.settings import ConsoleSettings
 
 API_KEYS_ENV = "API_KEYS"
 #: What an API or admin key may hold: visible ASCII, no spaces (what a Bearer token carries).
@@ -135,6 +136,7 @@ class ServerSettings(BaseModel):
     models_document: Literal["v2", "legacy"] = Field(
         default="v2", description="/v1/models format: OpenRouter's typed schema 2.4, or the legacy flat one."
     )
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     _split_api_keys = field_validator("api_keys", "admin_keys", mode="before")(_split_keys)
 

@@ -83,6 +83,9 @@ _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too ma
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+#: vLLM's prefix-cache counters (tokens), current and V0 spelling.
+_PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+_PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -258,6 +261,7 @@ class OpenAIHttpClient(LlmClient):
         self._backend_running = 0
         self._backend_waiting = 0
         self._backend_kv: float | None = None
+        self._backend_prefix: tuple[float, float] | None = None
         self._backend_metrics_at: float | None = None
         self._model_info = self._build_model_info()
 
@@ -320,6 +324,8 @@ class OpenAIHttpClient(LlmClient):
             snap.in_flight = max(snap.in_flight, self._backend_running)
             snap.queued = self._backend_waiting
             snap.kv_cache_usage = self._backend_kv
+            if self._backend_prefix is not None:
+                snap.prefix_cache_hits, snap.prefix_cache_queries = self._backend_prefix
         return snap
 
     # -------------------------------------------------------------------------- backend probes
@@ -383,13 +389,16 @@ class OpenAIHttpClient(LlmClient):
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError):
             return False
-        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE})
+        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE, *_PREFIX_HITS, *_PREFIX_QUERIES})
         if not samples:
             return False
         self._backend_running = int(sum(samples.get(_RUNNING, ())))
         self._backend_waiting = int(sum(samples.get(_WAITING, ())))
         kv = samples.get(_KV_USAGE[0]) or samples.get(_KV_USAGE[1])
         self._backend_kv = max(kv) if kv else None
+        hits = samples.get(_PREFIX_HITS[0]) or samples.get(_PREFIX_HITS[1])
+        queries = samples.get(_PREFIX_QUERIES[0]) or samples.get(_PREFIX_QUERIES[1])
+        self._backend_prefix = (sum(hits), sum(queries)) if hits and queries else None
         self._backend_metrics_at = time.monotonic()
         return True
 
