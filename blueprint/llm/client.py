@@ -74,6 +74,10 @@ class NodeMetrics:
     time_per_output_token_s: float | None = None
     #: KV-cache use in [0, 1] where the engine reports it (vLLM's ``kv_cache_usage_perc``).
     kv_cache_usage: float | None = None
+    #: Prefix-cache counters in tokens where the backend reports them (vLLM's
+    #: ``prefix_cache_hits_total``/``prefix_cache_queries_total``); their ratio is the hit rate.
+    prefix_cache_hits: float | None = None
+    prefix_cache_queries: float | None = None
     requests_total: int = 0
     errors_total: int = 0
     prompt_tokens_total: int = 0

@@ -9,14 +9,16 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from blueprint.errors import BlueprintError
+from blueprint.llm.raw import RawChunk
 
 JSON = "application/json"
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:
-    """A pydantic model as a JSON body (``None`` fields left out, as OpenAI does)."""
-    return web.Response(body=model.model_dump_json(exclude_none=True).encode(), status=status,
-                        content_type=JSON)
+    """A pydantic model as a JSON body (``None`` fields left out, as OpenAI does); an upstream's
+    answer relayed as is (:class:`~blueprint.llm.raw.RawChunk`) goes out as its own bytes."""
+    body = model.payload if isinstance(model, RawChunk) else model.model_dump_json(exclude_none=True).encode()
+    return web.Response(body=body, status=status, content_type=JSON)
 
 
 #: Seconds a 429 or 503 without its own estimate asks the client to wait.

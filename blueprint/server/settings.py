@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import NoDecode
 
 from blueprint.llm.types import ModelInfo, Pricing
+from blueprint.server.console.settings import ConsoleSettings
 
 API_KEYS_ENV = "API_KEYS"
 #: What an API or admin key may hold: visible ASCII, no spaces (what a Bearer token carries).
@@ -109,7 +110,8 @@ class ServerSettings(BaseModel):
         default=None, ge=1, description="Bucket size; None: one minute's worth of requests."
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
-    request_timeout_s: float = Field(default=600.0, gt=0, description="Bound on one whole request.")
+    request_timeout_s: float = Field(default=600.0, gt=0, description=(
+        "Bound on a non-streamed request, and on each silence between two chunks of a stream."))
     first_token_timeout_s: float = Field(default=120.0, gt=0, description="Bound on the first token's wait.")
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for a request body (a client trickling it gets 408)."
@@ -124,12 +126,17 @@ class ServerSettings(BaseModel):
     )
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Bound on finishing in-flight work.")
     access_log: bool = Field(default=False, description="aiohttp access log (costs throughput).")
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="`serve` only: server processes sharing the port (SO_REUSEPORT); for openai nodes.",
+    )
     model_catalog: dict[str, ModelCatalogEntry] = Field(
         default_factory=dict, description="Per model id: fields laid over /v1/models entries."
     )
     models_document: Literal["v2", "legacy"] = Field(
         default="v2", description="/v1/models format: OpenRouter's typed schema 2.4, or the legacy flat one."
     )
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     _split_api_keys = field_validator("api_keys", "admin_keys", mode="before")(_split_keys)
 

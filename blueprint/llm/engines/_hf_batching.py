@@ -126,6 +126,10 @@ class ContinuousBatcher:
         self._last_logits_only: dict[str, Any] = (
             {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         )
+        # transformers 5.x renamed forward's ``past_key_values`` to ``cache`` (and the output's
+        # field with it); the old name still works there but warns on every step.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+            else "past_key_values"
         self._tokenizer = tokenizer
         self._device = model.device
         self._max_batch = max_batch_size
@@ -311,7 +315,8 @@ class ContinuousBatcher:
         tokens, logprobs, failed = self._sample(out.logits[:, -1, :], new)
         keep = self._advance_all(new, tokens, logprobs, failed)
         if keep:
-            self._merge(out.past_key_values, mask, [new[r] for r in keep], [tokens[r] for r in keep], keep)
+            self._merge(getattr(out, self._cache_arg), mask, [new[r] for r in keep],
+                        [tokens[r] for r in keep], keep)
         self._admitting = []
         self._prefetch_masks()
         self.peak_batch_size = max(self.peak_batch_size, len(self._running))
@@ -377,9 +382,9 @@ class ContinuousBatcher:
         assert self._mask is not None and self._positions is not None
         mask = F.pad(self._mask, (0, 1), value=1)
         out = self._model(input_ids=self._next_tokens, attention_mask=mask,
-                          position_ids=self._positions.unsqueeze(1), past_key_values=self._cache,
-                          use_cache=True)
-        self._cache, self._mask = out.past_key_values, mask
+                          position_ids=self._positions.unsqueeze(1), use_cache=True,
+                          **{self._cache_arg: self._cache})
+        self._cache, self._mask = getattr(out, self._cache_arg), mask
         self.decode_steps += 1
         tokens, logprobs, failed = self._sample(out.logits[:, -1, :], self._running)
         self._positions = self._positions + 1

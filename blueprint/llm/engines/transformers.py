@@ -85,6 +85,8 @@ from blueprint.llm.types import (
 )
 
 log = structlog.get_logger(__name__)
+#: Serialises the first import of torch/transformers across node start-up threads.
+_IMPORT_LOCK = threading.Lock()
 
 _QUANTIZATION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _DEFAULT_CONTEXT = 2048
@@ -157,8 +159,9 @@ class TransformersClient(LlmClient):
                  context_length=self._context_length, max_batch_size=self.config.max_batch_size)
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        with _IMPORT_LOCK:  # nodes start in parallel threads; transformers' lazy import is not thread-safe
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from blueprint.llm.engines._hf_batching import ContinuousBatcher
         from blueprint.logging import route_library_logging
