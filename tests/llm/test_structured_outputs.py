@@ -304,3 +304,12 @@ async def test_thinking_goes_to_reasoning_with_its_token_count(engine: Transform
         assert "reasoning" in engine.capabilities().features()
     finally:
         engine._encoder.chat_template, engine._thinks = template, thinks
+
+
+def test_created_survives_a_path_the_os_refuses() -> None:
+    """A node added with a nonsense path (the admin API's fuzzing found a NUL byte) must fail at
+    start as a clear error, not crash its construction (a 500) while reading ``created``."""
+    from blueprint.llm.config import NodeConfig
+
+    client = TransformersClient(NodeConfig(model="m", path="bad\x00path"))
+    assert client.models()[0].created > 0

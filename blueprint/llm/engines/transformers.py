@@ -609,5 +609,5 @@ def _model_created(path: Path) -> int:
     same across calls and restarts; the start time where there is no such file."""
     try:
         return int((path / "config.json").stat().st_mtime)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path the OS refuses (a NUL byte)
         return now()
