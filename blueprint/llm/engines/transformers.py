@@ -622,5 +622,5 @@ def _model_created(path: Path) -> int:
     same across calls and restarts; the start time where there is no such file."""
     try:
         return int((path / "config.json").stat().st_mtime)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path the OS cannot take
         return now()
