@@ -86,6 +86,8 @@ MaxTokens = Annotated[StrictInt, Field(ge=1, le=INT32_MAX)]
 TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 #: Larger than any model's hidden size; an engine refuses more than its model has.
 MAX_DIMENSIONS = 65_536
+#: Inputs in one embeddings request (OpenAI's limit); engines bound the tokens too.
+MAX_EMBEDDING_INPUTS = 2048
 
 Temperature = Annotated[StrictFloat, Field(ge=0.0, le=2.0)]
 TopP = Annotated[StrictFloat, Field(gt=0.0, le=1.0)]
@@ -361,6 +363,9 @@ class EmbeddingRequest(_Request):
     def _check_input(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("input must not be empty")
+        if isinstance(value, list) and value and isinstance(value[0], (str, list)) \
+                and len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request (OpenAI's limit)")
         return value
 
     def texts(self) -> list[str] | None:

@@ -158,3 +158,36 @@ def test_malformed_authorization_headers_are_401_in_openai_shape(
         assert status == 401, (header, status, body)
         assert json.loads(body)["error"]["type"] == "authentication_error", body
     assert server.alive()
+
+
+async def test_embeddings_are_bounded_and_never_starve_generation(
+        serve: Callable[..., ServeProcess], tiny_model_dir: Path) -> None:
+    """Row 9: 40,000 inputs in one request held the worker thread 23 s (every chat waited) and
+    answered 54 MB; now more than 2,048 inputs (or too many tokens) is a 400, and an allowed
+    large request is computed in slices between decode steps, so a chat sent meanwhile
+    finishes first."""
+    server = serve([{"name": "tiny", "engine": "transformers", "model": "tiny", "path": str(tiny_model_dir),
+                     "device": "cpu", "max_batch_size": 8, "options": {"max_embedding_tokens": 50_000}}])
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, headers=AUTH) as client:
+        huge = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["a b c"] * 40_000})
+        assert huge.status_code == 400 and huge.json()["error"]["param"] == "input", huge.text
+        many_tokens = {"model": "tiny", "input": ["word " * 100] * 200}  # ~60,000 tokens > 50,000
+        too_many_tokens = await client.post("/v1/embeddings", json=many_tokens)
+        assert too_many_tokens.status_code == 400, too_many_tokens.text
+        assert (await client.post("/v1/embeddings", json={"model": "tiny", "input": "x",
+                                                          "dimensions": 2**31})).status_code == 400
+        finished: dict[str, float] = {}
+
+        async def timed(name: str, path: str, body: dict[str, Any]) -> httpx.Response:
+            reply = await client.post(path, json=body)
+            finished[name] = asyncio.get_running_loop().time()
+            return reply
+
+        big = asyncio.create_task(timed("embeddings", "/v1/embeddings",
+                                        {"model": "tiny", "input": ["one two three four five"] * 300}))
+        await asyncio.sleep(0.05)
+        chat = await timed("chat", "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 8})
+        embedded = await big
+        assert chat.status_code == 200 and embedded.status_code == 200, (chat.text, embedded.text[:300])
+        assert len(embedded.json()["data"]) == 300
+        assert finished["chat"] < finished["embeddings"]
