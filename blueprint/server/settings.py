@@ -95,6 +95,16 @@ class ServerSettings(BaseModel):
         "error raised at once (429, 503) still gets its real status instead of an SSE error.",
     )
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Bound on finishing in-flight work.")
+    idle_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A connection without a complete request head for this long (idle, or trickling "
+        "its headers) is closed.",
+    )
+    max_connections: int = Field(
+        default=2048, ge=1,
+        description="Open connections at most; more are answered 503 and closed, with a log line "
+        "(keep it under the process's file limit, `ulimit -n`).",
+    )
     access_log: bool = Field(default=False, description="aiohttp access log (costs throughput).")
     model_catalog: dict[str, ModelCatalogEntry] = Field(
         default_factory=dict, description="Per model id: fields laid over /v1/models entries."
