@@ -81,6 +81,13 @@ class ServerSettings(BaseModel):
         default=None, ge=1, description="Bucket size; None: one minute's worth of requests."
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
+    quote_max_body_bytes: int = Field(default=1 << 18, ge=1024,
+                                      description="Largest /v1/quote body accepted (413).")
+    quote_rate_per_minute: float | None = Field(
+        default=60.0, gt=0,
+        description="/v1/quote requests per minute per client address (it needs no key); None: no limit.",
+    )
+    quote_burst: int = Field(default=10, ge=1, description="Bucket size of the /v1/quote rate limit.")
     request_timeout_s: float = Field(default=600.0, gt=0, description="Bound on one whole request.")
     first_token_timeout_s: float = Field(default=120.0, gt=0, description="Bound on the first token's wait.")
     body_timeout_s: float = Field(
