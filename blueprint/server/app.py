@@ -26,6 +26,7 @@ from blueprint.errors import (
     AuthenticationError,
     BackendTimeoutError,
     BlueprintError,
+    InvalidRequestError,
     ModelNotFoundError,
     RequestTooLargeError,
 )
@@ -198,6 +199,10 @@ class Api:
                                        f"{self.settings.body_timeout_s:g} s.", "body_timeout") from None
         if len(body) > limit:
             raise RequestTooLargeError(f"Request body larger than {limit} bytes.")
+        if request.content_type != "application/json":  # a form post or text is never a request body
+            raise InvalidRequestError(
+                f"Send the body as JSON with 'Content-Type: application/json' (got "
+                f"{request.headers.get('Content-Type', 'none')!r}).", code="unsupported_content_type")
         return body
 
 

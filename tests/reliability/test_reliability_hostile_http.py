@@ -254,3 +254,25 @@ def test_low_level_errors_are_openai_shaped_and_echo_no_secret(
         assert API_KEY.encode() not in data
     server.stop()
     assert API_KEY not in server.log_path.read_text()
+
+
+def test_loose_requests_are_refused(serve: Callable[..., ServeProcess],
+                                    backend_process: Callable[..., BackendProcess]) -> None:
+    """Row 10: ``stream: "yes"``, a ``text/plain`` body and ``tool_choice`` without ``tools`` were
+    accepted."""
+    backend = backend_process("--trivial")
+    server = serve([{"name": "emu", "engine": "openai", "model": MODEL, "base_url": backend.base_url}])
+    with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
+        for body in ({**CHAT, "stream": "yes"}, {**CHAT, "tool_choice": "auto"},
+                     {**CHAT, "tool_choice": {"type": "function", "function": {"name": "f"}}}):
+            reply = client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 400, (body, reply.text)
+            assert reply.json()["error"]["type"] == "invalid_request_error"
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            reply = client.post("/v1/chat/completions", content=json.dumps(CHAT).encode(), headers=headers)
+            assert reply.status_code == 400 and "application/json" in reply.json()["error"]["message"], \
+                (content_type, reply.text)
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert client.post("/v1/chat/completions", content=json.dumps(CHAT).encode(),
+                           headers={"Content-Type": "application/json; charset=utf-8"}).status_code == 200
