@@ -1,8 +1,9 @@
 """The balancer: the one way the HTTP server and the job handlers reach an LLM.
 
 For every request it (1) admits it (a free slot on some node now, else a place in the model's
-bounded FIFO queue, else :class:`OverloadedError` at once), (2) lets the model's strategy pick a
-node among the healthy candidates with a free slot, (3) runs it, and (4) on a retryable failure
+bounded FIFO queue, else :class:`OverloadedError` at once: :mod:`blueprint.balancer.admission`),
+(2) lets the model's strategy pick a node among the healthy candidates with a free slot, (3) runs
+it, and (4) on a retryable failure
 before the first token retries on another node with jittered exponential backoff. After the
 first streamed chunk a failure is surfaced as :class:`StreamInterruptedError`, never retried and
 never turned into a silently short answer.
@@ -17,14 +18,14 @@ import asyncio
 import inspect
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
-from blueprint.balancer import routing
+from blueprint import tracing
+from blueprint.balancer import routing, traced
+from blueprint.balancer.admission import Admission
 from blueprint.balancer.breaker import BreakerState, CircuitBreaker
 from blueprint.balancer.node import NodeState
 from blueprint.balancer.settings import BalancerSettings
@@ -61,13 +62,6 @@ ChunkT = TypeVar("ChunkT", ChatCompletionChunk, CompletionChunk)
 DEFAULT_MAX_QUEUE = NodeConfig.model_fields["max_queue"].default
 
 
-@dataclass(eq=False)
-class _Waiter:
-    request: RoutingRequest
-    exclude: frozenset[str]
-    future: asyncio.Future[NodeState]
-
-
 def _as_backend_error(exc: BaseException, node: str) -> BlueprintError:
     if isinstance(exc, BlueprintError):
         return exc
@@ -95,7 +89,8 @@ class Balancer:
         #: hot path never scans every node to find the ones serving a model).
         self._by_model: dict[str, list[NodeState]] = {}
         self._strategies: dict[str, Strategy] = {}
-        self._queues: dict[str, deque[_Waiter]] = {}
+        self._admission = Admission(self._serving, self._try_assign, self._retry_after,
+                                    self.settings.queue_timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
@@ -129,11 +124,7 @@ class Balancer:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        for queue in self._queues.values():
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.future.done():
-                    waiter.future.set_exception(NoHealthyNodeError("The balancer is shutting down."))
+        self._admission.fail_all(NoHealthyNodeError("The balancer is shutting down."))
         await asyncio.gather(*(self._close_client(node) for node in self._nodes.values()))
 
     async def __aenter__(self) -> Balancer:
@@ -188,8 +179,8 @@ class Balancer:
             "models": {
                 model: {
                     "strategy": self.settings.strategy_for(model),
-                    "queued": len(self._queues.get(model, ())),
-                    "queue_capacity": self._queue_capacity(model),
+                    "queued": self._admission.queued(model),
+                    "queue_capacity": self._admission.capacity(model),
                     "nodes": sorted(n.name for n in self._nodes.values() if model in n.models),
                 }
                 for model in models
@@ -205,22 +196,23 @@ class Balancer:
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         route = routing.for_chat(request, with_text=self._wants_text(request.model))
-        return await self._unary(route, lambda client: client.chat(request))
+        return await self._unary(route, lambda client: client.chat(request), "chat")
 
     def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         route = routing.for_chat(request, with_text=self._wants_text(request.model))
-        return self._stream(route, lambda client: client.chat_stream(request))
+        return self._stream(route, lambda client: client.chat_stream(request), "chat")
 
     async def complete(self, request: CompletionRequest) -> Completion:
         route = routing.for_completion(request, with_text=self._wants_text(request.model))
-        return await self._unary(route, lambda client: client.complete(request))
+        return await self._unary(route, lambda client: client.complete(request), "text_completion")
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         route = routing.for_completion(request, with_text=self._wants_text(request.model))
-        return self._stream(route, lambda client: client.complete_stream(request))
+        return self._stream(route, lambda client: client.complete_stream(request), "text_completion")
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        return await self._unary(routing.for_embedding(request), lambda client: client.embed(request))
+        return await self._unary(routing.for_embedding(request), lambda client: client.embed(request),
+                                 "embeddings")
 
     # ------------------------------------------------------------------ scale-out
 
@@ -328,12 +320,6 @@ class Balancer:
     def _candidates(self, model: str, exclude: frozenset[str]) -> list[NodeState]:
         return [node for node in self._serving(model) if node.selectable() and node.name not in exclude]
 
-    def _has_candidate(self, model: str, exclude: frozenset[str]) -> bool:
-        return any(node.selectable() and node.name not in exclude for node in self._serving(model))
-
-    def _queue_capacity(self, model: str) -> int:
-        return sum(node.max_queue for node in self._serving(model) if not node.draining)
-
     def _try_assign(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState | None:
         model = request.model
         free = [node for node in self._serving(model)
@@ -362,83 +348,19 @@ class Balancer:
         return round(min(30.0, max(0.5, min(known) if known else 1.0)), 2)
 
     async def _acquire(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState:
-        """A node with a slot reserved for this request, waiting in the model's FIFO queue when
-        every candidate is busy; OverloadedError at once when that queue is full."""
+        """A node with a slot reserved for this request (:meth:`Admission.acquire`)."""
         if self._closed:
             raise NoHealthyNodeError("The balancer is shut down.")
-        model = request.model
-        if not self._serving(model):
-            raise ModelNotFoundError(model)
-        if not self._has_candidate(model, exclude):
-            raise NoHealthyNodeError(f"No healthy node serves {model!r} right now.")
-        queue = self._queues.setdefault(model, deque())
-        if not queue:
-            node = self._try_assign(request, exclude)
-            if node is not None:
-                return node
-        if len(queue) >= self._queue_capacity(model):
-            raise OverloadedError(
-                f"All nodes serving {model!r} are busy and the queue is full.",
-                retry_after=self._retry_after(model),
-            )
-        waiter = _Waiter(request, exclude, asyncio.get_running_loop().create_future())
-        queue.append(waiter)
-        try:
-            async with asyncio.timeout(self.settings.queue_timeout_s):
-                return await waiter.future
-        except TimeoutError:
-            raise OverloadedError(
-                f"No node serving {model!r} freed up within {self.settings.queue_timeout_s}s.",
-                retry_after=self._retry_after(model),
-            ) from None
-        except asyncio.CancelledError:
-            fut = waiter.future
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release(fut.result())
-            raise
-        finally:
-            if waiter in queue:
-                queue.remove(waiter)
+        return await self._admission.acquire(request, exclude, self._release)
 
     def _release(self, node: NodeState) -> None:
         node.in_flight = max(0, node.in_flight - 1)
         if node.in_flight == 0 and node.idle is not None:
             node.idle.set()
-        for model in node.models:
-            self._dispatch(model)
+        self._admission.dispatch(node.models)
 
     def _dispatch_all(self) -> None:
-        for model in list(self._queues):
-            self._dispatch(model)
-
-    def _dispatch(self, model: str) -> None:
-        """Hand free slots to waiters in FIFO order. A waiter that cannot use any free slot
-        (its free nodes were all tried) does not block those behind it."""
-        queue = self._queues.get(model)
-        if not queue:
-            return
-        for waiter in list(queue):
-            if waiter.future.done():
-                queue.remove(waiter)
-                continue
-            serving = self._serving(model)
-            if not serving:
-                queue.remove(waiter)
-                waiter.future.set_exception(ModelNotFoundError(model))
-                continue
-            alive = [n for n in serving if not n.draining and n.breaker.state is not BreakerState.OPEN
-                     and n.name not in waiter.exclude]
-            if not alive:
-                queue.remove(waiter)
-                waiter.future.set_exception(NoHealthyNodeError(f"No healthy node serves {model!r}."))
-                continue
-            node = self._try_assign(waiter.request, waiter.exclude)
-            if node is None:
-                if not any(n.has_slot() and n.selectable() for n in serving):
-                    return
-                continue
-            queue.remove(waiter)
-            waiter.future.set_result(node)
+        self._admission.dispatch()
 
     # ------------------------------------------------------------------ internals: running
 
@@ -462,6 +384,12 @@ class Balancer:
                          last_error: BlueprintError | None, attempt: int) -> NodeState:
         if attempt:
             await self._backoff(attempt)
+        if tracing.active():
+            return await traced.admit_and_route(self, request, tried, last_error, attempt)
+        return await self._admit(request, tried, last_error)
+
+    async def _admit(self, request: RoutingRequest, tried: set[str],
+                     last_error: BlueprintError | None) -> NodeState:
         try:
             return await self._acquire(request, frozenset(tried))
         except (NoHealthyNodeError, OverloadedError):
@@ -469,7 +397,8 @@ class Balancer:
                 raise last_error from None
             raise
 
-    async def _unary(self, request: RoutingRequest, call: Callable[[LlmClient], Awaitable[T]]) -> T:
+    async def _unary(self, request: RoutingRequest, call: Callable[[LlmClient], Awaitable[T]],
+                     operation: str = "chat") -> T:
         tried: set[str] = set()
         last_error: BlueprintError | None = None
         timeout = self.settings.retry.request_timeout_s
@@ -479,23 +408,29 @@ class Balancer:
             if attempt:
                 node.retries_total += 1
             started = time.perf_counter()
+            span = traced.generation_span(operation, request, node, attempt) if tracing.active() \
+                else tracing.NO_SPAN
             try:
                 if timeout is None:  # no Timeout object and timer per request when unbounded
                     result = await call(node.client)
                 else:
                     async with asyncio.timeout(timeout):
                         result = await call(node.client)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
+                tracing.end_span(span, error=cancelled)
                 node.breaker.release_probe()
                 raise
             except Exception as raw:
                 exc = _as_backend_error(raw, node.name)
+                tracing.end_span(span, error=exc)
                 self._on_failure(node, exc)
                 if not exc.retryable:
                     raise exc from (None if exc is raw else raw)
                 last_error = exc
                 continue
             else:
+                traced.record_response(span, result)
+                tracing.end_span(span)
                 node.breaker.record_success()
                 usage = getattr(result, "usage", None)
                 if getattr(usage, "completion_tokens", 0) <= 1:
@@ -508,7 +443,8 @@ class Balancer:
         raise last_error
 
     async def _stream(self, request: RoutingRequest,
-                      open_stream: Callable[[LlmClient], AsyncIterator[ChunkT]]) -> AsyncIterator[ChunkT]:
+                      open_stream: Callable[[LlmClient], AsyncIterator[ChunkT]],
+                      operation: str = "chat") -> AsyncIterator[ChunkT]:
         tried: set[str] = set()
         last_error: BlueprintError | None = None
         first_timeout = self.settings.retry.first_token_timeout_s
@@ -518,6 +454,9 @@ class Balancer:
             if attempt:
                 node.retries_total += 1
             started = time.perf_counter()
+            span = traced.generation_span(operation, request, node, attempt) if tracing.active() \
+                else tracing.NO_SPAN
+            span_error: BaseException | None = None
             stream = open_stream(node.client)
             verdict = False
             try:
@@ -533,6 +472,7 @@ class Balancer:
                     return
                 except Exception as raw:
                     exc = _as_backend_error(raw, node.name)
+                    span_error = exc
                     verdict = True
                     self._on_failure(node, exc)
                     if not exc.retryable:
@@ -540,6 +480,9 @@ class Balancer:
                     last_error = exc
                     continue
                 first_at = time.perf_counter()
+                recording = span.is_recording()
+                if recording:
+                    traced.first_chunk(span, first_at - started)
                 tokens = 1
                 usage_tokens: int | None = None
                 yield first
@@ -548,9 +491,12 @@ class Balancer:
                         tokens += 1
                         if chunk.usage is not None:
                             usage_tokens = chunk.usage.completion_tokens
+                            if recording:
+                                traced.record_response(span, chunk)
                         yield chunk
                 except Exception as raw:
                     exc = _as_backend_error(raw, node.name)
+                    span_error = exc
                     verdict = True
                     self._on_failure(node, exc)
                     raise StreamInterruptedError(
@@ -565,6 +511,7 @@ class Balancer:
                 return
             finally:
                 self._release(node)  # free the slot first: the consumer may have gone away
+                tracing.end_span(span, error=span_error)
                 if not verdict:
                     node.breaker.release_probe()
                 try:

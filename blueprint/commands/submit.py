@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from blueprint import safejson
+from blueprint.cli_errors import CommandFailed, UsageError
 from blueprint.client import BlueprintClient
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
 from blueprint.jobs.codec import encode_inputs
@@ -36,7 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _request(text: str) -> dict[str, Any]:
     body = Path(text[1:]).read_text() if text.startswith("@") else text
-    return json.loads(body)
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise UsageError(f"--request is not valid JSON: {exc}",
+                         "pass the OpenAI request body as JSON text, or @file.json") from None
+    if not isinstance(request, dict):
+        raise UsageError("--request must be a JSON object (the OpenAI request body)")
+    return request
 
 
 async def fetch_quote(endpoint: str, *, job_index: int, model: str, max_tokens: int,
@@ -49,14 +57,14 @@ async def fetch_quote(endpoint: str, *, job_index: int, model: str, max_tokens: 
         async with session.post(endpoint.rstrip("/") + "/v1/quote", json=body) as resp:
             data = safejson.loads(await resp.read())  # an operator's server: untrusted
             if resp.status != 200:
-                raise SystemExit(f"quote refused ({resp.status}): {data}")
+                raise CommandFailed(f"quote refused ({resp.status}): {data}")
     return SignedJobQuote.from_json(data["quote"])
 
 
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args, service_id=args.service_id)
     if settings.service_id is None:
-        raise SystemExit("--service-id (or SERVICE_ID) is required")
+        raise UsageError("--service-id (or SERVICE_ID) is required")
     account = signer_from(args, settings)
     request = _request(args.request)
     job_index = JOBS[args.job]
@@ -69,12 +77,12 @@ async def _run(args: argparse.Namespace) -> int:
             if endpoint is None:
                 routes = await client.routes(args.model)
                 if not routes:
-                    raise SystemExit(f"no operator of service {settings.service_id} offers {args.model!r}")
+                    raise CommandFailed(f"no operator of service {settings.service_id} offers {args.model!r}")
                 endpoint = routes[0].endpoint
             quote = await fetch_quote(endpoint, job_index=job_index, model=args.model,
                                       max_tokens=args.max_tokens, request=request, requester=account.address)
             if quote.details.inputs_hash != inputs_hash(inputs):
-                raise SystemExit("the operator quoted different inputs; refusing to pay")
+                raise CommandFailed("the operator quoted different inputs; refusing to pay")
         call_id = await client.submit(account, job_index, args.model, args.max_tokens, request,
                                       quote=quote, value=args.value, inputs=inputs)
         print(json.dumps({"service_id": settings.service_id, "call_id": call_id,

@@ -1,10 +1,10 @@
 """A local Tangle v2 devnet: anvil (npm ``@foundry-rs/anvil``, pinned in ``package.json``) loaded
 with the TNT Core LocalTestnet state.
 
-Used by ``python -m blueprint dev``, the tests and the benchmarks. The state file is not part of
-this repository; it is found by, in order: an explicit argument, ``$TNT_CORE_DIR`` (a folder) or
-``$TNT_CORE_STATE`` (the file), ``../shared/tnt-core/`` beside the checkout, and
-``~/.cache/tangle-llm-blueprint/tnt-core/``.
+Used by ``python -m blueprint dev``, the tests and the benchmarks. The state file is found by, in
+order: an explicit argument, ``$TNT_CORE_DIR`` (a folder) or ``$TNT_CORE_STATE`` (the file),
+``../shared/tnt-core/`` beside the checkout, ``~/.cache/tangle-llm-blueprint/tnt-core/``, and
+last the copy the package carries (``blueprint/devnet_data``, extracted once into the cache).
 """
 
 from __future__ import annotations
@@ -59,10 +59,19 @@ def find_tnt_core_state(explicit: str | os.PathLike[str] | None = None) -> Path:
     if os.environ.get("TNT_CORE_DIR"):
         candidates.append(Path(os.environ["TNT_CORE_DIR"]) / STATE_FILE)
     candidates.append(REPO_ROOT.parent / "shared" / "tnt-core" / STATE_FILE)
-    candidates.append(Path.home() / ".cache" / "tangle-llm-blueprint" / "tnt-core" / STATE_FILE)
+    from blueprint.devnet_data import cache_root
+
+    candidates.append(cache_root() / "tnt-core" / STATE_FILE)  # ~/.cache or $XDG_CACHE_HOME
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if not explicit:
+        from blueprint.devnet_data import CarriedDataError, carried_state_file
+
+        try:
+            return carried_state_file()
+        except (CarriedDataError, OSError) as exc:
+            candidates.append(Path(f"the carried copy ({exc})"))
     looked = ", ".join(str(c) for c in candidates)
     raise DevnetError(f"TNT Core state not found (looked in: {looked}). {UPSTREAM_HINT}")
 
@@ -81,7 +90,7 @@ def find_anvil() -> Path:
     if found:
         return Path(found)
     raise DevnetError(
-        f"anvil not found: run `npm install` in {REPO_ROOT} (installs @foundry-rs/anvil@{ANVIL_VERSION})."
+        f"anvil not found: run `npm ci` in {REPO_ROOT} (installs @foundry-rs/anvil@{ANVIL_VERSION})."
     )
 
 

@@ -63,7 +63,8 @@ async def start_server(balancer: Balancer, settings: ServerSettings,
                            keepalive_timeout=settings.idle_timeout_s, **extra)
     await runner.setup()
     guard_connections(runner, max_connections=settings.max_connections)
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True,
+                       reuse_port=settings.workers > 1 or None)  # workers share the port
     await site.start()
     port = settings.port
     server = site._server
