@@ -247,7 +247,7 @@ class ReasoningConfig(_Request):
 
     effort: Literal["xhigh", "high", "medium", "low", "minimal", "none"] | None = None
     max_tokens: Annotated[int, Field(ge=0)] | None = None
-    exclude: bool = False
+    exclude: bool | None = None
     enabled: bool | None = None
 
 

@@ -53,7 +53,7 @@ from blueprint.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
-from blueprint.llm.chat_output import ChatOutputShaper
+from blueprint.llm.chat_output import ChatOutputShaper, merge_deltas
 from blueprint.llm.chat_template import render_chat
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
@@ -297,7 +297,7 @@ class TransformersClient(LlmClient):
                 if event.finish_reason is not None:
                     completion_tokens += event.completion_tokens
                     tail, finish = shaper.finish(event.finish_reason)
-                    delta = _merge_deltas(delta, tail)
+                    delta = merge_deltas(delta, tail)
                 logprobs = None if event.logprobs is None else chat_logprobs(event.logprobs)
                 if delta is None and not announce and logprobs is None and finish is None:
                     continue
@@ -601,19 +601,6 @@ class TransformersClient(LlmClient):
             self._tracker.finished(started_at, prompt_tokens=prepared.prompt_tokens,
                                    completion_tokens=completion_tokens, first_token_at=first_token_at,
                                    error=failed)
-
-
-def _merge_deltas(first: ChatDelta | None, second: ChatDelta | None) -> ChatDelta | None:
-    """Two deltas of one step as one (text joined, tool-call pieces in order)."""
-    if first is None or second is None:
-        return first or second
-    return ChatDelta(
-        content=None if first.content is None and second.content is None
-        else (first.content or "") + (second.content or ""),
-        reasoning=None if first.reasoning is None and second.reasoning is None
-        else (first.reasoning or "") + (second.reasoning or ""),
-        tool_calls=(first.tool_calls or []) + (second.tool_calls or []) or None,
-    )
 
 
 def _grammar_compiler(tokenizer: Any, eos: set[int], vocab_size: int) -> Any:
