@@ -80,6 +80,10 @@ class Runner(Generic[Call, Result]):
             our hands meanwhile). It should turn a job's own failure into a result.
         consumer: takes results (``submit`` returns once the result's fate is known).
         services: started before intake, stopped after the drain (in reverse order).
+        admit: runs before a call takes a routing slot, holding none: it may wait (a stand-by
+            operator's turn in a service of many), return the call to route, or None to drop
+            it. Intake then takes every call at once (each waits apart); without ``admit``,
+            intake takes a call only when a slot is free (backpressure on the producer).
         backlog: called once before intake; its reruns and resends are processed first.
         on_ready: called once the services run, before the backlog and intake.
         on_error: told of a job whose routing or submission raised (the job stays owed).
@@ -96,6 +100,7 @@ class Runner(Generic[Call, Result]):
         consumer: Consumer[Result],
         *,
         services: Iterable[BackgroundService] = (),
+        admit: Callable[[Call], Awaitable[Call | None]] | None = None,
         backlog: Callable[[], Awaitable[Backlog[Call, Result]]] | None = None,
         on_ready: Callable[[], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
@@ -108,6 +113,7 @@ class Runner(Generic[Call, Result]):
         self.router = router
         self.consumer = consumer
         self.services = list(services)
+        self.admit = admit
         self.backlog = backlog
         self.on_ready = on_ready
         self.on_error = on_error
@@ -168,6 +174,10 @@ class Runner(Generic[Call, Result]):
             await self.producer.stop()
 
     async def _intake(self) -> None:
+        if self.admit is not None:  # calls wait their turn in admit, then for a slot, each apart
+            while not self._stop.is_set():
+                self._spawn(self._process(await self.producer.get()))
+            return
         while not self._stop.is_set():
             await self._slots.acquire()
             try:
@@ -195,16 +205,24 @@ class Runner(Generic[Call, Result]):
                         note="cancelled jobs stay owed and are taken up on the next start")
 
     async def _process(self, call: Call, *, holding_slot: bool = False) -> None:
-        """Route one call and submit its result. Never raises (except cancellation)."""
+        """Admit, route one call and submit its result. Never raises (except cancellation)."""
         self.jobs_started += 1
+        holding = holding_slot
         with structlog.contextvars.bound_contextvars(**self.log_fields(call)), self.scope(call):
             try:
-                if not holding_slot:
+                if self.admit is not None:
+                    admitted = await self.admit(call)
+                    if admitted is None:
+                        return
+                    call = admitted
+                if not holding:
                     await self._slots.acquire()
+                    holding = True
                 try:
                     result = await self.router(call)
                 finally:
                     self._slots.release()
+                    holding = False
                 if result is not None:
                     await self.consumer.submit(result)
             except asyncio.CancelledError:
@@ -212,6 +230,8 @@ class Runner(Generic[Call, Result]):
             except Exception as exc:  # the job stays owed (its parts keep its state) for the next start
                 self._failed(exc)
             finally:
+                if holding:
+                    self._slots.release()
                 self.jobs_done += 1
 
     async def _resend(self, result: Result) -> None:

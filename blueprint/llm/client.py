@@ -37,6 +37,10 @@ class Capabilities:
     logprobs: bool = False
     json_mode: bool = False
     tools: bool = False
+    #: ``response_format`` ``json_schema`` enforced (not just passed on).
+    structured_outputs: bool = False
+    #: Thinking text returned apart, in ``reasoning``.
+    reasoning: bool = False
     #: Requests the node runs at once (its batch); the balancer never sends more than this plus
     #: its queue allowance.
     max_concurrency: int = 16
@@ -48,8 +52,12 @@ class Capabilities:
             names.append("tools")
         if self.json_mode:
             names.append("json_mode")
+        if self.structured_outputs:
+            names.append("structured_outputs")
         if self.logprobs:
             names.append("logprobs")
+        if self.reasoning:
+            names.append("reasoning")
         return names
 
 
