@@ -54,7 +54,8 @@ async def _login(client: TestClient, key: str) -> str:
 
 
 @pytest.mark.parametrize("server", [{}, {"api_keys": [USER_KEY]},
-                                    {"admin_keys": [ADMIN_KEY], "console": {"enabled": False}}])
+                                    {"admin_keys": [ADMIN_KEY], "console": {"enabled": False}},
+                                    {"admin_keys": [ADMIN_KEY], "workers": 2}])
 async def test_console_is_off_without_admin_keys_or_when_disabled(server: dict[str, object]) -> None:
     client, balancer = await _client(None, **server)
     try:
