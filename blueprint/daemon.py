@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import structlog
 
+from blueprint import tracing
 from blueprint.errors import BackendError
 from blueprint.jobs.codec import decode_result
 from blueprint.runner import Backlog
@@ -54,6 +57,45 @@ def job_log_fields(item: JobCall | JobResult) -> dict[str, object]:
     if isinstance(item, JobCall):
         fields["job_index"] = item.job_index
     return fields
+
+
+def job_trace(call: JobCall) -> AbstractContextManager[object]:
+    """The job's trace (the runner's ``scope``): a root span around routing and submission, its
+    trace id bound to the job's log lines; nothing at all while tracing is off."""
+    if not tracing.active():
+        return tracing.NO_SPAN
+    return _job_span(call)
+
+
+@contextlib.contextmanager
+def _job_span(call: JobCall) -> Iterator[object]:
+    from blueprint.tracing import attributes as attr
+
+    attributes: dict[str, tracing.AttributeValue] = {
+        attr.SERVICE_ID: call.service_id, attr.CALL_ID: call.call_id, attr.JOB_INDEX: call.job_index}
+    with tracing.span("tangle.job", attributes, kind="consumer") as span:
+        trace_id = tracing.trace_id_hex(span)
+        with structlog.contextvars.bound_contextvars(**({"trace_id": trace_id} if trace_id else {})):
+            yield span
+
+
+async def _trace_transaction(ledger: Ledger, result: JobResult, status: str, tx_hash: str | None) -> None:
+    """The answer's send and confirmation as spans, drawn from the ledger's timestamps (the
+    consumer batches answers in its own task, so the times it recorded are the truth)."""
+    from blueprint.tracing import attributes as attr
+
+    record = await ledger.get(result.service_id, result.call_id)
+    if record is None:
+        return
+    common: dict[str, tracing.AttributeValue] = {attr.CALL_ID: result.call_id, attr.TX_STATUS: status}
+    if tx_hash:
+        common[attr.TX_HASH] = tx_hash
+    if record.answered_at is not None and record.submitted_at is not None:
+        send = tracing.start_span("tangle.tx.send", common, kind="client", start_time_s=record.answered_at)
+        tracing.end_span(send, end_time_s=max(record.answered_at, record.submitted_at))
+    if record.submitted_at is not None and record.confirmed_at is not None:
+        confirm = tracing.start_span("tangle.tx.confirm", common, start_time_s=record.submitted_at)
+        tracing.end_span(confirm, end_time_s=max(record.submitted_at, record.confirmed_at))
 
 
 class JobRouter:
@@ -136,6 +178,8 @@ class JobConsumer:
 
     async def submit(self, result: JobResult) -> SubmitOutcome:
         fate = await self.consumer.submit(result)
+        if tracing.active():
+            await _trace_transaction(self.ledger, result, fate.status, fate.tx_hash)
         metrics = self.ctx.metrics
         if fate.status == "dry_run":
             log.info("daemon.dry_run_result", result=decode_result(result.output)[:_LOG_RESULT_CHARS])

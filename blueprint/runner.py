@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -66,6 +67,10 @@ def _no_fields(_item: object) -> Mapping[str, object]:
     return {}
 
 
+def _no_scope(_item: object) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 class Runner(Generic[Call, Result]):
     """Runs jobs from a producer through a router into a consumer.
 
@@ -75,10 +80,15 @@ class Runner(Generic[Call, Result]):
             our hands meanwhile). It should turn a job's own failure into a result.
         consumer: takes results (``submit`` returns once the result's fate is known).
         services: started before intake, stopped after the drain (in reverse order).
+        admit: runs before a call takes a routing slot, holding none: it may wait (a stand-by
+            operator's turn in a service of many), return the call to route, or None to drop
+            it. Intake then takes every call at once (each waits apart); without ``admit``,
+            intake takes a call only when a slot is free (backpressure on the producer).
         backlog: called once before intake; its reruns and resends are processed first.
         on_ready: called once the services run, before the backlog and intake.
         on_error: told of a job whose routing or submission raised (the job stays owed).
         log_fields: the log context of a call or a result (bound while it is processed).
+        scope: a context entered around a call's routing and submission (the job's trace span).
         max_concurrent: jobs routed at once; intake waits while every slot is taken.
         shutdown_timeout_s: how long running jobs may finish after a stop request.
     """
@@ -90,10 +100,12 @@ class Runner(Generic[Call, Result]):
         consumer: Consumer[Result],
         *,
         services: Iterable[BackgroundService] = (),
+        admit: Callable[[Call], Awaitable[Call | None]] | None = None,
         backlog: Callable[[], Awaitable[Backlog[Call, Result]]] | None = None,
         on_ready: Callable[[], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         log_fields: Callable[[Call | Result], Mapping[str, object]] = _no_fields,
+        scope: Callable[[Call], AbstractContextManager[object]] = _no_scope,
         max_concurrent: int = 64,
         shutdown_timeout_s: float = 30.0,
     ) -> None:
@@ -101,10 +113,12 @@ class Runner(Generic[Call, Result]):
         self.router = router
         self.consumer = consumer
         self.services = list(services)
+        self.admit = admit
         self.backlog = backlog
         self.on_ready = on_ready
         self.on_error = on_error
         self.log_fields = log_fields
+        self.scope = scope
         self.max_concurrent = max_concurrent
         self.shutdown_timeout_s = shutdown_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -160,6 +174,10 @@ class Runner(Generic[Call, Result]):
             await self.producer.stop()
 
     async def _intake(self) -> None:
+        if self.admit is not None:  # calls wait their turn in admit, then for a slot, each apart
+            while not self._stop.is_set():
+                self._spawn(self._process(await self.producer.get()))
+            return
         while not self._stop.is_set():
             await self._slots.acquire()
             try:
@@ -187,16 +205,24 @@ class Runner(Generic[Call, Result]):
                         note="cancelled jobs stay owed and are taken up on the next start")
 
     async def _process(self, call: Call, *, holding_slot: bool = False) -> None:
-        """Route one call and submit its result. Never raises (except cancellation)."""
+        """Admit, route one call and submit its result. Never raises (except cancellation)."""
         self.jobs_started += 1
-        with structlog.contextvars.bound_contextvars(**self.log_fields(call)):
+        holding = holding_slot
+        with structlog.contextvars.bound_contextvars(**self.log_fields(call)), self.scope(call):
             try:
-                if not holding_slot:
+                if self.admit is not None:
+                    admitted = await self.admit(call)
+                    if admitted is None:
+                        return
+                    call = admitted
+                if not holding:
                     await self._slots.acquire()
+                    holding = True
                 try:
                     result = await self.router(call)
                 finally:
                     self._slots.release()
+                    holding = False
                 if result is not None:
                     await self.consumer.submit(result)
             except asyncio.CancelledError:
@@ -204,6 +230,8 @@ class Runner(Generic[Call, Result]):
             except Exception as exc:  # the job stays owed (its parts keep its state) for the next start
                 self._failed(exc)
             finally:
+                if holding:
+                    self._slots.release()
                 self.jobs_done += 1
 
     async def _resend(self, result: Result) -> None:

@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     if not settings.nodes:
         log.warning("no nodes configured: every model request will answer 404")
     if settings.server.workers > 1:
-        from blueprint.server.workers import serve_workers
+        from blueprint.workers import serve_workers
 
         return serve_workers(settings, lambda one, ready: run_with_uvloop(serve_settings(one, ready)))
     run_with_uvloop(serve_settings(settings))

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blueprint.llm.types import ModelInfo, Pricing
+
+#: No file system path or hub id holds a control character; a NUL would reach ``os.stat``.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class VllmSettings(BaseModel):
+    """The in-process vLLM engine's knobs (``[nodes.vllm]``, ``engine = "vllm"`` only), typed so a
+    typo or an out-of-range value stops at load instead of inside vLLM minutes later. The node's
+    ``context_length`` is vLLM's ``max_model_len`` and its ``max_batch_size`` is ``max_num_seqs``;
+    anything else goes through ``options.engine_args`` as is (applied last)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="Share of each GPU's memory vLLM takes (vLLM: 0.9).")
+    tensor_parallel_size: int | None = Field(
+        default=None, ge=1, description="GPUs each layer is split across (inside one machine).")
+    pipeline_parallel_size: int | None = Field(
+        default=None, ge=1, description="Pipeline stages (layers split across machines).")
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        default=None, description="Workers: mp (one machine), ray (several, on a Ray cluster).")
+    quantization: str | None = Field(
+        default=None, description="vLLM's quantization method: awq, gptq, fp8, bitsandbytes...")
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse the KV cache of shared prompt prefixes.")
+    enforce_eager: bool | None = Field(default=None, description="No CUDA graphs (less memory, slower).")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens scheduled in one step (prefill chunk budget).")
 
 
 class NodeConfig(BaseModel):
@@ -39,7 +68,15 @@ class NodeConfig(BaseModel):
     description: str | None = None
     quantization: str | None = None
     pricing: Pricing = Field(default_factory=Pricing)
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options.")
+
+    @field_validator("path")
+    @classmethod
+    def _printable_path(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("path holds a control character")
+        return value
 
     @property
     def node_name(self) -> str:

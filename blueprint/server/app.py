@@ -20,10 +20,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from blueprint import tracing
 from blueprint.errors import (
     AuthenticationError,
     BackendTimeoutError,
     BlueprintError,
+    InvalidRequestError,
     ModelNotFoundError,
     RequestTooLargeError,
 )
@@ -39,10 +41,19 @@ from blueprint.llm.types import (
     parse_request,
 )
 from blueprint.server.auth import KeyRing, RateLimiter
+from blueprint.server.console import install_console
 from blueprint.server.metrics import NO_MODEL, ServerMetrics
 from blueprint.server.openapi import build_openapi
+from blueprint.server.provider_document import model_document
 from blueprint.server.quote_route import handle_quote
-from blueprint.server.responses import JSON, HttpStatusError, error_response, model_response
+from blueprint.server.request_tracing import request_tracing
+from blueprint.server.responses import (
+    DEFAULT_RETRY_AFTER_S,
+    JSON,
+    HttpStatusError,
+    error_response,
+    model_response,
+)
 from blueprint.server.routes import BY_NAME, ROUTES, RouteSpec
 from blueprint.server.settings import ServerSettings
 from blueprint.server.sse import StreamOutcome, stream_sse
@@ -89,8 +100,14 @@ class Api:
         self.keys = KeyRing(settings.api_key_values())
         self.admin_keys = KeyRing(settings.admin_key_values())
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.quote_limiter = RateLimiter(settings.quote_rate_per_minute, settings.quote_burst,
+                                         what="/v1/quote from this address")
         self.telemetry = ServerMetrics(self.node_rows)
+        #: Accepts a request on the admin routes without a Bearer key (the console's session).
+        self.admin_session: Callable[[web.Request], bool] | None = None
         self._openapi = json.dumps(build_openapi()).encode()
+        #: Each model's ``created`` as first listed, so that it stays the same on every call.
+        self._created: dict[str, int] = {}
 
     # ---- guard ------------------------------------------------------------------------------
 
@@ -141,6 +158,8 @@ class Api:
                     status, time.perf_counter() - started)
 
     def _authorize(self, request: web.Request, spec: RouteSpec) -> None:
+        if spec.auth == "admin" and self.admin_session is not None and self.admin_session(request):
+            return
         keys = self.admin_keys if spec.auth == "admin" else self.keys
         if not keys.enabled:
             if spec.auth == "admin":
@@ -160,18 +179,27 @@ class Api:
 
     # ---- inference --------------------------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _body(self, request: web.Request, limit: int | None = None) -> bytes:
+        limit = limit or self.settings.max_body_bytes
         length = request.content_length
-        if length is not None and length > self.settings.max_body_bytes:
-            raise RequestTooLargeError(f"Request body larger than {self.settings.max_body_bytes} bytes.")
+        if length is not None and length > limit:
+            raise RequestTooLargeError(f"Request body larger than {limit} bytes.")
         if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
-            return await request.read()
-        try:  # a client trickling its body (slowloris) must not hold a handler forever
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                return await request.read()
-        except TimeoutError:
-            raise HttpStatusError(408, f"The request body did not arrive within "
-                                       f"{self.settings.body_timeout_s:g} s.", "body_timeout") from None
+            body = await request.read()
+        else:
+            try:  # a client trickling its body (slowloris) must not hold a handler forever
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    body = await request.read()
+            except TimeoutError:
+                raise HttpStatusError(408, f"The request body did not arrive within "
+                                           f"{self.settings.body_timeout_s:g} s.", "body_timeout") from None
+        if len(body) > limit:
+            raise RequestTooLargeError(f"Request body larger than {limit} bytes.")
+        if request.content_type != "application/json":  # a form post or text is never a request body
+            raise InvalidRequestError(
+                f"Send the body as JSON with 'Content-Type: application/json' (got "
+                f"{request.headers.get('Content-Type', 'none')!r}).", code="unsupported_content_type")
+        return body
 
 
     async def _call(self, call: Awaitable[BaseModel]) -> BaseModel:
@@ -198,7 +226,8 @@ class Api:
         RELAY_RAW.set(True)  # this request's task only: a proxy node may answer with its bytes
         result = await self._call(once(req))
         self.telemetry.route(route, req.model).usage(getattr(result, "usage", None))
-        return model_response(result)
+        with tracing.span("http.encode_response"):
+            return model_response(result)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_request(ChatCompletionRequest, await self._body(request))
@@ -222,13 +251,26 @@ class Api:
     # ---- catalog and probes -----------------------------------------------------------------
 
     def catalog(self) -> list[ModelInfo]:
-        """The balancer's models with the operator's ``model_catalog`` extras laid over them."""
+        """The balancer's models with the operator's ``model_catalog`` extras laid over them;
+        ``created`` is fixed at a model's first listing (engines that cannot tell report the
+        time of asking), unless the operator declared it."""
         extras = self.settings.model_catalog
-        infos = self.balancer.models()
-        return [extras[info.id].apply(info) if info.id in extras else info for info in infos]
+        infos = []
+        for info in self.balancer.models():
+            created = self._created.setdefault(info.id, info.created)
+            if created != info.created:
+                info = info.model_copy(update={"created": created})
+            infos.append(extras[info.id].apply(info) if info.id in extras else info)
+        return infos
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        return model_response(ModelList(data=self.catalog()))
+        catalog = self.catalog()
+        if self.settings.models_document == "legacy":
+            return model_response(ModelList(data=catalog))
+        extras = self.settings.model_catalog
+        documents = [model_document(info, extras[info.id].policy() if info.id in extras else None)
+                     for info in catalog]
+        return _json({"data": documents})
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         return _json({"status": "ok"})
@@ -241,7 +283,10 @@ class Api:
         healthy = [row["name"] for row in rows if row.get("healthy") and not row.get("draining")]
         body = {"status": "ready" if healthy else "not_ready", "healthy_nodes": healthy,
                 "nodes": len(rows)}
-        return _json(body, 200 if healthy else 503)
+        response = _json(body, 200 if healthy else 503)
+        if not healthy:
+            response.headers["Retry-After"] = str(int(DEFAULT_RETRY_AFTER_S))
+        return response
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.telemetry.render(),
@@ -251,9 +296,11 @@ class Api:
         return web.Response(body=self._openapi, content_type=JSON)
 
     async def quote(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/quote`` (:mod:`blueprint.server.quote_route`; 503 until ``enable_quotes``)."""
-
-        return await handle_quote(request.app, await self._body(request))
+        """``POST /v1/quote`` (:mod:`blueprint.server.quote_route`; 503 until ``enable_quotes``).
+        It needs no key, so it is bounded per client address and by its own body size."""
+        if self.quote_limiter.enabled:
+            self.quote_limiter.check(request.remote or "unknown")
+        return await handle_quote(request.app, await self._body(request, self.settings.quote_max_body_bytes))
 
     # ---- admin ------------------------------------------------------------------------------
 
@@ -313,10 +360,12 @@ def create_app(balancer: Balancer, settings: ServerSettings | None = None) -> we
     The balancer's lifetime is the caller's (start it before, close it after)."""
     settings = settings or ServerSettings()
     api = Api(balancer, settings)
-    app = web.Application(middlewares=[api.guard], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[*request_tracing(REQUEST_ID), api.guard],
+                          client_max_size=settings.max_body_bytes)
     app[API_KEY] = api
     app[BALANCER_KEY] = balancer
     for spec in ROUTES:
         app.router.add_route(spec.method, spec.path, getattr(api, spec.name), name=spec.name)
     app.on_response_prepare.append(api.on_prepare)
+    install_console(app, api)
     return app

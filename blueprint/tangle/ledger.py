@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import queue
 import sqlite3
 import threading
@@ -242,6 +243,24 @@ UPDATE meta SET value = '3' WHERE key = 'schema_version';
 }
 
 
+def _private_file(path: Path) -> None:
+    """Create the ledger's directory 0700 and its file 0600 before SQLite opens it (SQLite gives
+    the WAL and shared-memory files the database file's mode): it holds pending prompts. A
+    directory that already exists open to others is reported, not changed (it may be shared)."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+    elif path.parent.stat().st_mode & 0o077:
+        log.warning("ledger.directory_not_private", path=str(path.parent),
+                    note="it holds pending prompts: chmod 700 it")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists() and part.stat().st_mode & 0o077:
+            os.chmod(part, 0o600)
+
+
 def _record(row: Sequence[Any]) -> JobRecord:
     values = list(row)
     values[5] = bool(values[5])
@@ -394,7 +413,7 @@ class Ledger:
     # --- connection (ledger thread) -----------------------------------------------------------
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -875,3 +894,15 @@ class Ledger:
             return out
 
         return await self._run(read)
+
+    async def recent(self, limit: int, service_id: int | None = None) -> list[JobRecord]:
+        """The newest ``limit`` jobs (by block and log position), newest first: what an operator
+        looks at first (the console's chain panel)."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        args: list[Any] = []
+        if service_id is not None:
+            sql += " WHERE service_id = ?"
+            args.append(service_id)
+        sql += " ORDER BY block_number DESC, log_index DESC LIMIT ?"
+        args.append(limit)
+        return await self._run(lambda: [_record(r) for r in self._db.execute(sql, args).fetchall()])

@@ -13,8 +13,8 @@ import pytest
 
 from blueprint.config import Settings, load_settings
 from blueprint.errors import InvalidRequestError
-from blueprint.server.workers import check_workers, split_settings
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
+from blueprint.workers import check_workers, split_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-workers-test-key"

@@ -27,8 +27,11 @@ uvicorn's 5 s so we never reuse a connection the server is closing), ``health_ti
 ``health_path`` (``/health``), ``metrics_path`` (``/metrics``), ``metrics_max_age_s`` (30: older
 backend metrics are ignored), ``stream_usage`` (true: always ask the backend for usage in streams
 so tokens can be counted; it is passed on only if the caller asked), and the feature flags
-``embeddings``, ``tools``, ``json_mode``, ``logprobs`` (default false: what the backend serves is
-not discoverable from ``/v1/models``).
+``embeddings``, ``tools``, ``json_mode``, ``structured_outputs``, ``reasoning``, ``logprobs``
+(default false: what the backend serves is not discoverable from ``/v1/models``; they decide what
+``/v1/models`` declares, while requests are passed on as they came: ``tools``, ``tool_choice``,
+``response_format``, ``reasoning``, and the backend's ``tool_calls``, ``reasoning`` and usage
+details back).
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too ma
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+#: vLLM's prefix-cache counters (tokens), current and V0 spelling.
+_PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+_PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -243,7 +249,8 @@ class OpenAIHttpClient(LlmClient):
         self._capabilities = Capabilities(
             embeddings=bool(opts.get("embeddings", False)), tools=bool(opts.get("tools", False)),
             json_mode=bool(opts.get("json_mode", False)), logprobs=bool(opts.get("logprobs", False)),
-            max_concurrency=config.max_batch_size,
+            structured_outputs=bool(opts.get("structured_outputs", False)),
+            reasoning=bool(opts.get("reasoning", False)), max_concurrency=config.max_batch_size,
         )
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.api_key:
@@ -258,6 +265,7 @@ class OpenAIHttpClient(LlmClient):
         self._backend_running = 0
         self._backend_waiting = 0
         self._backend_kv: float | None = None
+        self._backend_prefix: tuple[float, float] | None = None
         self._backend_metrics_at: float | None = None
         self._model_info = self._build_model_info()
 
@@ -320,6 +328,8 @@ class OpenAIHttpClient(LlmClient):
             snap.in_flight = max(snap.in_flight, self._backend_running)
             snap.queued = self._backend_waiting
             snap.kv_cache_usage = self._backend_kv
+            if self._backend_prefix is not None:
+                snap.prefix_cache_hits, snap.prefix_cache_queries = self._backend_prefix
         return snap
 
     # -------------------------------------------------------------------------- backend probes
@@ -383,13 +393,16 @@ class OpenAIHttpClient(LlmClient):
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError):
             return False
-        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE})
+        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE, *_PREFIX_HITS, *_PREFIX_QUERIES})
         if not samples:
             return False
         self._backend_running = int(sum(samples.get(_RUNNING, ())))
         self._backend_waiting = int(sum(samples.get(_WAITING, ())))
         kv = samples.get(_KV_USAGE[0]) or samples.get(_KV_USAGE[1])
         self._backend_kv = max(kv) if kv else None
+        hits = samples.get(_PREFIX_HITS[0]) or samples.get(_PREFIX_HITS[1])
+        queries = samples.get(_PREFIX_QUERIES[0]) or samples.get(_PREFIX_QUERIES[1])
+        self._backend_prefix = (sum(hits), sum(queries)) if hits and queries else None
         self._backend_metrics_at = time.monotonic()
         return True
 
