@@ -27,6 +27,7 @@ import structlog
 from blueprint.balancer import routing
 from blueprint.balancer.breaker import BreakerState, CircuitBreaker
 from blueprint.balancer.node import NodeState
+from blueprint.balancer.priority import job_deadline, seconds_left
 from blueprint.balancer.settings import BalancerSettings
 from blueprint.balancer.strategies import RoutingRequest, Strategy, create_strategy
 from blueprint.errors import (
@@ -66,6 +67,8 @@ class _Waiter:
     request: RoutingRequest
     exclude: frozenset[str]
     future: asyncio.Future[NodeState]
+    #: a chain job's request: ahead of HTTP ones, patient through a moment with no healthy node
+    priority: bool = False
 
 
 def _as_backend_error(exc: BaseException, node: str) -> BlueprintError:
@@ -334,10 +337,18 @@ class Balancer:
     def _queue_capacity(self, model: str) -> int:
         return sum(node.max_queue for node in self._serving(model) if not node.draining)
 
-    def _try_assign(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState | None:
+    def _usable_slots(self, node: NodeState, priority: bool) -> int:
+        """A node's slots open to a request: all for a chain job, the unreserved ones for HTTP."""
+        if priority or not self.settings.reserved_job_share:
+            return node.limit
+        return node.limit - int(node.limit * self.settings.reserved_job_share)
+
+    def _try_assign(self, request: RoutingRequest, exclude: frozenset[str],
+                    priority: bool = False) -> NodeState | None:
         model = request.model
         free = [node for node in self._serving(model)
-                if node.in_flight < node.limit and node.selectable() and node.name not in exclude]
+                if node.in_flight < self._usable_slots(node, priority) and node.selectable()
+                and node.name not in exclude]
         if not free:
             return None
         strategy = self.strategy_for(model)
@@ -369,26 +380,35 @@ class Balancer:
         model = request.model
         if not self._serving(model):
             raise ModelNotFoundError(model)
-        if not self._has_candidate(model, exclude):
+        deadline = job_deadline()
+        priority = deadline is not None
+        # a chain job outlasts a moment with no healthy node; once it has tried nodes, the
+        # failure goes back to its caller, which tries again from the start
+        if not self._has_candidate(model, exclude) and (not priority or exclude):
             raise NoHealthyNodeError(f"No healthy node serves {model!r} right now.")
         queue = self._queues.setdefault(model, deque())
-        if not queue:
-            node = self._try_assign(request, exclude)
+        ahead = sum(1 for w in queue if w.priority) if priority else len(queue)
+        if not ahead:
+            node = self._try_assign(request, exclude, priority)
             if node is not None:
                 return node
-        if len(queue) >= self._queue_capacity(model):
+        if not priority and len(queue) >= self._queue_capacity(model):
             raise OverloadedError(
                 f"All nodes serving {model!r} are busy and the queue is full.",
                 retry_after=self._retry_after(model),
             )
-        waiter = _Waiter(request, exclude, asyncio.get_running_loop().create_future())
-        queue.append(waiter)
+        waiter = _Waiter(request, exclude, asyncio.get_running_loop().create_future(), priority)
+        if priority:
+            queue.insert(ahead, waiter)  # behind earlier jobs, ahead of every HTTP request
+        else:
+            queue.append(waiter)
+        wait_s = seconds_left(deadline) if deadline is not None else self.settings.queue_timeout_s
         try:
-            async with asyncio.timeout(self.settings.queue_timeout_s):
+            async with asyncio.timeout(wait_s):
                 return await waiter.future
         except TimeoutError:
             raise OverloadedError(
-                f"No node serving {model!r} freed up within {self.settings.queue_timeout_s}s.",
+                f"No node serving {model!r} freed up within {wait_s}s.",
                 retry_after=self._retry_after(model),
             ) from None
         except asyncio.CancelledError:
@@ -429,10 +449,12 @@ class Balancer:
             alive = [n for n in serving if not n.draining and n.breaker.state is not BreakerState.OPEN
                      and n.name not in waiter.exclude]
             if not alive:
+                if waiter.priority and not waiter.exclude:
+                    continue  # a chain job waits for a node to come back (or its deadline)
                 queue.remove(waiter)
                 waiter.future.set_exception(NoHealthyNodeError(f"No healthy node serves {model!r}."))
                 continue
-            node = self._try_assign(waiter.request, waiter.exclude)
+            node = self._try_assign(waiter.request, waiter.exclude, waiter.priority)
             if node is None:
                 if not any(n.has_slot() and n.selectable() for n in serving):
                     return
