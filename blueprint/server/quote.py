@@ -272,15 +272,15 @@ def quoter_from_settings(settings: Settings, balancer: Any, account: LocalAccoun
 
 
 def enable_quotes_from_settings(app: web.Application, settings: Settings, balancer: Any,
-                                account: LocalAccount, chain_id: int) -> bool:
+                                account: LocalAccount, chain_id: int) -> Quoter | None:
     """:func:`enable_quotes` with :func:`quoter_from_settings`; an offer the configured nodes
-    cannot make (e.g. more models than fit on chain) leaves quotes disabled, with a warning,
-    rather than stopping the daemon."""
+    cannot make (e.g. more models than fit on chain) leaves quotes disabled (None), with a
+    warning, rather than stopping the daemon. The daemon then prices from its on-chain offer."""
     try:
         quoter = quoter_from_settings(settings, balancer, account, chain_id)
     except BlueprintError as exc:
         log.warning("quotes.disabled", reason=exc.message)
-        return False
+        return None
     enable_quotes(app, quoter)
     log.info("quotes.enabled", operator=account.address, models=[m.model for m in quoter.offer.models])
-    return True
+    return quoter
