@@ -28,10 +28,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blueprint.devstack import DaemonProcess, chain_client, create_service, write_config
+from blueprint.devnet.anvil import DEV_KEYS, start_anvil
+from blueprint.devnet.setup import submit_job, submit_jobs
+from blueprint.devnet.stack import DaemonProcess, chain_client, create_service, write_config
 from blueprint.jobs.codec import encode_inputs
-from blueprint.tangle.devnet import DEV_KEYS, start_anvil
-from blueprint.tangle.setup import submit_job, submit_jobs
 
 MODEL = "echo"
 #: The consumer's batching knobs ([jobs] table); None keeps the daemon defaults.

@@ -37,10 +37,10 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blueprint.devstack import DaemonProcess, chain_client, create_service, write_config
+from blueprint.devnet.anvil import DEV_KEYS, REPO_ROOT, start_anvil
+from blueprint.devnet.setup import submit_job
+from blueprint.devnet.stack import DaemonProcess, chain_client, create_service, write_config
 from blueprint.jobs.codec import encode_inputs
-from blueprint.tangle.devnet import DEV_KEYS, REPO_ROOT, start_anvil
-from blueprint.tangle.setup import submit_job
 
 MODEL = "soak"
 API_KEY = "sk-soak-" + os.urandom(8).hex()

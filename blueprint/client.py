@@ -22,9 +22,10 @@ from blueprint.contracts.manager import (
     service_offers,
 )
 from blueprint.contracts.offer import ModelOffer
+from blueprint.devnet import setup
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle import abi, setup
-from blueprint.tangle.chain import ChainClient, TransactionReverted, logs_with_topic
+from blueprint.tangle import abi
+from blueprint.tangle.chain import ChainClient, TxRevertedError, logs_with_topic
 from blueprint.tangle.quotes import SignedJobQuote
 
 
@@ -80,7 +81,7 @@ class BlueprintClient:
     ) -> int:
         """Submit a job and return its call id. With ``quote``, ``submitJobFromQuote`` pays the
         quoted price (``inputs`` must then be the exact bytes the quote was made for). A rejected
-        job raises :class:`TransactionReverted` whose ``revert`` names the manager's reason."""
+        job raises :class:`TxRevertedError` whose ``revert`` names the manager's reason."""
         payload = inputs if inputs is not None else encode_inputs(model, max_tokens, request)
         try:
             if quote is None:
@@ -89,10 +90,10 @@ class BlueprintClient:
             fn = self.chain.tangle.functions.submitJobFromQuote(
                 self.service_id, job_index, payload, [quote.as_tuple()])
             receipt = await self.chain.send(account, fn, value=quote.details.price)
-        except TransactionReverted as exc:
-            raise TransactionReverted(exc.what, explain_revert(exc.revert), tx_hash=exc.tx_hash) from None
+        except TxRevertedError as exc:
+            raise TxRevertedError(explain_revert(exc.revert), tx_hash=exc.tx_hash, what=exc.what) from None
         logs = logs_with_topic(receipt, abi.JOB_SUBMITTED_FROM_QUOTE_TOPIC, self.chain.tangle_address)
-        return int.from_bytes(bytes(logs[0]["topics"][2]), "big")
+        return int(logs[0].topics[2], 16)
 
     async def wait_for_result(self, call_id: int, timeout: float = 120.0) -> dict[str, Any]:  # noqa: ASYNC109
         """The decoded response JSON of the first result for ``call_id`` (an OpenAI response or

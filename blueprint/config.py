@@ -8,6 +8,7 @@ with ``__``, e.g. ``SERVER__PORT``), a TOML file (``--config`` or ``BLUEPRINT_CO
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,9 @@ from blueprint.llm.config import NodeConfig
 from blueprint.server.settings import ServerSettings
 
 CONFIG_ENV = "BLUEPRINT_CONFIG"
+#: The TOML file :func:`load_settings` was given, seen by the sources while it builds Settings
+#: (a context variable, so loading never writes to the process environment).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("blueprint_config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -88,7 +92,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_path = os.environ.get(CONFIG_ENV)
+        config_path = _CONFIG_FILE.get() or os.environ.get(CONFIG_ENV)
         if config_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_path)))
         return tuple(sources)
@@ -103,12 +107,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     path = Path(config_file)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    previous = os.environ.get(CONFIG_ENV)
-    os.environ[CONFIG_ENV] = str(path)
+    token = _CONFIG_FILE.set(path)
     try:
         return Settings(**flags)
     finally:
-        if previous is None:
-            os.environ.pop(CONFIG_ENV, None)
-        else:
-            os.environ[CONFIG_ENV] = previous
+        _CONFIG_FILE.reset(token)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import signal
 import time
@@ -54,7 +53,7 @@ if TYPE_CHECKING:
     from blueprint.config import Settings
     from blueprint.context import Context
     from blueprint.contracts.offer_book import OfferBook
-    from blueprint.server.quote import Quoter
+    from blueprint.quoting.quoter import Quoter
     from blueprint.tangle.completions import CompletionWatch
     from blueprint.tangle.consumer import Consumer
     from blueprint.tangle.ledger import Ledger
@@ -192,11 +191,10 @@ class Daemon:
 
     # --- one job -----------------------------------------------------------------------------
 
-    async def _process(self, call: JobCall, *, holding_slot: bool = False,
-                       record: JobRecord | None = None) -> None:
+    async def _process(self, call: JobCall, *, holding_slot: bool = False, resumed: bool = False) -> None:
         """Place one job, wait our turn, run it and submit its answer. Never raises (except
-        cancellation). A stand-by job holds no handler slot while it waits. ``record`` is the
-        ledger's row of a resumed job (a fresh one is ``seen`` now)."""
+        cancellation). A stand-by job holds no handler slot while it waits. A ``resumed`` job
+        keeps the state and the first-seen time the ledger has for it (a fresh one is ``seen`` now)."""
         self.jobs_started += 1
         metrics = self.ctx.metrics
         holding = holding_slot
@@ -204,6 +202,7 @@ class Daemon:
                                                      job_index=call.job_index):
             try:
                 metrics.jobs_seen.labels(str(call.job_index)).inc()
+                record = await self.ledger.get(call.service_id, call.call_id) if resumed else None
                 state = record.state if record is not None else JobState.SEEN
                 if record is None and await self._answered_while_away(call):
                     return
@@ -388,14 +387,14 @@ class Daemon:
         log.info("daemon.job_answered", ok=outcome.ok, error_code=outcome.error_code,
                  handler_ms=round(outcome.elapsed_s * 1000, 2), result_bytes=len(outcome.output))
 
-    async def _submit(self, result: JobResult) -> None:
+    async def _submit(self, result: JobResult, *, verify: bool = False) -> None:
         if self.dry_run:
             await self.ledger.mark_answered(result.service_id, result.call_id, result.output)
             from blueprint.jobs.codec import decode_result
 
             log.info("daemon.dry_run_result", result=decode_result(result.output)[:_LOG_RESULT_CHARS])
             return
-        fate = await self.consumer.submit(result)
+        fate = await self.consumer.submit(result, verify=verify)
         if fate.status == "failed":
             self.ctx.metrics.jobs_failed.inc()
             log.warning("daemon.job_failed", reason=fate.reason)
@@ -411,43 +410,17 @@ class Daemon:
     # --- resume ------------------------------------------------------------------------------
 
     async def _resume(self) -> None:
-        """Answer or resubmit what the ledger says is owed, after checking the chain."""
-        records = await self.ledger.pending_on_start(self.service_id)
-        if not records:
-            return
-        log.info("daemon.resuming", jobs=len(records))
-        for record in records:
-            ids = {"call_id": record.call_id, "service_id": record.service_id}
-            with structlog.contextvars.bound_contextvars(**ids):
-                await self._resume_one(record)
-
-    async def _resume_one(self, record: JobRecord) -> None:
-        key = (record.service_id, record.call_id)
-        try:
-            answered = await self.consumer.is_answered_on_chain(*key, from_block=record.block_number)
-        except Exception as exc:  # cannot tell: resubmitting is safe (the chain refuses a duplicate)
-            log.warning("daemon.resume_check_failed", error=str(exc))
-            answered = False
-        if answered:
-            await self.consumer.confirm_already_answered([key], "already answered on chain")
-            log.info("daemon.resume_already_answered", state=str(record.state))
-            return
-        if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:
-            log.info("daemon.resume_resubmit", state=str(record.state))
-            self._spawn(self._resubmit(JobResult(record.service_id, record.call_id, record.result)))
-            return
-        if record.state is JobState.RUNNING:
-            await self.ledger.transition(*key, JobState.SEEN, reason="requeued on restart")
-            record = dataclasses.replace(record, state=JobState.SEEN)
-        if not record.inputs and record.inputs != b"":
-            log.warning("daemon.resume_no_inputs")
-        log.info("daemon.resume_rerun", state=str(record.state))
-        self._spawn(self._process(record.to_job_call(), record=record))
+        """Answer or resubmit what the ledger says is owed (the consumer checks the chain first)."""
+        plan = await self.consumer.resume(self.service_id)
+        for result in plan.resend:
+            self._spawn(self._resubmit(result))
+        for call in plan.rerun:
+            self._spawn(self._process(call, resumed=True))
 
     async def _resubmit(self, result: JobResult) -> None:
         with structlog.contextvars.bound_contextvars(call_id=result.call_id, service_id=result.service_id):
             try:
-                await self._submit(result)
+                await self._submit(result, verify=True)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -497,17 +470,19 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
             assigner=assigner, watch=watch, patience_s=jobs.job_timeout_s,
         )
         if settings.server.enabled:
+            from blueprint.quoting.quoter import quotes_from_settings
             from blueprint.server.app import create_app, include_metrics
-            from blueprint.server.quote import enable_quotes_from_settings
+            from blueprint.server.quote_route import enable_quotes
             from blueprint.server.runner import start_server
 
             app = create_app(ctx.balancer, settings.server)
             chain_metrics = ChainMetrics(ctx.ledger, producer=producer, txm=ctx.txm, w3=ctx.chain.w3)
             include_metrics(app, ctx.metrics.registry, chain_metrics)
             if ctx.operator is not None:  # POST /v1/quote signs with the operator's key
-                quoter = enable_quotes_from_settings(app, settings, ctx.balancer, ctx.operator.account,
-                                                     await ctx.chain.w3.eth.chain_id)
+                quoter = quotes_from_settings(settings, ctx.balancer, ctx.operator.account,
+                                              await ctx.chain.w3.eth.chain_id)
                 if quoter is not None:
+                    enable_quotes(app, quoter)
                     _price_quotes_from_chain(book, quoter, ctx.operator.address)
             server = await start_server(ctx.balancer, settings.server, app=app)
         loop = asyncio.get_running_loop()

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from blueprint.devstack import DaemonProcess, chain_client, create_service
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
-from blueprint.tangle.setup import DevService
+from blueprint.devnet.anvil import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
+from blueprint.devnet.setup import DevService
+from blueprint.devnet.stack import DaemonProcess, chain_client, create_service
 
 
 def require_devnet() -> None:

@@ -11,7 +11,7 @@ import json
 
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
 from blueprint.contracts.manager import deploy_manager
-from blueprint.tangle import setup
+from blueprint.devnet import setup
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

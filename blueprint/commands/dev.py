@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from blueprint.tangle.devnet import DevnetError
+    from blueprint.devnet.anvil import DevnetError
 
     try:
         return _main(args)
@@ -79,8 +79,8 @@ def _main(args: argparse.Namespace) -> int:
 
     # set-up chatter (every transaction) stays quiet; the daemon logs to its own file
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from blueprint.devstack import DaemonProcess, write_config
-    from blueprint.tangle.devnet import find_anvil, find_tnt_core_state, free_port, start_anvil
+    from blueprint.devnet.anvil import find_anvil, find_tnt_core_state, free_port, start_anvil
+    from blueprint.devnet.stack import DaemonProcess, write_config
 
     steps = _Steps()
     root = Path(args.dir).resolve()
@@ -141,8 +141,8 @@ def _main(args: argparse.Namespace) -> int:
 
 
 async def _create_service(anvil: Any, keystore: Path) -> Any:
-    from blueprint.devstack import chain_client, create_service
-    from blueprint.tangle.devnet import DEV_KEYS
+    from blueprint.devnet.anvil import DEV_KEYS
+    from blueprint.devnet.stack import chain_client, create_service
 
     async with chain_client(anvil) as client:
         return await create_service(client, DEV_KEYS[0], keystore)
@@ -168,10 +168,10 @@ def _start_daemon(daemon: Any, timeout: float) -> None:
 
 
 async def _demo_jobs(anvil: Any, service: Any, model_id: str, wait_s: float) -> list[tuple[str, Any]]:
-    from blueprint.devstack import chain_client
+    from blueprint.devnet.setup import submit_job, wait_for_result
+    from blueprint.devnet.stack import chain_client
     from blueprint.jobs.codec import decode_result_json, encode_inputs
     from blueprint.tangle.chain import ChainError
-    from blueprint.tangle.setup import submit_job, wait_for_result
 
     demo = [
         ("job 0: chat completion", 0, 32, {"messages": [{"role": "user", "content": "Say hello."}]}),

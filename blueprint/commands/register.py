@@ -20,14 +20,12 @@ import json
 import structlog
 
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
-from blueprint.config import Settings
 from blueprint.contracts.manager import blueprint_manager, manager_contract
-from blueprint.contracts.offer import ModelOffer, Offer, build_offer, encode_offer, split_for_registration
-from blueprint.tangle import setup
+from blueprint.contracts.offer import encode_offer, offer_from_nodes, split_for_registration
+from blueprint.devnet import setup
 from blueprint.tangle.keystore import Operator
 
 log = structlog.get_logger(__name__)
-DEFAULT_CONTEXT = 2048
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,29 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--unregister", action="store_true", help="Leave the blueprint.")
 
 
-def offer_from_settings(settings: Settings, public_url: str, *, prompt_price_wei: int = 0,
-                        completion_price_wei: int = 0) -> Offer:
-    """One model entry per distinct model of the configured nodes (largest limits win)."""
-    models: dict[str, ModelOffer] = {}
-    for node in settings.nodes:
-        context = node.context_length or DEFAULT_CONTEXT
-        output = min(node.max_output_tokens or context, context)
-        prompt = int(node.options.get("price_per_prompt_token_wei", prompt_price_wei))
-        completion = int(node.options.get("price_per_completion_token_wei", completion_price_wei))
-        known = models.get(node.model)
-        if known is not None:
-            context, output = max(context, known.context_length), max(output, known.max_output_tokens)
-        models[node.model] = ModelOffer(node.model, context, output, prompt, completion)
-    return build_offer(public_url, models.values())
-
-
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args, blueprint_id=args.blueprint_id)
     if not args.unregister and not args.public_url:
         raise SystemExit("--public-url is required (clients reach the operator there)")
     offer = None
     if not args.unregister:
-        offer = offer_from_settings(settings, args.public_url, prompt_price_wei=args.prompt_price_wei,
+        offer = offer_from_nodes(settings.nodes, args.public_url, prompt_price_wei=args.prompt_price_wei,
                                     completion_price_wei=args.completion_price_wei)
     if settings.registration_mode_on:
         if settings.registration_output_path is None or offer is None:

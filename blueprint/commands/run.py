@@ -11,11 +11,16 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from blueprint.logging import configure_logging
+
+if TYPE_CHECKING:
+    from structlog.typing import BindableLogger
+
+    from blueprint.config import Settings
 
 #: flag -> (Settings field, type, help). The manager's variables, one flag each.
 MANAGER_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -91,14 +96,8 @@ def _run(coro: Any) -> None:
         uvloop.run(coro)
 
 
-def _registration_mode(settings: Any, log: Any) -> int:
+def _registration_mode(settings: Settings, log: BindableLogger) -> int:
     """No SERVICE_ID: the manager wants registration inputs, which ``register`` produces."""
-    try:
-        from blueprint.commands import register
-    except ImportError:
-        register = None
-    if register is not None and hasattr(register, "write_registration_inputs"):
-        return int(register.write_registration_inputs(settings) or 0)
     where = settings.registration_output_path or "REGISTRATION_OUTPUT_PATH"
     log.error(
         "registration_mode_unsupported",

@@ -47,16 +47,14 @@ async def deploy_manager(client: ChainClient, deployer: LocalAccount, *, gas: in
     """Deploy the committed ``LlmServiceManager`` bound to ``client``'s Tangle; returns its address."""
     artifact = load_artifact()
     factory = client.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    tx = await factory.constructor(client.tangle_address).build_transaction({
-        "from": deployer.address, "gas": gas, "chainId": await client.w3.eth.chain_id,
-        "nonce": await client.w3.eth.get_transaction_count(deployer.address, "pending"),
-        **(await client.fees()),
-    })
-    receipt = await client.send_raw(deployer, tx, what="deploy LlmServiceManager")
-    address = receipt.get("contractAddress")
+    constructor = factory.constructor(client.tangle_address)
+    init_code = bytes.fromhex(constructor.data_in_transaction.removeprefix("0x"))
+    receipt = await client.sender(deployer).send_and_wait(None, init_code, gas=gas,
+                                                          what="deploy LlmServiceManager")
+    address = receipt.contract_address
     if not address:
         raise ChainError("deploy LlmServiceManager: the receipt has no contract address")
-    log.info("manager.deployed", address=address, gas_used=receipt["gasUsed"])
+    log.info("manager.deployed", address=address, gas_used=receipt.gas_used)
     return to_checksum_address(address)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
@@ -24,6 +24,9 @@ from eth_abi.exceptions import DecodingError
 from eth_utils import keccak
 
 from blueprint.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from blueprint.llm.config import NodeConfig
 
 OFFER_TAG = keccak(text="tangle-llm-blueprint.offer.v1")
 MODEL_TUPLE = "(string,uint32,uint32,uint256,uint256)"
@@ -130,6 +133,28 @@ def build_offer(endpoint: str, models: Iterable[ModelOffer]) -> Offer:
     offer = Offer(endpoint=endpoint, models=tuple(models))
     offer.validate()
     return offer
+
+
+#: Context length offered for a node that declares none.
+DEFAULT_CONTEXT = 2048
+
+
+def offer_from_nodes(nodes: Iterable[NodeConfig], public_url: str, *, prompt_price_wei: int = 0,
+                     completion_price_wei: int = 0) -> Offer:
+    """One model entry per distinct model of the configured nodes (largest limits win); prices
+    from each node's ``options.price_per_prompt_token_wei`` / ``price_per_completion_token_wei``,
+    else the defaults given. ``register`` offers this on chain and the quoter prices with it."""
+    models: dict[str, ModelOffer] = {}
+    for node in nodes:
+        context = node.context_length or DEFAULT_CONTEXT
+        output = min(node.max_output_tokens or context, context)
+        prompt = int(node.options.get("price_per_prompt_token_wei", prompt_price_wei))
+        completion = int(node.options.get("price_per_completion_token_wei", completion_price_wei))
+        known = models.get(node.model)
+        if known is not None:
+            context, output = max(context, known.context_length), max(output, known.max_output_tokens)
+        models[node.model] = ModelOffer(node.model, context, output, prompt, completion)
+    return build_offer(public_url, models.values())
 
 
 #: Gas the manager may spend in ``onRegister`` with room to spare under the 500k hook stipend.

@@ -42,6 +42,7 @@ from blueprint.llm.types import (
 from blueprint.server.auth import KeyRing, RateLimiter
 from blueprint.server.metrics import NO_MODEL, ServerMetrics
 from blueprint.server.openapi import build_openapi
+from blueprint.server.quote_route import handle_quote
 from blueprint.server.responses import JSON, HttpStatusError, error_response, model_response
 from blueprint.server.routes import BY_NAME, ROUTES, RouteSpec
 from blueprint.server.settings import ServerSettings
@@ -270,8 +271,7 @@ class Api:
         return web.Response(body=self._openapi, content_type=JSON)
 
     async def quote(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/quote`` (:mod:`blueprint.server.quote`; 503 until ``enable_quotes``)."""
-        from blueprint.server.quote import handle_quote
+        """``POST /v1/quote`` (:mod:`blueprint.server.quote_route`; 503 until ``enable_quotes``)."""
 
         return await handle_quote(request.app, await self._body(request))
 

@@ -21,7 +21,7 @@ from blueprint.llm.types import (
     EmbeddingResponse,
     ModelList,
 )
-from blueprint.server.quote import QuoteRequest, QuoteResponse
+from blueprint.quoting.wire import QuoteRequest, QuoteResponse
 
 Auth = Literal["none", "api", "admin"]
 

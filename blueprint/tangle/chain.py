@@ -1,61 +1,62 @@
 """A small async client for the TNT Core contracts over web3.py's ``AsyncWeb3`` (HTTP).
 
 It exists so that set-up code, tools and tests share one way to build the contract objects from
-:mod:`blueprint.tangle.abi` and one way to send a transaction: simulate with ``eth_call`` first
-(a revert is raised at once, decoded with the custom-error table), give generous gas headroom
-(``eth_estimateGas`` can settle on a limit where a best-effort manager hook silently runs out of
-gas), sign locally, wait for the receipt, and turn a failed receipt into a decoded error.
-
-The daemon's high-rate result path has its own transaction manager (one nonce sequence, fee bumps);
-this client is for one-off operations from any account.
+:mod:`blueprint.tangle.abi`, one way to read (a view call whose revert is decoded) and one way to
+send: :meth:`ChainClient.send` hands the transaction to the account's
+:class:`~blueprint.tangle.txmanager.TxManager` (the package's one sender) after simulating it and
+giving generous gas headroom (``eth_estimateGas`` can settle on a limit where a best-effort manager
+hook silently runs out of gas). Every revert is a :class:`TxRevertedError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContract, AsyncContractFunction
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3.exceptions import ContractLogicError, Web3RPCError
 
-from blueprint.errors import BlueprintError
 from blueprint.tangle import abi
 from blueprint.tangle.abi import DecodedRevert, decode_revert, revert_data_of
+from blueprint.tangle.events import (
+    JobResultLog,
+    RawLog,
+    address_topic,
+    decode_result_log,
+    normalize_log,
+    uint_topic,
+)
 from blueprint.tangle.rpc import PooledHTTPProvider, lean_web3
+from blueprint.tangle.txmanager import ChainError, Receipt, TxManager, TxRevertedError
+
+__all__ = ["ChainClient", "ChainError", "ChainSettings", "OnchainJobCall", "TxRevertedError",
+           "checksum_all", "logs_with_topic"]
 
 log = structlog.get_logger(__name__)
 
 #: Default multiplier and floor added on top of ``eth_estimateGas``.
 GAS_MULTIPLIER = 1.5
 GAS_HEADROOM = 300_000
+#: Gas of the simulation before a set-up transaction whose limit is not given yet.
+SIMULATION_GAS = 30_000_000
 
 
-class ChainError(BlueprintError):
-    """The chain could not be reached or did not do what we asked."""
+class ChainSettings(Protocol):
+    """What a chain client needs of the settings (:class:`blueprint.config.Settings` has it)."""
 
-    http_status = 502
-    code = "chain_error"
-    retryable = True
-
-
-class TransactionReverted(ChainError):
-    """A call or transaction reverted; ``revert`` holds the decoded custom error."""
-
-    code = "transaction_reverted"
-    retryable = False
-
-    def __init__(self, what: str, revert: DecodedRevert, *, tx_hash: str | None = None) -> None:
-        where = f" (tx {tx_hash})" if tx_hash else ""
-        super().__init__(f"{what} reverted: {revert}{where}")
-        self.what = what
-        self.revert = revert
-        self.tx_hash = tx_hash
+    @property
+    def http_rpc_url(self) -> str: ...
+    @property
+    def tangle_contract(self) -> str: ...
+    @property
+    def staking_contract(self) -> str: ...
+    @property
+    def status_registry_contract(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,45 +77,17 @@ class OnchainJobCall:
         return self.created_at != 0
 
 
-@dataclass(frozen=True, slots=True)
-class ResultLog:
-    """One ``JobResultSubmitted`` log."""
-
-    service_id: int
-    call_id: int
-    operator: str
-    output: bytes
-    block_number: int
-    tx_hash: str
-
-
-def uint_topic(value: int) -> str:
-    """A uint as a 32-byte topic (``0x`` hex)."""
-    return "0x" + value.to_bytes(32, "big").hex()
-
-
-def address_topic(address: str) -> str:
-    """An address as a 32-byte topic (``0x`` hex, lowercase)."""
-    return "0x" + "00" * 12 + to_checksum_address(address)[2:].lower()
-
-
-def _hex(value: Any) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        return "0x" + bytes(value).hex()
-    return str(value).lower()
-
-
-def logs_with_topic(receipt: Mapping[str, Any], topic0: str, address: str | None = None) -> list[Any]:
-    """The logs of a receipt whose topic0 (and emitter, if given) match."""
+def logs_with_topic(receipt: Receipt, topic0: str, address: str | None = None) -> list[RawLog]:
+    """The logs of a receipt whose topic0 (and emitter, if given) match, as plain values."""
     wanted = address.lower() if address else None
     found = []
-    for entry in receipt["logs"]:
-        topics = entry["topics"]
-        if not topics or _hex(topics[0]) != topic0.lower():
+    for entry in receipt.logs:
+        raw = normalize_log(entry)
+        if not raw.topics or raw.topics[0] != topic0.lower():
             continue
-        if wanted and str(entry["address"]).lower() != wanted:
+        if wanted and raw.address != wanted:
             continue
-        found.append(entry)
+        found.append(raw)
     return found
 
 
@@ -129,10 +102,8 @@ class ChainClient:
         staking_address: str,
         status_registry_address: str,
         receipt_timeout: float = 60.0,
-        poll_latency: float = 0.05,
     ) -> None:
-        """``receipt_timeout``: seconds to wait for each receipt; ``poll_latency``: receipt poll
-        interval (anvil automines, so short polls keep set-up fast)."""
+        """``receipt_timeout``: seconds :meth:`send` waits for each receipt."""
         self.w3 = w3
         self.tangle_address = to_checksum_address(tangle_address)
         self.staking_address = to_checksum_address(staking_address)
@@ -143,7 +114,7 @@ class ChainClient:
             address=self.status_registry_address, abi=abi.STATUS_REGISTRY_ABI
         )
         self.receipt_timeout = receipt_timeout
-        self.poll_latency = poll_latency
+        self._senders: dict[str, TxManager] = {}
 
     @classmethod
     def connect(
@@ -167,7 +138,7 @@ class ChainClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> ChainClient:
+    def from_settings(cls, settings: ChainSettings, **kwargs: Any) -> ChainClient:
         """A client from the blueprint manager's settings (``http_rpc_url``, ``*_contract``)."""
         return cls.connect(
             settings.http_rpc_url,
@@ -197,7 +168,7 @@ class ChainClient:
 
     async def call(self, fn: AsyncContractFunction, *, sender: str | None = None,
                    block: int | str = "latest") -> Any:
-        """A view call; a revert raises :class:`TransactionReverted` with the decoded error."""
+        """A view call; a revert raises :class:`TxRevertedError` with the decoded error."""
         tx: dict[str, Any] = {"from": to_checksum_address(sender)} if sender else {}
         try:
             return await fn.call(tx, block_identifier=block)
@@ -220,7 +191,7 @@ class ChainClient:
         *,
         from_block: int | str = 0,
         to_block: int | str = "latest",
-    ) -> list[ResultLog]:
+    ) -> list[JobResultLog]:
         """``JobResultSubmitted`` logs of the Tangle contract for a service (a call, an operator)."""
         topics: list[Any] = [
             abi.JOB_RESULT_SUBMITTED_TOPIC,
@@ -234,18 +205,17 @@ class ChainClient:
             "address": self.tangle_address, "topics": topics,
             "fromBlock": from_block, "toBlock": to_block,
         })
-        out = []
-        for entry in raw_logs:
-            t = [_hex(x) for x in entry["topics"]]
-            (output,) = abi_decode(list(abi.JOB_RESULT_SUBMITTED_DATA_TYPES), bytes(entry["data"]))
-            out.append(ResultLog(
-                service_id=int(t[1], 16), call_id=int(t[2], 16),
-                operator=to_checksum_address("0x" + t[3][-40:]), output=output,
-                block_number=int(entry["blockNumber"]), tx_hash=_hex(entry["transactionHash"]),
-            ))
-        return out
+        return [decode_result_log(entry) for entry in raw_logs]
 
     # --- writes -----------------------------------------------------------------------------
+
+    def sender(self, account: LocalAccount) -> TxManager:
+        """The transaction manager of ``account`` (one per account, so its nonces stay in order)."""
+        txm = self._senders.get(account.address)
+        if txm is None:
+            txm = TxManager(self.w3, account, receipt_timeout=self.receipt_timeout)
+            self._senders[account.address] = txm
+        return txm
 
     async def send(
         self,
@@ -256,93 +226,37 @@ class ChainClient:
         gas: int | None = None,
         gas_multiplier: float = GAS_MULTIPLIER,
         gas_headroom: int = GAS_HEADROOM,
-        nonce: int | None = None,
-    ) -> Any:
-        """Simulate, sign and send ``fn`` from ``account``, then wait for a successful receipt.
+    ) -> Receipt:
+        """Simulate ``fn`` from ``account``, then send it through the account's
+        :meth:`sender` and wait for a successful receipt.
 
         ``gas``: an explicit limit; else ``estimate * gas_multiplier + gas_headroom``. Raises
-        :class:`TransactionReverted` (decoded) when the simulation or the mined tx reverts, and
+        :class:`TxRevertedError` (decoded) when the simulation or the mined tx reverts, and a
         :class:`ChainError` when no receipt arrives within ``receipt_timeout``.
         """
+        txm = self.sender(account)
         what = fn.fn_name
-        base: dict[str, Any] = {"from": account.address, "value": value}
-        try:
-            await fn.call(base)
-            if gas is None:
-                estimate = await fn.estimate_gas(base)
-                gas = int(estimate * gas_multiplier) + gas_headroom
-        except (ContractLogicError, Web3RPCError) as exc:
-            raise _reverted(what, exc) from None
-        tx = await fn.build_transaction({
-            **base,
-            "gas": gas,
-            "nonce": nonce if nonce is not None else await self.w3.eth.get_transaction_count(
-                account.address, "pending"),
-            "chainId": await self.w3.eth.chain_id,
-            **(await self.fees()),
-        })
-        return await self.send_raw(account, tx, what=what)
-
-    async def send_raw(self, account: LocalAccount, tx: dict[str, Any], *, what: str = "transaction") -> Any:
-        """Sign ``tx`` (complete: nonce, gas, fees, chainId), send it and wait for its receipt."""
-        signed = account.sign_transaction(tx)
-        tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        try:
-            receipt = await self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self.receipt_timeout, poll_latency=self.poll_latency
-            )
-        except TimeExhausted:
-            waited = self.receipt_timeout
-            raise ChainError(f"{what}: no receipt for {_hex(tx_hash)} within {waited}s") from None
-        if receipt["status"] != 1:
-            revert = await self._replay_revert(tx, receipt)
-            raise TransactionReverted(what, revert, tx_hash=_hex(tx_hash))
-        log.debug("chain.tx_ok", what=what, tx=_hex(tx_hash), gas_used=receipt["gasUsed"])
-        return receipt
-
-    async def fees(self) -> dict[str, int]:
-        """EIP-1559 fields: twice the latest base fee plus the node's suggested tip."""
-        block = await self.w3.eth.get_block("latest")
-        base_fee = int(block.get("baseFeePerGas", 0) or 0)
-        try:
-            tip = int(await self.w3.eth.max_priority_fee)
-        except (Web3RPCError, ValueError):
-            tip = 1_000_000_000 if base_fee else 0
-        return {"maxFeePerGas": 2 * base_fee + tip, "maxPriorityFeePerGas": tip}
-
-    async def _replay_revert(self, tx: Mapping[str, Any], receipt: Mapping[str, Any]) -> DecodedRevert:
-        """Why a mined tx failed: replay it as ``eth_call`` on the state before its block (an
-        approximation: earlier txs of the same block are not replayed). Revert data decodes as
-        usual; a failure without data that passes with more gas is reported as ``OutOfGas``
-        (hooks behind a proxy run out of gas with 63/64 of the limit, so gasUsed stays below it).
-        """
-        call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
-        before = max(int(receipt["blockNumber"]) - 1, 0)
-        try:
-            await self.w3.eth.call(call, block_identifier=before)
-        except (ContractLogicError, Web3RPCError) as exc:
-            revert = decode_revert(revert_data_of(exc))
-            if revert.name != "EmptyRevert":
-                return revert
-        unlimited = {k: v for k, v in call.items() if k != "gas"}
-        try:
-            await self.w3.eth.call(unlimited, block_identifier=before)
-        except (ContractLogicError, Web3RPCError):
-            return DecodedRevert("EmptyRevert")
-        return DecodedRevert("OutOfGas", (int(receipt["gasUsed"]), int(tx.get("gas", 0))))
+        to = fn.address
+        data = bytes.fromhex(fn._encode_transaction_data().removeprefix("0x"))
+        # simulate with room to spare: a set-up call can need more than a result's default gas
+        # (activating a service of 16 operators takes about 5M)
+        await txm.simulate(to, data, value=value, what=what, gas=SIMULATION_GAS)
+        if gas is None:
+            estimate = await txm.estimate_gas(to, data, value=value, what=what)
+            gas = int(estimate * gas_multiplier) + gas_headroom
+        return await txm.send_and_wait(to, data, gas=gas, value=value, simulate=False, what=what)
 
 
-def _reverted(what: str, exc: BaseException) -> TransactionReverted | ChainError:
+def _reverted(what: str, exc: BaseException) -> TxRevertedError | ChainError:
     data = revert_data_of(exc)
     if data is None and not isinstance(exc, ContractLogicError):
         return ChainError(f"{what}: {type(exc).__name__}: {exc}")
     revert = decode_revert(data)
     if revert.name == "EmptyRevert" and isinstance(exc, ContractLogicError) and exc.message:
         revert = DecodedRevert("Error", (str(exc.message),))
-    return TransactionReverted(what, revert)
+    return TxRevertedError(revert, what=what)
 
 
 def checksum_all(addresses: Iterable[str]) -> list[str]:
     """Checksummed copies of ``addresses`` (web3 refuses lowercase addresses as arguments)."""
     return [to_checksum_address(a) for a in addresses]
-

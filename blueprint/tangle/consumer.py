@@ -31,7 +31,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
@@ -41,7 +41,7 @@ from web3 import AsyncWeb3
 
 from blueprint.tangle.abi import JOB_RESULT_SUBMITTED_TOPIC, TANGLE_ABI, fragment, selector
 from blueprint.tangle.events import address_topic, decode_result_log, uint_topic
-from blueprint.tangle.ledger import IllegalTransitionError, JobState, Ledger, LedgerError
+from blueprint.tangle.ledger import IllegalTransitionError, JobRecord, JobState, Ledger, LedgerError
 from blueprint.tangle.txmanager import (
     Receipt,
     SentTx,
@@ -62,7 +62,7 @@ _GET_JOB_CALL = selector(fragment(TANGLE_ABI, "getJobCall"))
 
 #: ``deferred``: the consumer was closed before this result went out (or before its receipt
 #: came); the job stays ``answered``/``submitted`` in the ledger and :meth:`Consumer.resume`
-#: sends it on the next start.
+#: finds it on the next start.
 #: ``answered_by_another``: another operator's result completed the job; nothing of ours is sent.
 Status = Literal["confirmed", "already_answered", "failed", "orphaned", "dry_run", "deferred",
                  "answered_by_another"]
@@ -85,6 +85,14 @@ def encode_submit_result(service_id: int, call_id: int, output: bytes) -> bytes:
 
 def encode_submit_results(service_id: int, call_ids: list[int], outputs: list[bytes]) -> bytes:
     return _SUBMIT_RESULTS + abi_encode(["uint64", "uint64[]", "bytes[]"], [service_id, call_ids, outputs])
+
+
+@dataclass
+class Resumption:
+    """What :meth:`Consumer.resume` found still owed: jobs to run again and answers to send again."""
+
+    rerun: list[JobCall] = field(default_factory=list)
+    resend: list[JobResult] = field(default_factory=list)
 
 
 @dataclass
@@ -285,42 +293,47 @@ class Consumer:
                 await self._each([(sid, cid)], JobState.CONFIRMED, reason=note, tx_hash=found[0],
                                  answer=(found[1], found[2]))
 
-    async def resume(self, service_id: int | None = None) -> list[JobCall]:
-        """Pick up the ledger's unfinished jobs after a restart; returns the jobs to run again.
+    async def resume(self, service_id: int | None = None) -> Resumption:
+        """What the ledger says is still owed after a restart, checked against the chain first.
 
-        * ``answered``/``submitted`` jobs: their stored result is sent again in the background
-          (``ResultAlreadySubmitted`` from the chain makes that a no-op, counted as done);
-        * ``seen``/``running`` jobs already answered on chain (:meth:`is_answered_on_chain`)
-          are marked confirmed;
-        * the rest are returned, oldest first, in state ``seen`` (``running`` ones are requeued),
-          for the daemon to run like freshly delivered jobs.
+        For each pending job (oldest first): one the chain already holds an answer for (completed,
+        or our own ``JobResultSubmitted``) is marked ``confirmed``; one whose answer is stored
+        (``answered``/``submitted``) is to be sent again (``resend``; the chain's
+        ``ResultAlreadySubmitted`` keeps that single); the rest are to run again from the inputs
+        kept in the ledger (``rerun``, in state ``seen``: ``running`` ones are requeued). When the
+        chain cannot tell, the job is treated as unanswered: sending again is safe.
         """
-        to_run: list[JobCall] = []
-        for record in await self.ledger.pending_on_start(service_id):
-            sid, cid = record.service_id, record.call_id
-            if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:
-                self._spawn(self._resubmit(JobResult(sid, cid, record.result)))
-                continue
-            if await self.is_answered_on_chain(sid, cid, from_block=record.block_number):
-                await self.confirm_already_answered([(sid, cid)], "answered on chain before restart")
-                log.info("consumer.resume_already_answered", service_id=sid, call_id=cid)
-                continue
-            if record.state is JobState.RUNNING:
-                await self.ledger.transition(sid, cid, JobState.SEEN, reason="requeued on restart")
-            to_run.append(record.to_job_call())
-        log.info("consumer.resumed", rerun=len(to_run))
-        return to_run
+        plan = Resumption()
+        records = await self.ledger.pending_on_start(service_id)
+        if records:
+            log.info("consumer.resuming", jobs=len(records))
+        for record in records:
+            ids = {"call_id": record.call_id, "service_id": record.service_id}
+            with structlog.contextvars.bound_contextvars(**ids):
+                await self._resume_one(record, plan)
+        return plan
 
-    async def _resubmit(self, result: JobResult) -> None:
+    async def _resume_one(self, record: JobRecord, plan: Resumption) -> None:
+        key = (record.service_id, record.call_id)
         try:
-            outcome = await self.submit(result, verify=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("consumer.resubmit_failed", service_id=result.service_id, call_id=result.call_id)
+            answered = await self.is_answered_on_chain(*key, from_block=record.block_number)
+        except Exception as exc:  # cannot tell: resubmitting is safe (the chain refuses a duplicate)
+            log.warning("consumer.resume_check_failed", error=str(exc))
+            answered = False
+        if answered:
+            await self.confirm_already_answered([key], "already answered on chain")
+            log.info("consumer.resume_already_answered", state=str(record.state))
             return
-        log.info("consumer.resubmitted", service_id=result.service_id, call_id=result.call_id,
-                 status=outcome.status)
+        if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:
+            log.info("consumer.resume_resubmit", state=str(record.state))
+            plan.resend.append(JobResult(record.service_id, record.call_id, record.result))
+            return
+        if record.state is JobState.RUNNING:
+            await self.ledger.transition(*key, JobState.SEEN, reason="requeued on restart")
+        if not record.inputs and record.inputs != b"":
+            log.warning("consumer.resume_no_inputs")
+        log.info("consumer.resume_rerun", state=str(record.state))
+        plan.rerun.append(record.to_job_call())
 
     # --- batching -----------------------------------------------------------------------------
 

@@ -210,5 +210,6 @@ def uint_topic(value: int) -> str:
 
 
 def address_topic(address: str) -> str:
-    """An address as a 32-byte topic, for log filters (``operator`` in topic 3)."""
-    return "0x" + bytes.fromhex(address[2:].lower()).rjust(32, b"\0").hex()
+    """An address as a 32-byte topic, for log filters (``operator`` in topic 3); a string that
+    is not an address raises ValueError instead of filtering for nothing."""
+    return "0x" + "00" * 12 + to_checksum_address(address)[2:].lower()

@@ -256,15 +256,10 @@ class HeartbeatTask:
 
     async def beat(self, *, wait_s: float | None = None) -> Receipt:
         """Send one heartbeat now and wait for it to be mined (TxRevertedError on a revert)."""
-        from blueprint.tangle.txmanager import TxRevertedError
-
         summary = self.health()
         data = await self.calldata(summary)
-        sent = await self.txm.send(self.registry.address, data, gas=HEARTBEAT_GAS)
-        receipt = await self.txm.wait(sent, limit=wait_s)
-        if receipt.status != 1:
-            reason = await self.txm.revert_reason(self.registry.address, data, gas=HEARTBEAT_GAS)
-            raise TxRevertedError(reason, tx_hash=receipt.tx_hash)
+        receipt = await self.txm.send_and_wait(self.registry.address, data, gas=HEARTBEAT_GAS, limit=wait_s,
+                                               what="heartbeat")
         self.beats_sent += 1
         self.last_receipt = receipt
         log.info("heartbeat.sent", service_id=self.service_id, status=summary.status_code,

@@ -10,6 +10,10 @@ node says the nonce is wrong ("nonce too low": someone else used the key), the s
 from ``eth_getTransactionCount(pending)`` and the transaction is sent again; any other failed
 broadcast makes the next send re-read it, which fills a gap the failure may have left.
 
+This is the package's one sender: the daemon's results and heartbeats go through the operator's
+manager, and :meth:`ChainClient.send <blueprint.tangle.chain.ChainClient.send>` (set-up steps,
+tools, tests) through one manager per account. A revert is always :class:`TxRevertedError`.
+
 A transaction is first simulated with ``eth_call`` unless the caller says not to (a revert is
 decoded with the TNT Core custom errors and raised as :class:`TxRevertedError`, nothing is
 spent). Gas is a generous fixed limit, not ``estimateGas``: TNT Core's best-effort result hook
@@ -45,20 +49,31 @@ _NONCE_ERRORS = ("nonce too low", "nonce too high", "already known", "known tran
                  "replacement transaction underpriced", "invalid nonce", "nonce has already been used")
 
 
-class TxError(BlueprintError):
+class ChainError(BlueprintError):
+    """The chain could not be reached or did not do what we asked."""
+
+    http_status = 502
+    code = "chain_error"
+    retryable = True
+
+
+class TxError(ChainError):
     code = "tx_error"
+    retryable = False
 
 
 class TxRevertedError(TxError):
-    """The transaction reverts (in simulation or on chain); ``revert`` says why."""
+    """The transaction reverts (in simulation or on chain); ``revert`` says why, ``what`` names
+    the call when the sender knows it (``submitJob``)."""
 
     code = "tx_reverted"
 
-    def __init__(self, revert: DecodedRevert, *, tx_hash: str | None = None) -> None:
+    def __init__(self, revert: DecodedRevert, *, tx_hash: str | None = None, what: str | None = None) -> None:
         where = f" in {tx_hash}" if tx_hash else " in simulation"
-        super().__init__(f"reverted{where}: {revert}")
+        super().__init__(f"{what + ' ' if what else ''}reverted{where}: {revert}")
         self.revert = revert
         self.tx_hash = tx_hash
+        self.what = what
 
 
 class TxReplacedError(TxError):
@@ -76,11 +91,12 @@ class SentTx:
     """A broadcast transaction; ``hashes`` holds every version (bumps) sent with its nonce."""
 
     nonce: int
-    to: str
+    to: str | None  # None: a contract creation
     data: bytes
     gas: int
     max_fee: int
     priority_fee: int
+    value: int = 0
     hashes: list[str] = field(default_factory=list)
     sent_at: float = 0.0
 
@@ -100,6 +116,7 @@ class Receipt:
     block_hash: str
     gas_used: int
     logs: list[Any]
+    contract_address: str | None = None
 
 
 async def fetch_receipt(w3: AsyncWeb3, tx_hash: str) -> Receipt | None:
@@ -115,6 +132,7 @@ async def fetch_receipt(w3: AsyncWeb3, tx_hash: str) -> Receipt | None:
         block_hash=str(raw["blockHash"]).lower(),
         gas_used=int(raw["gasUsed"], 16),
         logs=list(raw.get("logs") or []),
+        contract_address=raw.get("contractAddress"),
     )
 
 
@@ -127,6 +145,15 @@ def _hex_bytes(item: Any) -> bytes | None:
             return bytes.fromhex(item[2:])
         except ValueError:
             return None
+    return None
+
+
+def _reverted(exc: Web3RPCError, what: str | None) -> TxRevertedError | None:
+    """The decoded revert an ``eth_call``/``eth_estimateGas`` error carries; None when the error
+    is not a revert (transport trouble, a node error)."""
+    revert = _hex_bytes(rpc_error_of(exc).get("data"))
+    if revert is not None or "revert" in str(exc).lower():
+        return TxRevertedError(decode_revert(revert), what=what)
     return None
 
 
@@ -218,27 +245,52 @@ class TxManager:
             self._fees_at = now
         return self._fees
 
-    async def simulate(self, to: str, data: bytes, *, gas: int | None = None) -> bytes:
+    def _call(self, to: str | None, data: bytes, *, gas: int | None, value: int = 0) -> dict[str, str]:
+        call = {"from": self.address, "data": "0x" + data.hex()}
+        if to is not None:
+            call["to"] = to
+        if gas is not None:
+            call["gas"] = hex(gas)
+        if value:
+            call["value"] = hex(value)
+        return call
+
+    async def simulate(self, to: str | None, data: bytes, *, gas: int | None = None, value: int = 0,
+                       what: str | None = None) -> bytes:
         """``eth_call`` the transaction from the operator; TxRevertedError with the decoded reason."""
-        call = {"from": self.address, "to": to, "data": "0x" + data.hex(), "gas": hex(gas or self.gas_limit)}
+        call = self._call(to, data, gas=gas or self.gas_limit, value=value)
         try:
             result = await raw_request(self.w3, "eth_call", [call, "pending"])
         except Web3RPCError as exc:
-            revert = _hex_bytes(rpc_error_of(exc).get("data"))
-            if revert is not None or "revert" in str(exc).lower():
-                raise TxRevertedError(decode_revert(revert)) from exc
+            reverted = _reverted(exc, what)
+            if reverted is not None:
+                raise reverted from exc
             raise
         return _hex_bytes(result) or b""
 
+    async def estimate_gas(self, to: str | None, data: bytes, *, value: int = 0,
+                           what: str | None = None) -> int:
+        """``eth_estimateGas`` of the transaction; TxRevertedError when it reverts."""
+        call = self._call(to, data, gas=None, value=value)
+        try:
+            return int(await raw_request(self.w3, "eth_estimateGas", [call]), 16)
+        except Web3RPCError as exc:
+            reverted = _reverted(exc, what)
+            if reverted is not None:
+                raise reverted from exc
+            raise
+
     # --- sending ------------------------------------------------------------------------------
 
-    async def send(self, to: str, data: bytes, *, gas: int | None = None, simulate: bool = True) -> SentTx:
+    async def send(self, to: str | None, data: bytes, *, gas: int | None = None, value: int = 0,
+                   simulate: bool = True, what: str | None = None) -> SentTx:
         """Simulate (unless told not to), then sign and broadcast with the next nonce.
 
-        Returns once the node accepted the transaction; :meth:`wait` gets the receipt.
+        ``to`` None creates a contract from ``data``. Returns once the node accepted the
+        transaction; :meth:`wait` gets the receipt.
         """
         if simulate:
-            await self.simulate(to, data, gas=gas)
+            await self.simulate(to, data, gas=gas, value=value, what=what)
         if self.chain_id is None:
             self.chain_id = await self.w3.eth.chain_id
         max_fee, tip = await self.fees()
@@ -248,7 +300,8 @@ class TxManager:
                 if self._nonce is None:
                     await self.resync_nonce()
                 assert self._nonce is not None
-                sent = SentTx(nonce=self._nonce, to=to, data=data, gas=gas, max_fee=max_fee, priority_fee=tip)
+                sent = SentTx(nonce=self._nonce, to=to, data=data, gas=gas, max_fee=max_fee, priority_fee=tip,
+                              value=value)
                 raw = self._sign(sent)
                 self._nonce += 1
             try:
@@ -273,17 +326,18 @@ class TxManager:
         await self._send_raw(sent, self._sign(sent))
 
     def _sign(self, sent: SentTx) -> bytes:
-        tx = {
+        tx: dict[str, Any] = {
             "type": 2,
             "chainId": self.chain_id,
             "nonce": sent.nonce,
-            "to": sent.to,
             "data": sent.data,
-            "value": 0,
+            "value": sent.value,
             "gas": sent.gas,
             "maxFeePerGas": sent.max_fee,
             "maxPriorityFeePerGas": sent.priority_fee,
         }
+        if sent.to is not None:
+            tx["to"] = sent.to
         return bytes(self.account.sign_transaction(tx).raw_transaction)
 
     async def _send_raw(self, sent: SentTx, raw: bytes) -> None:
@@ -366,13 +420,37 @@ class TxManager:
                 return True
         return False
 
-    async def send_and_wait(self, to: str, data: bytes, *, gas: int | None = None) -> Receipt:
-        """Simulate, send and wait; a mined revert raises TxRevertedError with the reason."""
-        sent = await self.send(to, data, gas=gas)
-        receipt = await self.wait(sent)
+    async def send_and_wait(self, to: str | None, data: bytes, *, gas: int | None = None, value: int = 0,
+                            simulate: bool = True, limit: float | None = None,
+                            what: str | None = None) -> Receipt:
+        """Simulate (unless told not to), send and wait (``limit``: see :meth:`wait`); a mined
+        revert raises TxRevertedError with the reason :meth:`mined_revert` finds."""
+        sent = await self.send(to, data, gas=gas, value=value, simulate=simulate, what=what)
+        receipt = await self.wait(sent, limit=limit)
         if receipt.status != 1:
-            raise TxRevertedError(await self.revert_reason(to, data, gas=gas), tx_hash=receipt.tx_hash)
+            raise TxRevertedError(await self.mined_revert(sent, receipt), tx_hash=receipt.tx_hash, what=what)
+        log.debug("tx.ok", what=what, tx_hash=receipt.tx_hash, gas_used=receipt.gas_used)
         return receipt
+
+    async def mined_revert(self, sent: SentTx, receipt: Receipt) -> DecodedRevert:
+        """Why a mined transaction failed: replayed as ``eth_call`` on the state before its block
+        (an approximation: earlier transactions of the same block are not replayed). Revert data
+        decodes as usual; a failure without data that passes with no gas limit is ``OutOfGas``
+        (hooks behind a proxy run out of gas with 63/64 of the limit, so gasUsed stays below it).
+        """
+        before = hex(max(receipt.block_number - 1, 0))
+        for gas in (sent.gas, None):
+            try:
+                await raw_request(self.w3, "eth_call",
+                                  [self._call(sent.to, sent.data, gas=gas, value=sent.value), before])
+            except Web3RPCError as exc:
+                revert = decode_revert(_hex_bytes(rpc_error_of(exc).get("data")))
+                if revert.name != "EmptyRevert" or gas is None:
+                    return revert
+                continue
+            if gas is None:
+                return DecodedRevert("OutOfGas", (receipt.gas_used, sent.gas))
+        return DecodedRevert("EmptyRevert")
 
     async def revert_reason(self, to: str, data: bytes, *, gas: int | None = None) -> DecodedRevert:
         """Why the transaction reverts now (re-simulated), or EmptyRevert if it no longer does."""

@@ -12,9 +12,9 @@ from eth_account import Account
 
 from blueprint.contracts.manager import deploy_manager
 from blueprint.contracts.offer import ModelOffer, Offer, encode_offer
-from blueprint.tangle import setup
+from blueprint.devnet import setup
+from blueprint.devnet.anvil import DEV_KEYS, Anvil, start_anvil
 from blueprint.tangle.chain import ChainClient
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, start_anvil
 from blueprint.tangle.keystore import Operator
 
 TANGLE = "0x0165878A594ca255338adfa4d48449f69242Eb8F"

@@ -23,8 +23,8 @@ from blueprint.contracts.offer import (
     estimated_register_gas,
     split_for_registration,
 )
-from blueprint.tangle import setup
-from blueprint.tangle.chain import ChainClient, TransactionReverted
+from blueprint.devnet import setup
+from blueprint.tangle.chain import ChainClient, TxRevertedError
 from tests.contracts.conftest import OFFER_A, OFFER_B, TANGLE, Stack, fresh_operator
 
 pytestmark = pytest.mark.chain
@@ -69,7 +69,7 @@ async def test_on_job_call_accepts_offered_and_rejects_the_rest(stack: Stack, cl
         (0, encode(["uint256", "uint256", "uint256"], [2**255, 1, 96]), "MalformedInputs", ()),
     ]
     for job, inputs, name, args in cases:
-        with pytest.raises(TransactionReverted) as info:
+        with pytest.raises(TxRevertedError) as info:
             await setup.submit_job(client, stack.owner, stack.service_id, job, inputs)
         assert info.value.revert.name == "ManagerReverted"
         revert = explain_revert(info.value.revert)
@@ -174,7 +174,7 @@ async def test_hook_gas_under_stipend_and_no_hook_failures(stack: Stack, client:
 
 async def test_update_offer_is_operator_only(stack: Stack, client: ChainClient) -> None:
     mgr = manager_contract(client.w3, stack.manager).functions
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await client.send(stack.owner.account, mgr.updateOffer(encode_offer(OFFER_A)))
     revert = explain_revert(info.value.revert)
     assert revert.name == "NotRegistered"

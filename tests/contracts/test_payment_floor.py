@@ -14,8 +14,8 @@ from eth_abi import encode
 
 from blueprint.contracts.manager import deploy_manager, explain_revert, manager_contract
 from blueprint.contracts.offer import ModelOffer, Offer, encode_offer
-from blueprint.tangle import setup
-from blueprint.tangle.chain import ChainClient, TransactionReverted
+from blueprint.devnet import setup
+from blueprint.tangle.chain import ChainClient, TxRevertedError
 from blueprint.tangle.keystore import Operator
 from blueprint.tangle.quotes import JobQuoteDetails, inputs_hash, sign_job_quote
 from tests.contracts.conftest import TANGLE, Stack, fresh_operator
@@ -85,7 +85,7 @@ def chat(model: str, max_tokens: int) -> bytes:
 
 
 async def _rejected(client: ChainClient, stack: Stack, wide: Wide, job: int, inputs: bytes, value: int):
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await setup.submit_job(client, stack.owner, wide.service_id, job, inputs, value=value)
     assert info.value.revert.name == "ManagerReverted"
     return explain_revert(info.value.revert)
@@ -135,12 +135,12 @@ async def test_quote_paid_job_needs_a_quoted_operator_offering_the_model(
     price = await mgr.quotePrice(first.address, ONLY_FIRST, 10, 100).call()
     assert price == 10 * GWEI_100 + 100 * GWEI_100
     await _quote_job(client, stack, wide, first, chat(ONLY_FIRST, 100), price)
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await _quote_job(client, stack, wide, second, chat(ONLY_FIRST, 99), price)
     revert = explain_revert(info.value.revert)
     assert revert.name == "ModelNotOfferedByQuotedOperators"
     assert revert.args[0] == wide.service_id and revert.args[2] == ONLY_FIRST
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await client.call(mgr.quotePrice(second.address, ONLY_FIRST, 1, 1))
     assert explain_revert(info.value.revert).name == "OperatorDoesNotOffer"
 
@@ -163,7 +163,7 @@ async def test_on_job_call_gas_with_16_operators(stack: Stack, wide: Wide, clien
     receipt = await client.send(stack.owner.account, client.tangle.functions.submitJob(
         wide.service_id, 0, chat(MODEL, 64)), value=CHAT_RATE)
     trace = stack.anvil.rpc("debug_traceTransaction",
-                            ["0x" + bytes(receipt["transactionHash"]).hex(), {"tracer": "callTracer"}])
+                            [receipt.tx_hash, {"tracer": "callTracer"}])
     accepted = _frame_gas(trace, wide.manager, on_job_call)
     # The longest path: nothing paid per job, so the service's pricing model is read as well
     # (a pay-once service takes it; this flat-rate one rejects it). Traced as Tangle's own call.

@@ -23,10 +23,11 @@ from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.registry import create_client
+from blueprint.quoting.quoter import estimate_tokens, quotes_from_settings
 from blueprint.server import ServerSettings, create_app
 from blueprint.server.app import BALANCER_KEY
-from blueprint.server.quote import enable_quotes_from_settings, estimate_tokens
-from blueprint.tangle.chain import ChainClient, TransactionReverted
+from blueprint.server.quote_route import enable_quotes
+from blueprint.tangle.chain import ChainClient, TxRevertedError
 from blueprint.tangle.quotes import SignedJobQuote, inputs_hash, recover_quote_signer
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
 from tests.contracts.conftest import OFFER_A, TANGLE, Stack
@@ -47,8 +48,10 @@ async def _quote_client(stack: Stack, client: ChainClient, node: NodeConfig) -> 
     await balancer.start()
     try:
         app = create_app(balancer, ServerSettings())
-        assert enable_quotes_from_settings(app, settings, balancer, stack.operators[0].account,
-                                           await client.w3.eth.chain_id)
+        quoter = quotes_from_settings(settings, balancer, stack.operators[0].account,
+                                      await client.w3.eth.chain_id)
+        assert quoter is not None
+        enable_quotes(app, quoter)
         async with TestClient(TestServer(app)) as http:
             yield http
     finally:
@@ -100,7 +103,7 @@ async def test_quote_prices_with_the_tokenizer_and_is_accepted_on_chain(
     assert again.details != quote.details
     assert await bp.submit(stack.owner.account, 0, MODEL, 16, CHAT, quote=again, inputs=inputs) > call_id
     # A quote is single use: paying it twice is refused by Tangle.
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await bp.submit(stack.owner.account, 0, MODEL, 16, CHAT, quote=again, inputs=inputs)
     assert info.value.revert.name == "QuoteAlreadyUsed"
 

@@ -10,7 +10,7 @@ from eth_abi import encode
 
 from blueprint.contracts.manager import explain_revert
 from blueprint.tangle import abi
-from blueprint.tangle.chain import ChainClient, TransactionReverted, logs_with_topic
+from blueprint.tangle.chain import ChainClient, TxRevertedError, logs_with_topic
 from blueprint.tangle.quotes import JobQuoteDetails, SignedJobQuote, inputs_hash, sign_job_quote
 from tests.contracts.conftest import TANGLE, Stack
 
@@ -44,11 +44,11 @@ async def test_valid_quote_is_accepted(stack: Stack, client: ChainClient) -> Non
     receipt = await _submit(client, stack, inputs, quote)
     logs = logs_with_topic(receipt, abi.JOB_SUBMITTED_FROM_QUOTE_TOPIC, TANGLE)
     assert len(logs) == 1
-    call_id = int.from_bytes(bytes(logs[0]["topics"][2]), "big")
+    call_id = int(logs[0].topics[2], 16)
     job = await client.get_job_call(stack.service_id, call_id)
     assert job.is_rfq and job.payment == PRICE
     # Single use.
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await _submit(client, stack, inputs, quote)
     assert info.value.revert.name == "QuoteAlreadyUsed"
 
@@ -71,6 +71,6 @@ async def test_bad_quotes_are_rejected(stack: Stack, client: ChainClient, case: 
     else:  # a correctly signed quote for a job the manager rejects in onJobCall
         inputs = _inputs(10_000)
         quote = await _quote(client, stack, inputs)
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await _submit(client, stack, inputs, quote, value)
     assert explain_revert(info.value.revert).name == expected

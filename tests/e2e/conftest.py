@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from blueprint.tangle.devnet import Anvil
+from blueprint.devnet.anvil import Anvil
 from tests.devnet_support import devnet_anvil
 
 

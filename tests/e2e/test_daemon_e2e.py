@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from blueprint.devstack import DaemonProcess, chain_client, write_config
+from blueprint.devnet.anvil import Anvil
+from blueprint.devnet.setup import DevService, submit_job, wait_for_result
+from blueprint.devnet.stack import DaemonProcess, chain_client, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle.devnet import Anvil
-from blueprint.tangle.setup import DevService, submit_job, wait_for_result
 from tests.devnet_support import devnet_anvil, new_service, running_daemon
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]

@@ -29,11 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from blueprint.config import load_settings
 from blueprint.context.metrics import ChainMetrics
 from blueprint.daemon import run_daemon
-from blueprint.devstack import TANGLE, chain_client, create_service, write_config
+from blueprint.devnet.anvil import DEV_KEYS, Anvil
+from blueprint.devnet.setup import submit_job, wait_for_result
+from blueprint.devnet.stack import TANGLE, chain_client, create_service, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle.devnet import DEV_KEYS, Anvil
 from blueprint.tangle.ledger import Ledger
-from blueprint.tangle.setup import submit_job, wait_for_result
 from blueprint.tangle.txmanager import TxManager
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]

@@ -22,14 +22,20 @@ import pytest
 
 from blueprint.contracts.manager import manager_contract
 from blueprint.contracts.offer import ModelOffer, Offer
-from blueprint.devstack import DaemonProcess, MultiService, chain_client, create_multi_service, write_config
+from blueprint.devnet.anvil import DEV_KEYS, Anvil, free_port
+from blueprint.devnet.setup import submit_job, wait_for_result
+from blueprint.devnet.stack import (
+    DaemonProcess,
+    MultiService,
+    chain_client,
+    create_multi_service,
+    write_config,
+)
 from blueprint.jobs.codec import decode_result_json, encode_inputs
 from blueprint.tangle.abi import JOB_SUBMITTED_FROM_QUOTE_TOPIC
 from blueprint.tangle.assignment import rank
 from blueprint.tangle.chain import logs_with_topic
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, free_port
 from blueprint.tangle.quotes import SignedJobQuote
-from blueprint.tangle.setup import submit_job, wait_for_result
 from tests.devnet_support import devnet_anvil
 from tests.reliability.reliability_support import BackendProcess
 
@@ -185,7 +191,7 @@ async def test_quote_paid_job_is_computed_by_the_quoted_operator_only(stack: Sta
                                                         [signed.as_tuple()])
         receipt = await client.send(stack.service.owner.account, fn, value=int(quoted["price_wei"]))
         (log,) = logs_with_topic(receipt, JOB_SUBMITTED_FROM_QUOTE_TOPIC, client.tangle_address)
-        call_id = int.from_bytes(bytes(log["topics"][2]), "big")
+        call_id = int(log.topics[2], 16)
         found = await wait_for_result(client, stack.service.service_id, call_id, 60)
     assert found.operator == c_view.operator.address
     assert "error" not in decode_result_json(found.output)

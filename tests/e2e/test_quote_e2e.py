@@ -16,10 +16,10 @@ import pytest
 
 from blueprint.client import BlueprintClient
 from blueprint.commands.submit import fetch_quote
-from blueprint.devstack import DaemonProcess, chain_client
+from blueprint.devnet.anvil import Anvil
+from blueprint.devnet.setup import DevService
+from blueprint.devnet.stack import DaemonProcess, chain_client
 from blueprint.jobs.codec import encode_inputs
-from blueprint.tangle.devnet import Anvil
-from blueprint.tangle.setup import DevService
 from tests.devnet_support import devnet_anvil, new_service, running_daemon
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]

@@ -25,10 +25,10 @@ import psutil
 import pytest
 from reliability_support import API_KEY, MODEL, BackendProcess
 
-from blueprint.devstack import DaemonProcess, chain_client, write_config
+from blueprint.devnet.anvil import Anvil, DevnetError, start_anvil
+from blueprint.devnet.setup import DevService, submit_job, submit_jobs
+from blueprint.devnet.stack import DaemonProcess, chain_client, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from blueprint.tangle.devnet import Anvil, DevnetError, start_anvil
-from blueprint.tangle.setup import DevService, submit_job, submit_jobs
 from tests.devnet_support import new_service, require_devnet, running_daemon
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]

@@ -26,8 +26,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error, status_code_conformance
 
 from blueprint.config import Settings
+from blueprint.quoting.quoter import quoter_from_settings
 from blueprint.server.openapi import build_openapi
-from blueprint.server.quote import enable_quotes, quoter_from_settings
+from blueprint.server.quote_route import enable_quotes
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from reliability_support import (
     server_settings,
 )
 
-from blueprint.devstack import write_config
+from blueprint.devnet.stack import write_config
 from blueprint.server import ServerSettings, start_server
 from blueprint.server.responses import UnsafeBindError
 from blueprint.server.runner import check_exposure

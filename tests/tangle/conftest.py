@@ -3,7 +3,7 @@
 * ``anvil``: a fresh anvil per test module, loaded with the LocalTestnet state (about 0.2 s).
 * ``chain_client``: an async :class:`~blueprint.tangle.chain.ChainClient` on it (per test).
 * ``dev_service``: a fresh blueprint + active service with a new funded operator on the
-  module's anvil (about 1 s, once per module), from :func:`blueprint.tangle.setup.setup_dev_service`.
+  module's anvil (about 1 s, once per module), from :func:`blueprint.devnet.setup.setup_dev_service`.
 * ``operator_keystore``: a keystore folder in the SDK layout holding the dev operator's key.
 * ``w3``, ``ledger``, ``txm``: a raw AsyncWeb3 on the module's anvil, a fresh ledger in the test's
   tmp folder and a transaction manager for the dev operator (all per test).
@@ -25,13 +25,13 @@ import pytest
 from eth_abi import encode
 from web3 import AsyncWeb3
 
+from blueprint.devnet.anvil import DEV_KEYS, Anvil
+from blueprint.devnet.setup import DevService, setup_dev_service
 from blueprint.tangle.chain import ChainClient
-from blueprint.tangle.devnet import DEV_KEYS, Anvil
 from blueprint.tangle.keystore import write_sdk_key
 from blueprint.tangle.ledger import Ledger
 from blueprint.tangle.producer import Producer
 from blueprint.tangle.rpc import PooledHTTPProvider, lean_web3
-from blueprint.tangle.setup import DevService, setup_dev_service
 from blueprint.tangle.txmanager import TxManager
 from blueprint.tangle.types import JobCall
 from tests.devnet_support import devnet_anvil

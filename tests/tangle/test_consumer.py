@@ -12,11 +12,11 @@ import pytest
 from eth_abi import decode, encode
 from web3 import AsyncWeb3
 
+from blueprint.devnet.anvil import Anvil
+from blueprint.devnet.setup import DevService, submit_job, submit_jobs
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.consumer import Consumer, encode_submit_result
-from blueprint.tangle.devnet import Anvil
 from blueprint.tangle.ledger import JobState, Ledger
-from blueprint.tangle.setup import DevService, submit_job, submit_jobs
 from blueprint.tangle.txmanager import TxManager, TxRevertedError
 from blueprint.tangle.types import JobCall, JobResult
 from tests.tangle.conftest import output, seen_jobs
@@ -191,15 +191,14 @@ async def test_resume_after_restart(
     await txm.send_and_wait(dev_service.tangle_contract, encode_submit_result(sid, done_on_chain, output(2)))
     await ledger.mark_running(sid, running)
     async with Consumer(ledger, txm, dev_service.tangle_contract) as consumer:
-        rerun = await consumer.resume(sid)
-        assert [j.call_id for j in rerun] == [running]
+        plan = await consumer.resume(sid)
+        assert [j.call_id for j in plan.rerun] == [running]
+        assert sorted(r.call_id for r in plan.resend) == [answered, submitted]
         assert (await ledger.get(sid, running)).state is JobState.SEEN  # type: ignore[union-attr]
         assert (await ledger.get(sid, done_on_chain)).state is JobState.CONFIRMED  # type: ignore[union-attr]
-        for _ in range(200):  # the resubmissions run in the background
-            states = {(await ledger.get(sid, c)).state for c in (answered, submitted)}  # type: ignore[union-attr]
-            if states == {JobState.CONFIRMED}:
-                break
-            await asyncio.sleep(0.05)
+        outcomes = await asyncio.gather(*(consumer.submit(r, verify=True) for r in plan.resend))
+        assert {o.status for o in outcomes} == {"confirmed"}
+        states = {(await ledger.get(sid, c)).state for c in (answered, submitted)}  # type: ignore[union-attr]
         assert states == {JobState.CONFIRMED}
     for c in (answered, submitted, done_on_chain):
         assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1

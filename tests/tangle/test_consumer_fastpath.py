@@ -11,10 +11,10 @@ import pytest
 from eth_abi import encode
 from web3 import AsyncWeb3
 
+from blueprint.devnet.setup import DevService, submit_jobs
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.consumer import Consumer, encode_submit_result
 from blueprint.tangle.ledger import Ledger
-from blueprint.tangle.setup import DevService, submit_jobs
 from blueprint.tangle.txmanager import TxManager
 from blueprint.tangle.types import JobCall, JobResult
 from tests.tangle.conftest import output, seen_jobs

@@ -10,6 +10,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+from blueprint.devnet.setup import DevService
 from blueprint.tangle import abi
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.heartbeat import (
@@ -19,7 +20,6 @@ from blueprint.tangle.heartbeat import (
     encode_metrics,
     heartbeat_domain_separator,
 )
-from blueprint.tangle.setup import DevService
 from blueprint.tangle.txmanager import TxManager, TxRevertedError
 from tests.tangle.conftest import STATUS_REGISTRY
 

@@ -13,7 +13,7 @@ from eth_account import Account
 from eth_keys import keys
 
 from blueprint.config import Settings
-from blueprint.tangle.devnet import DEV_KEYS
+from blueprint.devnet.anvil import DEV_KEYS
 from blueprint.tangle.keystore import (
     KeystoreError,
     Operator,

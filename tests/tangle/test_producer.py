@@ -11,13 +11,13 @@ import pytest
 from eth_abi import encode
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from blueprint.devnet.anvil import DEV_KEYS, Anvil, free_port, start_anvil
+from blueprint.devnet.setup import DevService, setup_dev_service, submit_job
 from blueprint.tangle.abi import JOB_SUBMITTED_TOPIC
 from blueprint.tangle.chain import ChainClient
-from blueprint.tangle.devnet import DEV_KEYS, Anvil, free_port, start_anvil
 from blueprint.tangle.events import uint_topic
 from blueprint.tangle.ledger import JobState, Ledger
 from blueprint.tangle.producer import Producer
-from blueprint.tangle.setup import DevService, setup_dev_service, submit_job
 from blueprint.tangle.types import JobCall
 
 pytestmark = pytest.mark.chain

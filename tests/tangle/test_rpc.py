@@ -13,7 +13,7 @@ from aiohttp import web
 from web3 import AsyncHTTPProvider
 from web3.exceptions import Web3RPCError
 
-from blueprint.tangle.devnet import free_port
+from blueprint.devnet.anvil import free_port
 from blueprint.tangle.rpc import PooledHTTPProvider, lean_web3, raw_request, rpc_error_of
 
 

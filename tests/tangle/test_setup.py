@@ -7,9 +7,10 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
 
-from blueprint.tangle import abi, setup
-from blueprint.tangle.chain import ChainClient, TransactionReverted
-from blueprint.tangle.devnet import DEV_KEYS
+from blueprint.devnet import setup
+from blueprint.devnet.anvil import DEV_KEYS
+from blueprint.tangle import abi
+from blueprint.tangle.chain import ChainClient, TxRevertedError
 from blueprint.tangle.keystore import Operator, load_operator
 
 pytestmark = pytest.mark.chain
@@ -92,7 +93,7 @@ async def test_result_round_trip_and_decoded_second_result(chain_client: ChainCl
     assert (result.call_id, result.operator, result.output) == (call_id, dev_service.operator.address, output)
     assert (await chain_client.get_job_call(dev_service.service_id, call_id)).completed
 
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await chain_client.send(dev_service.operator.account, chain_client.tangle.functions.submitResult(
             dev_service.service_id, call_id, output))
     assert info.value.revert.name == "JobAlreadyCompleted"
@@ -109,7 +110,7 @@ async def test_wait_for_result_times_out(chain_client: ChainClient, dev_service)
 async def test_only_permitted_callers_submit(chain_client: ChainClient, dev_service) -> None:
     stranger = Account.create()
     await setup.fund_account(chain_client, dev_service.owner.account, stranger.address, eth=10**18)
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await setup.submit_job(chain_client, stranger, dev_service.service_id, 0, job_inputs())
     assert info.value.revert.name == "NotPermittedCaller"
     assert info.value.revert.args == (dev_service.service_id, stranger.address.lower())
@@ -144,7 +145,7 @@ async def test_event_driven_pricing_and_registration_inputs(chain_client: ChainC
     service_id = await setup.approve_service(chain_client, operator, request_id)
     assert service_id is not None
 
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await setup.submit_job(chain_client, owner, service_id, 0, job_inputs())
     assert info.value.revert.name == "InvalidMsgValue"
     assert info.value.revert.args == (rate, 0)
@@ -171,7 +172,7 @@ async def test_mined_failure_is_reported_as_out_of_gas(chain_client: ChainClient
     """The simulation passes but the limit is too low: the failed receipt becomes an error."""
     owner = Account.from_key(DEV_KEYS[0])
     spec = setup.blueprint_definition(jobs=["a"], binary_sha256=b"\x01" * 32)
-    with pytest.raises(TransactionReverted) as info:
+    with pytest.raises(TxRevertedError) as info:
         await chain_client.send(owner, chain_client.tangle.functions.createBlueprint(spec), gas=120_000)
     assert info.value.revert.name == "OutOfGas"
     assert info.value.tx_hash and info.value.tx_hash.startswith("0x")

@@ -23,11 +23,11 @@ from eth_account import Account
 
 from blueprint.contracts.manager import deploy_manager
 from blueprint.contracts.offer import Offer, encode_offer
-from blueprint.tangle import setup
+from blueprint.devnet import setup
+from blueprint.devnet.anvil import REPO_ROOT, Anvil
+from blueprint.devnet.setup import DevService, setup_dev_service
 from blueprint.tangle.chain import ChainClient, ChainError
-from blueprint.tangle.devnet import REPO_ROOT, Anvil
 from blueprint.tangle.keystore import Operator, write_sdk_key
-from blueprint.tangle.setup import DevService, setup_dev_service
 
 #: TNT Core LocalTestnet addresses (shared/tnt-core/README.md); also the Settings defaults.
 TANGLE = "0x0165878A594ca255338adfa4d48449f69242Eb8F"

@@ -1,4 +1,4 @@
-"""``POST /v1/quote``: a per-request price, signed for ``submitJobFromQuote``.
+"""The quoter: a per-request price for ``POST /v1/quote``, signed for ``submitJobFromQuote``.
 
 The operator prices exactly the job inputs the caller will submit,
 ``abi.encode(string model, uint32 maxTokens, string request)`` with ``request`` the compact JSON
@@ -20,8 +20,8 @@ the requester, the service, the job index, the price, ``keccak256(inputs)`` and 
 request is first checked the way the daemon will check the job, so a quote is never given for a
 job that would only earn an error answer.
 
-Without an operator key the route answers 503 ``quotes_disabled``: :func:`enable_quotes` attaches
-a :class:`Quoter` to the app (the daemon does so; ``serve`` has no key).
+Without an operator key the route answers 503 ``quotes_disabled``: the daemon attaches a
+:class:`Quoter` to the app (:func:`blueprint.server.quote_route.enable_quotes`; ``serve`` has no key).
 """
 
 from __future__ import annotations
@@ -32,91 +32,33 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, to_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from blueprint.contracts.offer import Offer
+from blueprint.contracts.offer import Offer, offer_from_nodes
 from blueprint.errors import BlueprintError, InvalidRequestError, ModelNotFoundError
 from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat, prepare_completion, prepare_embeddings
-from blueprint.llm.types import ChatMessage, parse_request
+from blueprint.llm.types import ChatMessage
+from blueprint.quoting.wire import (
+    QuoteRequest,
+    QuoteResponse,
+    QuotesUnavailableError,
+    SignedQuote,
+    TokenCount,
+)
 from blueprint.tangle.quotes import JobQuoteDetails, inputs_hash, job_quote_digest, sign_job_quote
 
 if TYPE_CHECKING:
+    from blueprint.balancer import Balancer
     from blueprint.config import Settings
 
 log = structlog.get_logger(__name__)
 
-UINT32_MAX = 2**32 - 1
-UINT64_MAX = 2**64 - 1
 #: Bytes per token of the fallback estimate (see the module docstring).
 ESTIMATE_BYTES_PER_TOKEN = 3
-TokenCount = Literal["tokenizer", "estimate"]
-
-
-class QuotesUnavailableError(BlueprintError):
-    http_status = 503
-    error_type = "server_error"
-    code = "quotes_disabled"
-
-
-# --- wire types ---------------------------------------------------------------------------------
-
-class QuoteRequest(BaseModel):
-    """What to price: the job exactly as it will be submitted, and who will submit it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    service_id: Annotated[int, Field(ge=0, le=UINT64_MAX)] | None = None
-    job_index: Literal[0, 1, 2]
-    model: Annotated[str, Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=0, le=UINT32_MAX)]
-    request: dict[str, Any]
-    requester: str
-    ttl_s: Annotated[int, Field(ge=1)] | None = None
-
-    @field_validator("requester")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if not is_address(value):
-            raise ValueError("requester must be a 0x address")
-        return to_checksum_address(value)
-
-
-class QuoteDetails(BaseModel):
-    """``Types.JobQuoteDetails`` as JSON, with the struct's field names (``price`` in wei as a
-    decimal string)."""
-
-    requester: str
-    serviceId: int
-    jobIndex: int
-    price: str
-    timestamp: int
-    expiry: int
-    confidentiality: int
-    inputsHash: str
-
-
-class SignedQuote(BaseModel):
-    """``Types.SignedJobQuote``: pass it to ``submitJobFromQuote`` with ``msg.value = price``."""
-
-    details: QuoteDetails
-    signature: str
-    operator: str
-
-
-class QuoteResponse(BaseModel):
-    quote: SignedQuote
-    price_wei: str
-    prompt_tokens: int
-    completion_tokens: int
-    token_count: TokenCount
-    inputs: str = Field(description="The job inputs (0x hex) the quote is bound to.")
 
 
 # --- pricing and signing ------------------------------------------------------------------------
@@ -148,7 +90,7 @@ class Quoter:
     chain_id: int
     tangle: str
     offer: Offer
-    balancer: Any
+    balancer: Balancer
     service_id: int | None = None
     default_ttl_s: int = 300
     max_ttl_s: int = 3600
@@ -241,46 +183,23 @@ def _prompt_pieces(job_index: int, inputs: JobInputs) -> tuple[list[str | list[C
     return [], sum(len(ids) for ids in request.token_lists() or [])
 
 
-# --- the app hook -------------------------------------------------------------------------------
-
-QUOTER_KEY = web.AppKey("quoter", Quoter)
-
-
-def enable_quotes(app: web.Application, quoter: Quoter) -> None:
-    """Serve signed quotes on ``app`` (call before the app starts)."""
-    app[QUOTER_KEY] = quoter
-
-
-async def handle_quote(app: web.Application, body: bytes) -> web.Response:
-    """The route's work (the app's guard maps errors to OpenAI error objects)."""
-    quoter = app.get(QUOTER_KEY)
-    if quoter is None:
-        raise QuotesUnavailableError(
-            "Quotes are disabled: this API runs without an operator key (quotes are served by "
-            "`python -m blueprint run` with KEYSTORE_URI and SERVICE_ID).")
-    response = await quoter.quote(parse_request(QuoteRequest, body))
-    return web.Response(body=response.model_dump_json().encode(), content_type="application/json")
-
-
-def quoter_from_settings(settings: Settings, balancer: Any, account: LocalAccount, chain_id: int) -> Quoter:
+def quoter_from_settings(settings: Settings, balancer: Balancer, account: LocalAccount,
+                         chain_id: int) -> Quoter:
     """A :class:`Quoter` with the prices ``register`` would put in the offer."""
-    from blueprint.commands.register import offer_from_settings
-
-    offer = offer_from_settings(settings, "")
+    offer = offer_from_nodes(settings.nodes, "")
     return Quoter(account=account, chain_id=chain_id, tangle=settings.tangle_contract, offer=offer,
                   balancer=balancer, service_id=settings.service_id)
 
 
-def enable_quotes_from_settings(app: web.Application, settings: Settings, balancer: Any,
-                                account: LocalAccount, chain_id: int) -> Quoter | None:
-    """:func:`enable_quotes` with :func:`quoter_from_settings`; an offer the configured nodes
-    cannot make (e.g. more models than fit on chain) leaves quotes disabled (None), with a
-    warning, rather than stopping the daemon. The daemon then prices from its on-chain offer."""
+def quotes_from_settings(settings: Settings, balancer: Balancer, account: LocalAccount,
+                         chain_id: int) -> Quoter | None:
+    """:func:`quoter_from_settings`, or None when the configured nodes cannot make an offer (e.g.
+    more models than fit on chain): quotes stay disabled, with a warning, rather than stopping
+    the daemon."""
     try:
         quoter = quoter_from_settings(settings, balancer, account, chain_id)
     except BlueprintError as exc:
         log.warning("quotes.disabled", reason=exc.message)
         return None
-    enable_quotes(app, quoter)
     log.info("quotes.enabled", operator=account.address, models=[m.model for m in quoter.offer.models])
     return quoter

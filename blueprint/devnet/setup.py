@@ -26,8 +26,10 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
 from blueprint.tangle import abi
-from blueprint.tangle.chain import ChainClient, ChainError, ResultLog, checksum_all, logs_with_topic
+from blueprint.tangle.chain import ChainClient, ChainError, checksum_all, logs_with_topic
+from blueprint.tangle.events import JobResultLog
 from blueprint.tangle.keystore import Operator
+from blueprint.tangle.txmanager import Receipt
 
 log = structlog.get_logger(__name__)
 
@@ -78,17 +80,11 @@ def _account(who: Operator | LocalAccount) -> LocalAccount:
     return who.account if isinstance(who, Operator) else who
 
 
-def _topic_int(entry: Mapping[str, Any], index: int) -> int:
-    topic = entry["topics"][index]
-    return int.from_bytes(bytes(topic), "big") if not isinstance(topic, str) else int(topic, 16)
-
-
-def _first_topic_int(receipt: Mapping[str, Any], client: ChainClient, topic0: str, index: int,
-                     what: str) -> int:
+def _first_topic_int(receipt: Receipt, client: ChainClient, topic0: str, index: int, what: str) -> int:
     found = logs_with_topic(receipt, topic0, client.tangle_address)
     if not found:
         raise ChainError(f"{what}: the receipt has no such event")
-    return _topic_int(found[0], index)
+    return int(found[0].topics[index], 16)
 
 
 # --- staking ----------------------------------------------------------------------------------
@@ -133,12 +129,7 @@ async def fund_account(client: ChainClient, funder: LocalAccount, to: str, *, et
     """Send ETH and TNT (the bond token) from ``funder`` to ``to`` (dev chains)."""
     to = to_checksum_address(to)
     if eth:
-        tx = {
-            "to": to, "value": eth, "gas": 21_000, "chainId": await client.w3.eth.chain_id,
-            "nonce": await client.w3.eth.get_transaction_count(funder.address, "pending"),
-            **(await client.fees()),
-        }
-        await client.send_raw(funder, tx, what="fund ETH")
+        await client.sender(funder).send_and_wait(to, b"", value=eth, gas=21_000, what="fund ETH")
     if tnt:
         token = await client.call(client.staking.functions.operatorBondToken())
         if int(token, 16) == 0:
@@ -311,7 +302,7 @@ async def approve_service(client: ChainClient, who: Operator | LocalAccount, req
     activated = logs_with_topic(receipt, abi.SERVICE_ACTIVATED_TOPIC, client.tangle_address)
     if not activated:
         return None
-    service_id = _topic_int(activated[0], 1)
+    service_id = int(activated[0].topics[1], 16)
     log.info("setup.service_active", service_id=service_id, request_id=request_id)
     return service_id
 
@@ -337,32 +328,21 @@ async def submit_jobs(client: ChainClient, caller: Operator | LocalAccount, serv
                       jobs: Sequence[tuple[int, bytes]], *, value: int = 0) -> list[int]:
     """Submit many ``(job_index, inputs)`` at once: consecutive nonces sent without waiting, then
     every receipt. Returns the call ids in order. For benchmarks (burst load)."""
-    account = _account(caller)
     if not jobs:
         return []
-    w3 = client.w3
-    nonce = await w3.eth.get_transaction_count(account.address, "pending")
-    chain_id = await w3.eth.chain_id
-    fees = await client.fees()
-    first = client.tangle.functions.submitJob(service_id, jobs[0][0], jobs[0][1])
-    await client.call(first, sender=account.address)  # one simulation catches permission/value errors
-    longest = max(jobs, key=lambda j: len(j[1]))
-    gas = int(await client.tangle.functions.submitJob(service_id, longest[0], longest[1]).estimate_gas(
-        {"from": account.address, "value": value}) * 1.5) + 100_000
-    hashes = []
-    for offset, (job_index, inputs) in enumerate(jobs):
-        tx = await client.tangle.functions.submitJob(service_id, job_index, inputs).build_transaction({
-            "from": account.address, "value": value, "gas": gas, "nonce": nonce + offset,
-            "chainId": chain_id, **fees,
-        })
-        signed = account.sign_transaction(tx)
-        hashes.append(await w3.eth.send_raw_transaction(signed.raw_transaction))
+    txm = client.sender(_account(caller))
+    calls = [bytes.fromhex(client.tangle.functions.submitJob(service_id, job_index, inputs)
+                           ._encode_transaction_data().removeprefix("0x")) for job_index, inputs in jobs]
+    to = client.tangle_address
+    # one simulation catches permission/value errors; the longest inputs set the gas of all
+    await txm.simulate(to, calls[0], value=value, what="submitJob")
+    gas = int(await txm.estimate_gas(to, max(calls, key=len), value=value, what="submitJob") * 1.5) + 100_000
+    sent = [await txm.send(to, data, gas=gas, value=value, simulate=False) for data in calls]
     call_ids = []
-    for tx_hash in hashes:
-        receipt = await w3.eth.wait_for_transaction_receipt(
-            tx_hash, timeout=client.receipt_timeout, poll_latency=client.poll_latency)
-        if receipt["status"] != 1:
-            raise ChainError(f"submitJob {tx_hash.hex()} failed in a burst")
+    for tx in sent:
+        receipt = await txm.wait(tx)
+        if receipt.status != 1:
+            raise ChainError(f"submitJob {receipt.tx_hash} failed in a burst")
         call_ids.append(_first_topic_int(receipt, client, abi.JOB_SUBMITTED_TOPIC, 2, "submitJob"))
     return call_ids
 
@@ -372,7 +352,7 @@ async def wait_for_result(
     timeout: float = 60.0,  # noqa: ASYNC109 - a deadline over many polls, not one await
     *,
     operator: str | None = None, from_block: int | str = 0, poll_interval: float = 0.2,
-) -> ResultLog:
+) -> JobResultLog:
     """Poll ``JobResultSubmitted`` logs until a result for ``call_id`` (from ``operator``) appears."""
     deadline = time.monotonic() + timeout
     while True:
