@@ -42,6 +42,8 @@ from tests.reliability.reliability_support import BackendProcess
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
 TAKEOVER_S = 4.0
+#: How long the last operator of a ranking waits for a healthy node before it answers an error.
+PATIENCE_S = 6.0
 GWEI = 10**9
 #: (name, models): A m1; B m1+m2; C m2. C's on-chain prices differ from its config on purpose.
 OPERATORS = (("A", ("m1",)), ("B", ("m1", "m2")), ("C", ("m2",)))
@@ -110,7 +112,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                          for m, b in mine.items()]
                 config = write_config(work / name / "config.toml", nodes, server_port=port,
                                       jobs={"poll_interval_s": 0.2, "takeover_after_s": TAKEOVER_S,
-                                            "shutdown_timeout_s": 5})
+                                            "shutdown_timeout_s": 5, "job_timeout_s": PATIENCE_S},
+                                      balancer={"health": {"check_interval_s": 0.5, "open_base_s": 0.5,
+                                                           "open_max_s": 1.0}})
                 env = view.manager_env(keystore_uri=str(work / name / "keystore"),
                                        data_dir=str(work / name / "data"), ws_rpc_url=anvil.ws_url)
                 env["BLUEPRINT_CONFIG"] = str(config)
@@ -145,6 +149,17 @@ async def results_per_call(stack: Stack) -> Counter[int]:
     return Counter(entry.call_id for entry in logs)
 
 
+async def until_one_falls_to(stack: Stack, operator: str, batch: int) -> list[tuple[int, str, dict]]:
+    """Batches of m1 jobs until the ranking put ``operator`` first for at least one (the operators'
+    keys are random, so a single batch could miss it)."""
+    answered: list[tuple[int, str, dict]] = []
+    for _ in range(5):
+        answered += await submit_all(stack, [(0, "m1")] * batch, wait_s=60)
+        if any(responsible(stack, c, "m1") == operator for c, _, _ in answered):
+            break
+    return answered
+
+
 def responsible(stack: Stack, call_id: int, model: str, alive: set[str] | None = None) -> str:
     able = [v.operator.address for v, op in zip(stack.service.operators, stack.ops, strict=True)
             if model in op.models and (alive is None or op.name in alive)]
@@ -164,8 +179,9 @@ async def test_each_job_computed_once_by_an_operator_offering_its_model(stack: S
     assert stack.total_served() - before == 24
     counts = await results_per_call(stack)
     assert all(counts[c] == 1 for c, _, _ in answered)
-    # both operators of m1 (and of m2) took a share: the work is spread, not duplicated
-    assert len({op for _, op, _ in answered}) == 3
+    # both operators of m1 took a share of its 16 jobs: the work is spread, not duplicated
+    m1_answerers = {op for (_, model), (_, op, _) in zip(jobs, answered, strict=True) if model == "m1"}
+    assert len(m1_answerers) == 2
 
 
 async def test_quote_paid_job_is_computed_by_the_quoted_operator_only(stack: Stack) -> None:
@@ -200,6 +216,35 @@ async def test_quote_paid_job_is_computed_by_the_quoted_operator_only(stack: Sta
     assert {name: after[name] - before[name] for name in after} == {"A": 0, "B": 0, "C": 1}
 
 
+async def test_a_sick_node_leaves_its_jobs_to_the_next_operator_and_only_the_last_answers_an_error(
+        stack: Stack) -> None:
+    a, b = stack.ops[0], stack.ops[1]
+    a_address, b_address = (v.operator.address for v in stack.service.operators[:2])
+    a.backends["m1"].kill()  # A's only m1 node is gone: a passing problem, as far as A knows
+    try:
+        answered = await until_one_falls_to(stack, a_address, 6)
+        assert all(op == b_address for _, op, _ in answered)
+        assert all("error" not in result for _, _, result in answered)
+        left = {line.get("call_id") for line in a.daemon.log_lines()
+                if line.get("event") == "daemon.job_left"}
+        a_first = {c for c, _, _ in answered if responsible(stack, c, "m1") == a_address}
+        assert a_first and a_first <= left  # A waited its turn out, then left them to B
+        # now B's m1 node is gone too: the last of each ranking answers with the error, once
+        b.backends["m1"].kill()
+        started = time.monotonic()
+        failed = await submit_all(stack, [(0, "m1")] * 2, wait_s=60)
+        for call_id, operator, result in failed:
+            ranking = rank(stack.service.service_id, call_id, [a_address, b_address])
+            assert operator == ranking[-1]
+            assert result["error"]["code"] in ("no_healthy_node", "backend_error", "overloaded")
+        assert time.monotonic() - started >= TAKEOVER_S + PATIENCE_S - 1.0
+    finally:
+        a.backends["m1"].start()  # the same ports again
+        b.backends["m1"].start()
+    counts = await results_per_call(stack)
+    assert all(counts[c] == 1 for c, _, _ in answered + failed)
+
+
 async def test_killed_operator_jobs_are_taken_over_then_it_resumes_without_answering_twice(
         stack: Stack) -> None:
     a, b = stack.ops[0], stack.ops[1]
@@ -209,7 +254,7 @@ async def test_killed_operator_jobs_are_taken_over_then_it_resumes_without_answe
     a.daemon.stop()
     a_before, b_before = a.served(), b.served()
     started = time.monotonic()
-    answered = await submit_all(stack, [(0, "m1")] * 8, wait_s=60)
+    answered = await until_one_falls_to(stack, a_address, 8)
     elapsed = time.monotonic() - started
     a_first = [c for c, _, _ in answered if responsible(stack, c, "m1") == a_address]
     assert a_first, "no job fell to A this time: the test would prove nothing"
@@ -218,7 +263,7 @@ async def test_killed_operator_jobs_are_taken_over_then_it_resumes_without_answe
     assert elapsed >= TAKEOVER_S  # A's jobs waited for A first
     counts = await results_per_call(stack)
     assert all(counts[c] == 1 for c, _, _ in answered)
-    assert a.served() == a_before and b.served() - b_before == 8
+    assert a.served() == a_before and b.served() - b_before == len(answered)
     # A comes back on the same ledger: it answers nothing again and computes nothing again
     a.daemon.start()
     a.daemon.wait_ready(120)
