@@ -229,7 +229,7 @@ async def bench_multi(args: argparse.Namespace, single: dict[str, float]) -> boo
         async with chain_client(anvil) as client:
             ids = await submit_jobs(client, owner, sid, [(0, INPUTS)] * args.burst)
             await wait_answered(client, sid, ids, 300)
-            rows = [row for data in datas for row in ledger_rows(data, ids) if row[1] == "confirmed"]
+            rows = await confirmed_rows(datas, ids, 60)
             multi = report(f"three operators, burst ({args.burst} at once)", rows)
             shares = Counter(rank(sid, c, addresses)[0] for c in ids)
             print(f"   jobs per operator (the first of each ranking): {sorted(shares.values())}")
@@ -270,6 +270,16 @@ async def bench_multi(args: argparse.Namespace, single: dict[str, float]) -> boo
         anvil.stop()
 
 
+async def confirmed_rows(datas: list[Path], call_ids: list[int], timeout_s: float) -> list[tuple]:
+    """The ledger rows of the operators that answered, once each answer's receipt was recorded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = [row for data in datas for row in ledger_rows(data, call_ids) if row[1] == "confirmed"]
+        if len({row[0] for row in rows}) >= len(set(call_ids)) or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.2)
+
+
 async def wait_answered(client: object, service_id: int, call_ids: list[int], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     wanted = set(call_ids)
@@ -294,8 +304,9 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=None, help="jobs.max_batch of the daemon.")
     parser.add_argument("--no-multi", dest="multi", action="store_false",
                         help="Skip the three-operator run.")
-    parser.add_argument("--takeover-after", type=float, default=2.0,
-                        help="jobs.takeover_after_s of the three-operator run.")
+    parser.add_argument("--takeover-after", type=float, default=20.0,
+                        help="jobs.takeover_after_s of the three-operator run (it must exceed the "
+                             "time a burst's answers take to be mined, or jobs are computed twice).")
     parser.add_argument("--after-kill", type=int, default=60, help="Jobs submitted after the kill.")
     args = parser.parse_args()
     if args.batch_window is not None:

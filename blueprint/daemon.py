@@ -122,6 +122,8 @@ class Daemon:
         self.patience_s = patience_s
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: jobs standing by (no work in hand): cancelled at once on stop, resumed from the ledger
+        self._standing_by: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         #: jobs from blocks up to this one were submitted before we started (backfilled)
         self._backfill_until = -1
@@ -178,6 +180,8 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
+        for task in list(self._standing_by):
+            task.cancel()  # nothing to finish: the ledger keeps them `standby` for the next start
         if not self._tasks:
             return
         log.info("daemon.draining", running=len(self._tasks), timeout_s=self.shutdown_timeout_s)
@@ -316,12 +320,19 @@ class Daemon:
 
     async def _completed(self, call: JobCall, until_wall: float) -> bool:
         """Whether the job completes before ``until_wall`` (checked on chain at the end)."""
-        if self.watch is None:
-            await asyncio.sleep(max(0.0, until_wall - time.time()))
-            return False
-        until = time.monotonic() + max(0.0, until_wall - time.time())
-        if await self.watch.wait(call.call_id, from_block=call.block_number, until=until):
-            return True
+        task = asyncio.current_task()
+        if task is not None:
+            self._standing_by.add(task)
+        try:
+            if self.watch is None:
+                await asyncio.sleep(max(0.0, until_wall - time.time()))
+                return False
+            until = time.monotonic() + max(0.0, until_wall - time.time())
+            if await self.watch.wait(call.call_id, from_block=call.block_number, until=until):
+                return True
+        finally:
+            if task is not None:
+                self._standing_by.discard(task)
         try:
             return await self.watch.is_completed(call.call_id)
         except Exception as exc:  # cannot tell: taking over is safe (the chain refuses a second answer)
