@@ -8,11 +8,12 @@ with ``__``, e.g. ``SERVER__PORT``), a TOML file (``--config`` or ``BLUEPRINT_CO
 from __future__ import annotations
 
 import os
+import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +22,8 @@ from pydantic_settings import (
 )
 
 from blueprint.balancer.settings import BalancerSettings
+from blueprint.config_checks import check_settings
+from blueprint.config_errors import ConfigError, config_error, problems_from_validation, toml_error
 from blueprint.jobs.settings import JobsSettings
 from blueprint.llm.config import NodeConfig
 from blueprint.server.settings import ServerSettings
@@ -100,15 +103,27 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from a TOML file (argument, else ``BLUEPRINT_CONFIG``), the environment and
-    ``overrides`` (flags; ``None`` values are dropped so an unset flag never hides the env)."""
+    ``overrides`` (flags; ``None`` values are dropped so an unset flag never hides the env).
+
+    Types and values are checked here (:mod:`blueprint.config_checks`): a problem raises
+    :class:`~blueprint.config_errors.ConfigError` naming the file and line (or the environment
+    variable) and the key."""
     flags = {key: value for key, value in overrides.items() if value is not None}
-    if config_file is None:
-        return Settings(**flags)
-    path = Path(config_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    path = Path(config_file) if config_file is not None else None
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass --config FILE or set {CONFIG_ENV})")
     token = _CONFIG_FILE.set(path)
     try:
-        return Settings(**flags)
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        raise config_error(problems_from_validation(exc, Settings), path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise toml_error(exc, path or Path("config")) from None
     finally:
         _CONFIG_FILE.reset(token)
+    problems = check_settings(settings)
+    if problems:
+        raise config_error(problems, path)
+    return settings

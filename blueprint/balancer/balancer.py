@@ -1,8 +1,9 @@
 """The balancer: the one way the HTTP server and the job handlers reach an LLM.
 
 For every request it (1) admits it (a free slot on some node now, else a place in the model's
-bounded FIFO queue, else :class:`OverloadedError` at once), (2) lets the model's strategy pick a
-node among the healthy candidates with a free slot, (3) runs it, and (4) on a retryable failure
+bounded FIFO queue, else :class:`OverloadedError` at once: :mod:`blueprint.balancer.admission`),
+(2) lets the model's strategy pick a node among the healthy candidates with a free slot, (3) runs
+it, and (4) on a retryable failure
 before the first token retries on another node with jittered exponential backoff. After the
 first streamed chunk a failure is surfaced as :class:`StreamInterruptedError`, never retried and
 never turned into a silently short answer.
@@ -17,17 +18,15 @@ import asyncio
 import inspect
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
 from blueprint.balancer import routing
+from blueprint.balancer.admission import Admission
 from blueprint.balancer.breaker import BreakerState, CircuitBreaker
 from blueprint.balancer.node import NodeState
-from blueprint.balancer.priority import job_deadline, seconds_left
 from blueprint.balancer.settings import BalancerSettings
 from blueprint.balancer.strategies import RoutingRequest, Strategy, create_strategy
 from blueprint.errors import (
@@ -62,15 +61,6 @@ ChunkT = TypeVar("ChunkT", ChatCompletionChunk, CompletionChunk)
 DEFAULT_MAX_QUEUE = NodeConfig.model_fields["max_queue"].default
 
 
-@dataclass(eq=False)
-class _Waiter:
-    request: RoutingRequest
-    exclude: frozenset[str]
-    future: asyncio.Future[NodeState]
-    #: a chain job's request: ahead of HTTP ones, patient through a moment with no healthy node
-    priority: bool = False
-
-
 def _as_backend_error(exc: BaseException, node: str) -> BlueprintError:
     if isinstance(exc, BlueprintError):
         return exc
@@ -98,7 +88,8 @@ class Balancer:
         #: hot path never scans every node to find the ones serving a model).
         self._by_model: dict[str, list[NodeState]] = {}
         self._strategies: dict[str, Strategy] = {}
-        self._queues: dict[str, deque[_Waiter]] = {}
+        self._admission = Admission(self._serving, self._try_assign, self._retry_after,
+                                    self.settings.queue_timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
@@ -132,11 +123,7 @@ class Balancer:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        for queue in self._queues.values():
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.future.done():
-                    waiter.future.set_exception(NoHealthyNodeError("The balancer is shutting down."))
+        self._admission.fail_all(NoHealthyNodeError("The balancer is shutting down."))
         await asyncio.gather(*(self._close_client(node) for node in self._nodes.values()))
 
     async def __aenter__(self) -> Balancer:
@@ -191,8 +178,8 @@ class Balancer:
             "models": {
                 model: {
                     "strategy": self.settings.strategy_for(model),
-                    "queued": len(self._queues.get(model, ())),
-                    "queue_capacity": self._queue_capacity(model),
+                    "queued": self._admission.queued(model),
+                    "queue_capacity": self._admission.capacity(model),
                     "nodes": sorted(n.name for n in self._nodes.values() if model in n.models),
                 }
                 for model in models
@@ -331,12 +318,6 @@ class Balancer:
     def _candidates(self, model: str, exclude: frozenset[str]) -> list[NodeState]:
         return [node for node in self._serving(model) if node.selectable() and node.name not in exclude]
 
-    def _has_candidate(self, model: str, exclude: frozenset[str]) -> bool:
-        return any(node.selectable() and node.name not in exclude for node in self._serving(model))
-
-    def _queue_capacity(self, model: str) -> int:
-        return sum(node.max_queue for node in self._serving(model) if not node.draining)
-
     def _usable_slots(self, node: NodeState, priority: bool) -> int:
         """A node's slots open to a request: all for a chain job, the unreserved ones for HTTP."""
         if priority or not self.settings.reserved_job_share:
@@ -373,94 +354,19 @@ class Balancer:
         return round(min(30.0, max(0.5, min(known) if known else 1.0)), 2)
 
     async def _acquire(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState:
-        """A node with a slot reserved for this request, waiting in the model's FIFO queue when
-        every candidate is busy; OverloadedError at once when that queue is full."""
+        """A node with a slot reserved for this request (:meth:`Admission.acquire`)."""
         if self._closed:
             raise NoHealthyNodeError("The balancer is shut down.")
-        model = request.model
-        if not self._serving(model):
-            raise ModelNotFoundError(model)
-        deadline = job_deadline()
-        priority = deadline is not None
-        # a chain job outlasts a moment with no healthy node; once it has tried nodes, the
-        # failure goes back to its caller, which tries again from the start
-        if not self._has_candidate(model, exclude) and (not priority or exclude):
-            raise NoHealthyNodeError(f"No healthy node serves {model!r} right now.")
-        queue = self._queues.setdefault(model, deque())
-        ahead = sum(1 for w in queue if w.priority) if priority else len(queue)
-        if not ahead:
-            node = self._try_assign(request, exclude, priority)
-            if node is not None:
-                return node
-        if not priority and len(queue) >= self._queue_capacity(model):
-            raise OverloadedError(
-                f"All nodes serving {model!r} are busy and the queue is full.",
-                retry_after=self._retry_after(model),
-            )
-        waiter = _Waiter(request, exclude, asyncio.get_running_loop().create_future(), priority)
-        if priority:
-            queue.insert(ahead, waiter)  # behind earlier jobs, ahead of every HTTP request
-        else:
-            queue.append(waiter)
-        wait_s = seconds_left(deadline) if deadline is not None else self.settings.queue_timeout_s
-        try:
-            async with asyncio.timeout(wait_s):
-                return await waiter.future
-        except TimeoutError:
-            raise OverloadedError(
-                f"No node serving {model!r} freed up within {wait_s}s.",
-                retry_after=self._retry_after(model),
-            ) from None
-        except asyncio.CancelledError:
-            fut = waiter.future
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release(fut.result())
-            raise
-        finally:
-            if waiter in queue:
-                queue.remove(waiter)
+        return await self._admission.acquire(request, exclude, self._release)
 
     def _release(self, node: NodeState) -> None:
         node.in_flight = max(0, node.in_flight - 1)
         if node.in_flight == 0 and node.idle is not None:
             node.idle.set()
-        for model in node.models:
-            self._dispatch(model)
+        self._admission.dispatch(node.models)
 
     def _dispatch_all(self) -> None:
-        for model in list(self._queues):
-            self._dispatch(model)
-
-    def _dispatch(self, model: str) -> None:
-        """Hand free slots to waiters in FIFO order. A waiter that cannot use any free slot
-        (its free nodes were all tried) does not block those behind it."""
-        queue = self._queues.get(model)
-        if not queue:
-            return
-        for waiter in list(queue):
-            if waiter.future.done():
-                queue.remove(waiter)
-                continue
-            serving = self._serving(model)
-            if not serving:
-                queue.remove(waiter)
-                waiter.future.set_exception(ModelNotFoundError(model))
-                continue
-            alive = [n for n in serving if not n.draining and n.breaker.state is not BreakerState.OPEN
-                     and n.name not in waiter.exclude]
-            if not alive:
-                if waiter.priority and not waiter.exclude:
-                    continue  # a chain job waits for a node to come back (or its deadline)
-                queue.remove(waiter)
-                waiter.future.set_exception(NoHealthyNodeError(f"No healthy node serves {model!r}."))
-                continue
-            node = self._try_assign(waiter.request, waiter.exclude, waiter.priority)
-            if node is None:
-                if not any(n.has_slot() and n.selectable() for n in serving):
-                    return
-                continue
-            queue.remove(waiter)
-            waiter.future.set_result(node)
+        self._admission.dispatch()
 
     # ------------------------------------------------------------------ internals: running
 

@@ -8,6 +8,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from blueprint.cli_errors import UsageError
 from blueprint.config import Settings, load_settings
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.keystore import load_operator_from_settings
@@ -38,7 +39,7 @@ def signer_from(args: argparse.Namespace, settings: Settings) -> LocalAccount:
     if var:
         key = os.environ.get(var)
         if not key:
-            raise SystemExit(f"environment variable {var} is empty")
+            raise UsageError(f"environment variable {var} is empty: export it with the 0x private key")
         return Account.from_key(key)
     return load_operator_from_settings(settings).account
 

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 
+from blueprint.cli_errors import UsageError
 from blueprint.client import BlueprintClient
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args, service_id=args.service_id)
     if settings.service_id is None:
-        raise SystemExit("--service-id (or SERVICE_ID) is required")
+        raise UsageError("--service-id (or SERVICE_ID) is required")
     async with chain_from(settings) as chain:
         client = BlueprintClient(chain, settings.service_id)
         if args.model:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 
 import structlog
 
+from blueprint.cli_errors import UsageError
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
+from blueprint.config import Settings
 from blueprint.contracts.manager import blueprint_manager, manager_contract
 from blueprint.contracts.offer import encode_offer, offer_from_nodes, split_for_registration
 from blueprint.devnet import setup
@@ -41,22 +44,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--unregister", action="store_true", help="Leave the blueprint.")
 
 
+def registration_output(settings: Settings) -> Path:
+    """Where registration mode writes: ``REGISTRATION_OUTPUT_PATH``, else a file in ``DATA_DIR``."""
+    return settings.registration_output_path or settings.data_dir / "registration_inputs.bin"
+
+
+def write_registration_inputs(settings: Settings, public_url: str | None = None, *,
+                              prompt_price_wei: int = 0, completion_price_wei: int = 0) -> int:
+    """Registration mode (``REGISTRATION_MODE_ON``): write this operator's registration inputs,
+    the ABI-encoded offer ``onRegister`` decodes, for the blueprint manager to submit with
+    ``registerOperator``; print where and what as JSON. Nothing is sent to the chain."""
+    url = public_url or settings.server.public_url
+    if not url:
+        raise UsageError("registration needs the public URL of this operator's API: set [server] "
+                         "public_url (SERVER__PUBLIC_URL) or pass --public-url")
+    if not settings.nodes:
+        raise UsageError("registration needs at least one [[nodes]] table: the offer lists their models")
+    offer = offer_from_nodes(settings.nodes, url, prompt_price_wei=prompt_price_wei,
+                             completion_price_wei=completion_price_wei)
+    target = registration_output(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(encode_offer(offer))
+    print(json.dumps({"registration_inputs": str(target), "bytes": target.stat().st_size,
+                      **offer.to_json()}))
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args, blueprint_id=args.blueprint_id)
-    if not args.unregister and not args.public_url:
-        raise SystemExit("--public-url is required (clients reach the operator there)")
+    if settings.registration_mode_on:
+        return write_registration_inputs(settings, args.public_url, prompt_price_wei=args.prompt_price_wei,
+                                         completion_price_wei=args.completion_price_wei)
+    public_url = args.public_url or settings.server.public_url
+    if not args.unregister and not public_url:
+        raise UsageError("--public-url is required (clients reach the operator there), "
+                         "or [server] public_url in the config")
     offer = None
     if not args.unregister:
-        offer = offer_from_nodes(settings.nodes, args.public_url, prompt_price_wei=args.prompt_price_wei,
+        offer = offer_from_nodes(settings.nodes, public_url, prompt_price_wei=args.prompt_price_wei,
                                     completion_price_wei=args.completion_price_wei)
-    if settings.registration_mode_on:
-        if settings.registration_output_path is None or offer is None:
-            raise SystemExit("REGISTRATION_MODE_ON needs REGISTRATION_OUTPUT_PATH and an offer")
-        settings.registration_output_path.write_bytes(encode_offer(offer))
-        print(json.dumps({"registration_inputs": str(settings.registration_output_path), **offer.to_json()}))
-        return 0
     if settings.blueprint_id is None:
-        raise SystemExit("--blueprint-id (or BLUEPRINT_ID) is required")
+        raise UsageError("--blueprint-id (or BLUEPRINT_ID) is required")
     account = signer_from(args, settings)
     async with chain_from(settings) as chain:
         tangle = chain.tangle.functions

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config declaring the LLM nodes ($BLUEPRINT_CONFIG).")
     parser.add_argument("--test-mode", action="store_true", default=None, help="Manager's test mode.")
     parser.add_argument("--pretty", action="store_true", help="Human-readable logs instead of JSON lines.")
+    parser.add_argument("--log-content", action="store_true", default=None,
+                        help="Also log prompts and results ($BLUEPRINT_LOG_CONTENT; off: users' data).")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="More logs (-vv: debug).")
     parser.add_argument("--dry-run", action="store_true", default=None,
                         help="Compute results and record them, but submit nothing.")
@@ -62,29 +63,33 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging(args.verbose, args.pretty)
+    configure_logging(args.verbose, args.pretty, log_content=args.log_content)
     log = structlog.get_logger("blueprint.run")
     from blueprint.config import load_settings
-    from blueprint.errors import BlueprintError
-
-    try:
-        settings = load_settings(args.config, **overrides_from_args(args))
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("bad_configuration", error=str(exc))
-        return 2
+    settings = load_settings(args.config, **overrides_from_args(args))  # a ConfigError: the CLI says it
     if settings.service_id is None:
         return _registration_mode(settings, log)
 
-    from blueprint.daemon import run_daemon
+    from blueprint.assembly import run_daemon
 
     try:
-        _run(run_daemon(settings))
+        _run(_checked_run(settings, run_daemon))
     except KeyboardInterrupt:
         return 130
-    except BlueprintError as exc:
-        log.error("daemon_failed", error=exc.message, code=exc.code)
-        return 1
     return 0
+
+
+async def _checked_run(settings: Any, run_daemon: Any) -> None:
+    """The chain checks of :mod:`blueprint.tangle.preflight` (fast, before any model loads),
+    then the daemon."""
+    from blueprint.tangle.chain import ChainClient
+    from blueprint.tangle.keystore import load_operator_from_settings
+    from blueprint.tangle.preflight import check_service
+
+    operator = load_operator_from_settings(settings)
+    async with ChainClient.from_settings(settings) as chain:
+        await check_service(chain, settings.service_id, operator.address)
+    await run_daemon(settings)
 
 
 def _run(coro: Any) -> None:
@@ -97,17 +102,17 @@ def _run(coro: Any) -> None:
 
 
 def _registration_mode(settings: Settings, log: BindableLogger) -> int:
-    """No SERVICE_ID: the manager wants registration inputs, which ``register`` produces."""
-    where = settings.registration_output_path or "REGISTRATION_OUTPUT_PATH"
-    log.error(
-        "registration_mode_unsupported",
-        message=(
-            "SERVICE_ID is not set, so the manager asks for registration mode "
-            f"(REGISTRATION_MODE_ON={settings.registration_mode_on}, output {where}). "
-            "`run` answers jobs of an existing service only: produce registration inputs with "
-            "`python -m blueprint register`, or set SERVICE_ID / --service-id."
-        ),
-    )
-    print("error: SERVICE_ID is required for `run`; registration inputs are written by "
-          "`python -m blueprint register`.", file=sys.stderr)
-    return 2
+    """No SERVICE_ID: with ``REGISTRATION_MODE_ON`` the manager wants this operator's
+    registration inputs (written by :func:`blueprint.commands.register.write_registration_inputs`);
+    without it there is no service to serve, which the operator must hear plainly."""
+    from blueprint.cli_errors import UsageError
+
+    if not settings.registration_mode_on:
+        raise UsageError("SERVICE_ID is not set: `run` answers the jobs of one service; set SERVICE_ID / "
+                         "--service-id, or REGISTRATION_MODE_ON=true to write the registration inputs",
+                         "a new operator registers with `python -m blueprint register`, then approves "
+                         "a service request (`python -m blueprint service approve`)")
+    from blueprint.commands.register import write_registration_inputs
+
+    log.info("registration_mode", output=str(settings.registration_output_path or "DATA_DIR"))
+    return write_registration_inputs(settings)

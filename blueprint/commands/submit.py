@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from blueprint import safejson
+from blueprint.cli_errors import CommandFailed, UsageError
 from blueprint.client import BlueprintClient
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
 from blueprint.jobs.codec import encode_inputs
@@ -46,16 +48,16 @@ async def fetch_quote(endpoint: str, *, job_index: int, model: str, max_tokens: 
             "requester": requester}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async with session.post(endpoint.rstrip("/") + "/v1/quote", json=body) as resp:
-            data = await resp.json()
+            data = safejson.loads(await resp.read())  # an operator's server: untrusted
             if resp.status != 200:
-                raise SystemExit(f"quote refused ({resp.status}): {data}")
+                raise CommandFailed(f"quote refused ({resp.status}): {data}")
     return SignedJobQuote.from_json(data["quote"])
 
 
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args, service_id=args.service_id)
     if settings.service_id is None:
-        raise SystemExit("--service-id (or SERVICE_ID) is required")
+        raise UsageError("--service-id (or SERVICE_ID) is required")
     account = signer_from(args, settings)
     request = _request(args.request)
     job_index = JOBS[args.job]
@@ -68,12 +70,12 @@ async def _run(args: argparse.Namespace) -> int:
             if endpoint is None:
                 routes = await client.routes(args.model)
                 if not routes:
-                    raise SystemExit(f"no operator of service {settings.service_id} offers {args.model!r}")
+                    raise CommandFailed(f"no operator of service {settings.service_id} offers {args.model!r}")
                 endpoint = routes[0].endpoint
             quote = await fetch_quote(endpoint, job_index=job_index, model=args.model,
                                       max_tokens=args.max_tokens, request=request, requester=account.address)
             if quote.details.inputs_hash != inputs_hash(inputs):
-                raise SystemExit("the operator quoted different inputs; refusing to pay")
+                raise CommandFailed("the operator quoted different inputs; refusing to pay")
         call_id = await client.submit(account, job_index, args.model, args.max_tokens, request,
                                       quote=quote, value=args.value, inputs=inputs)
         print(json.dumps({"service_id": settings.service_id, "call_id": call_id,

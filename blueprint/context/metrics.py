@@ -141,7 +141,7 @@ class ChainMetrics(Collector):
             self._head_block = int(await self.w3.eth.block_number)
         self._refreshed_at = time.monotonic()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Refresh now and then every ``refresh_interval_s`` until :meth:`stop`."""
         if self._task is None:
             self._task = asyncio.create_task(self._refresh_loop(), name="chain-metrics")

@@ -49,8 +49,8 @@ async def deploy_manager(client: ChainClient, deployer: LocalAccount, *, gas: in
     factory = client.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
     constructor = factory.constructor(client.tangle_address)
     init_code = bytes.fromhex(constructor.data_in_transaction.removeprefix("0x"))
-    receipt = await client.sender(deployer).send_and_wait(None, init_code, gas=gas,
-                                                          what="deploy LlmServiceManager")
+    txm = await client.sender(deployer)
+    receipt = await txm.send_and_wait(None, init_code, gas=gas, what="deploy LlmServiceManager")
     address = receipt.contract_address
     if not address:
         raise ChainError("deploy LlmServiceManager: the receipt has no contract address")

@@ -14,7 +14,7 @@ inputs and on ``updateOperatorPreferences``. Prices are wei (of the native token
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,11 @@ from eth_abi.exceptions import DecodingError
 from eth_utils import keccak
 
 from blueprint.errors import InvalidRequestError
+from blueprint.llm.model_files import config_context_length
 
 if TYPE_CHECKING:
     from blueprint.llm.config import NodeConfig
+    from blueprint.llm.types import ModelInfo
 
 OFFER_TAG = keccak(text="tangle-llm-blueprint.offer.v1")
 MODEL_TUPLE = "(string,uint32,uint32,uint256,uint256)"
@@ -140,14 +142,24 @@ DEFAULT_CONTEXT = 2048
 
 
 def offer_from_nodes(nodes: Iterable[NodeConfig], public_url: str, *, prompt_price_wei: int = 0,
-                     completion_price_wei: int = 0) -> Offer:
+                     completion_price_wei: int = 0, loaded: Mapping[str, ModelInfo] | None = None) -> Offer:
     """One model entry per distinct model of the configured nodes (largest limits win); prices
     from each node's ``options.price_per_prompt_token_wei`` / ``price_per_completion_token_wei``,
-    else the defaults given. ``register`` offers this on chain and the quoter prices with it."""
+    else the defaults given. ``register`` offers this on chain and the quoter prices with it.
+
+    Limits are the model's real ones, never a default a model may not have: ``loaded`` (the
+    running engines' cards, by model id) when given, else the node's declared ``context_length``,
+    else its local model directory's ``config.json``; :data:`DEFAULT_CONTEXT` only when nothing
+    says (a remote node not yet asked)."""
     models: dict[str, ModelOffer] = {}
     for node in nodes:
-        context = node.context_length or DEFAULT_CONTEXT
-        output = min(node.max_output_tokens or context, context)
+        card = (loaded or {}).get(node.model)
+        if card is not None:
+            context = card.context_length
+            output = min(card.max_output_length or context, context)
+        else:
+            context = node.context_length or config_context_length(node.path) or DEFAULT_CONTEXT
+            output = min(node.max_output_tokens or context, context)
         prompt = int(node.options.get("price_per_prompt_token_wei", prompt_price_wei))
         completion = int(node.options.get("price_per_completion_token_wei", completion_price_wei))
         known = models.get(node.model)

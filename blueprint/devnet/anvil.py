@@ -1,10 +1,10 @@
 """A local Tangle v2 devnet: anvil (npm ``@foundry-rs/anvil``, pinned in ``package.json``) loaded
 with the TNT Core LocalTestnet state.
 
-Used by ``python -m blueprint dev``, the tests and the benchmarks. The state file is not part of
-this repository; it is found by, in order: an explicit argument, ``$TNT_CORE_DIR`` (a folder) or
-``$TNT_CORE_STATE`` (the file), ``../shared/tnt-core/`` beside the checkout, and
-``~/.cache/tangle-llm-blueprint/tnt-core/``.
+Used by ``python -m blueprint dev``, the tests and the benchmarks. The state file is found by, in
+order: an explicit argument, ``$TNT_CORE_DIR`` (a folder) or ``$TNT_CORE_STATE`` (the file),
+``../shared/tnt-core/`` beside the checkout, ``~/.cache/tangle-llm-blueprint/tnt-core/``, and
+last the copy the package carries (``blueprint/devnet_data``, extracted once into the cache).
 """
 
 from __future__ import annotations
@@ -63,6 +63,13 @@ def find_tnt_core_state(explicit: str | os.PathLike[str] | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if not explicit:
+        from blueprint.devnet_data import CarriedDataError, carried_state_file
+
+        try:
+            return carried_state_file()
+        except (CarriedDataError, OSError) as exc:
+            candidates.append(Path(f"the carried copy ({exc})"))
     looked = ", ".join(str(c) for c in candidates)
     raise DevnetError(f"TNT Core state not found (looked in: {looked}). {UPSTREAM_HINT}")
 

@@ -129,7 +129,8 @@ async def fund_account(client: ChainClient, funder: LocalAccount, to: str, *, et
     """Send ETH and TNT (the bond token) from ``funder`` to ``to`` (dev chains)."""
     to = to_checksum_address(to)
     if eth:
-        await client.sender(funder).send_and_wait(to, b"", value=eth, gas=21_000, what="fund ETH")
+        txm = await client.sender(funder)
+        await txm.send_and_wait(to, b"", value=eth, gas=21_000, what="fund ETH")
     if tnt:
         token = await client.call(client.staking.functions.operatorBondToken())
         if int(token, 16) == 0:
@@ -330,7 +331,7 @@ async def submit_jobs(client: ChainClient, caller: Operator | LocalAccount, serv
     every receipt. Returns the call ids in order. For benchmarks (burst load)."""
     if not jobs:
         return []
-    txm = client.sender(_account(caller))
+    txm = await client.sender(_account(caller))
     calls = [bytes.fromhex(client.tangle.functions.submitJob(service_id, job_index, inputs)
                            ._encode_transaction_data().removeprefix("0x")) for job_index, inputs in jobs]
     to = client.tangle_address

@@ -32,6 +32,7 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from pydantic import BaseModel
 
+from blueprint import safejson
 from blueprint.errors import InvalidRequestError
 
 INPUT_TYPES = ("string", "uint32", "string")
@@ -98,4 +99,4 @@ def decode_result(data: bytes) -> str:
 
 def decode_result_json(data: bytes) -> dict[str, Any]:
     """The decoded result as a dict: a response object or ``{"error": {...}}``."""
-    return json.loads(decode_result(data))
+    return safejson.loads(decode_result(data))

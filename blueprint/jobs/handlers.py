@@ -10,20 +10,23 @@ Rules applied to every request that comes from the chain, decided here once:
   manager checked in ``onJobCall``. The request JSON may omit ``model``; when it names a
   *different* model the job is rejected (``model_mismatch``) rather than silently served by
   another model, because a caller who wrote two different names has a bug we should surface.
-* **``maxTokens`` is the paid ceiling.** Absent ``max_tokens``/``max_completion_tokens`` become
-  the ceiling (split over ``n`` choices and prompts); a request that could generate more than the
-  ceiling in all (``max_tokens * n * prompts``) is rejected (``max_tokens_exceeds_paid``), never
-  truncated, so the caller is not billed for an answer it did not ask for.
+* **``maxTokens`` is the paid ceiling, and it clamps.** The request is validated first (strict
+  integers: ``"400"`` or ``400.0`` is refused, never coerced), then its token limit becomes
+  "at most the ceiling": absent, or above ``maxTokens / (n x prompts)``, it is set to that share,
+  so the whole answer never exceeds what was paid and a cut choice ends with
+  ``finish_reason: "length"``. The payment is spent either way, so the caller gets what it paid
+  for rather than a refusal; only a ceiling below one token per choice is refused
+  (``max_tokens_exceeds_paid``).
 * **Jobs are not streamed.** A job result is one transaction, so ``stream`` is turned off.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from blueprint import safejson
 from blueprint.errors import InvalidRequestError
 from blueprint.jobs.codec import JobInputs
 from blueprint.llm.types import (
@@ -57,7 +60,7 @@ class HandlerContext(Protocol):
 def _body(inputs: JobInputs) -> dict[str, Any]:
     """The request JSON as an object, with the model of the inputs filled in or checked."""
     try:
-        body = json.loads(inputs.request)
+        body = safejson.loads(inputs.request)
     except ValueError as exc:
         raise InvalidRequestError(f"The job's request is not valid JSON: {exc}",
                                   code="invalid_json") from None
@@ -77,49 +80,38 @@ def _body(inputs: JobInputs) -> dict[str, Any]:
     return body
 
 
-def _apply_ceiling(body: dict[str, Any], keys: tuple[str, ...], ceiling: int, fanout: int) -> None:
-    """Fill or check the token limit under the paid ceiling (see the module docstring)."""
-    if ceiling <= 0:
-        raise InvalidRequestError("The job paid for 0 output tokens (maxTokens = 0).",
-                                  code="max_tokens_exceeds_paid", param="max_tokens")
-    asked = [body[key] for key in keys if body.get(key) is not None]
-    if not asked:
-        per_choice = ceiling // fanout
-        if per_choice < 1:
-            raise InvalidRequestError(
-                f"maxTokens {ceiling} is less than one token for each of {fanout} choices.",
-                code="max_tokens_exceeds_paid", param="max_tokens",
-            )
-        body[keys[0]] = per_choice
-        return
-    for value in asked:
-        if isinstance(value, int) and not isinstance(value, bool) and value * fanout > ceiling:
-            raise InvalidRequestError(
-                f"The request asks for up to {value * fanout} tokens "
-                f"({value} x {fanout} choices) but the job paid for {ceiling}.",
-                code="max_tokens_exceeds_paid", param="max_tokens",
-            )
+def _per_choice(ceiling: int, fanout: int) -> int:
+    """Tokens each choice may generate under the paid ceiling (``fanout`` choices in all)."""
+    per_choice = ceiling // fanout
+    if per_choice < 1:
+        raise InvalidRequestError(
+            f"The job paid for {ceiling} output tokens (maxTokens), less than one for each of its "
+            f"{fanout} choices.", code="max_tokens_exceeds_paid", param="max_tokens")
+    return per_choice
 
 
-def _fanout(body: dict[str, Any], prompts: int = 1) -> int:
-    n = body.get("n")
-    best_of = body.get("best_of")
-    count = max(n if isinstance(n, int) and n > 0 else 1, best_of if isinstance(best_of, int) else 1)
-    return count * max(prompts, 1)
+def _clamped(asked: int | None, limit: int) -> int:
+    return limit if asked is None else min(asked, limit)
 
 
 def prepare_chat(inputs: JobInputs) -> ChatCompletionRequest:
-    body = _body(inputs)
-    _apply_ceiling(body, ("max_tokens", "max_completion_tokens"), inputs.max_tokens, _fanout(body))
-    return parse_request(ChatCompletionRequest, body)
+    """The validated chat request with its token limit clamped to the paid ceiling."""
+    request = parse_request(ChatCompletionRequest, _body(inputs))
+    limit = _per_choice(inputs.max_tokens, request.n)
+    update: dict[str, int | None] = {"max_tokens": _clamped(request.max_tokens, limit)}
+    if request.max_completion_tokens is not None:  # it wins over max_tokens: clamp it too
+        update["max_completion_tokens"] = min(request.max_completion_tokens, limit)
+    return request.model_copy(update=update)
 
 
 def prepare_completion(inputs: JobInputs) -> CompletionRequest:
-    body = _body(inputs)
-    prompt = body.get("prompt")
-    prompts = len(prompt) if isinstance(prompt, list) else 1
-    _apply_ceiling(body, ("max_tokens",), inputs.max_tokens, _fanout(body, prompts))
-    return parse_request(CompletionRequest, body)
+    """The validated completion request with ``max_tokens`` clamped to the paid ceiling (absent,
+    it is the ceiling, not the wire default of 16)."""
+    request = parse_request(CompletionRequest, _body(inputs))
+    fanout = max(request.n, request.best_of or 1) * len(request.prompts())
+    limit = _per_choice(inputs.max_tokens, fanout)
+    asked = request.max_tokens if "max_tokens" in request.model_fields_set else None
+    return request.model_copy(update={"max_tokens": _clamped(asked, limit)})
 
 
 def prepare_embeddings(inputs: JobInputs) -> EmbeddingRequest:

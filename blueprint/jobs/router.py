@@ -82,6 +82,13 @@ class Router:
         return RouteOutcome(output=encode_result(text), response=text, error_code=error_code,
                             elapsed_s=time.perf_counter() - started)
 
+    @staticmethod
+    def refuse(error: BlueprintError) -> RouteOutcome:
+        """The outcome of a job answered with ``error`` without running its handler."""
+        text = _error_text(error)
+        return RouteOutcome(output=encode_result(text), response=text, error_code=error.code,
+                            elapsed_s=0.0)
+
     async def _call(self, job_index: int, inputs: bytes, ctx: Any) -> BaseModel | dict[str, Any]:
         handler = self._routes.get(job_index)
         if handler is None:

@@ -13,6 +13,11 @@ class JobsSettings(BaseModel):
     max_concurrent: int = Field(default=64, ge=1, description="Jobs computed at once (the semaphore).")
     job_timeout_s: float = Field(default=300.0, gt=0,
                                  description="Longest a handler may run; then an error result.")
+    max_handler_runs: int = Field(
+        default=2, ge=1,
+        description="Starts of a job's handler that never finished (the process died with it) "
+                    "before the job is answered with a `job_crashed` error instead of run again.",
+    )
     shutdown_timeout_s: float = Field(default=30.0, ge=0,
                                       description="On SIGTERM, how long running jobs may finish.")
     confirmations: int = Field(default=0, ge=0, description="Blocks a JobSubmitted log waits before it runs.")

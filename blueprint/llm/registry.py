@@ -39,11 +39,20 @@ def _load(target: str) -> EngineFactory:
         raise InvalidRequestError(f"Engine module {module_name!r} has no {attr!r}.") from exc
 
 
-def resolve_engine(engine: str) -> EngineFactory:
-    """The factory (usually a class) for an engine name, dotted path or entry point."""
+def resolve_engine(engine: str, *, import_paths: bool = True) -> EngineFactory:
+    """The factory (usually a class) for an engine name, dotted path or entry point.
+
+    ``import_paths=False`` (the admin API) accepts registered names only, built-ins and installed
+    entry points: a ``module:callable`` from a request would let its sender import and call
+    anything in the server's process (``sys:exit`` stopped it)."""
     if engine in BUILTIN_ENGINES:
         return _load(BUILTIN_ENGINES[engine])
     if ":" in engine:
+        if not import_paths:
+            raise InvalidRequestError(
+                f"Engine {engine!r}: over the admin API engines are named by their registered name "
+                f"({', '.join(sorted(BUILTIN_ENGINES))} or a {ENTRY_POINT_GROUP!r} entry point), "
+                "never by an import path.", code="unknown_engine", param="engine")
         return _load(engine)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == engine:
@@ -55,13 +64,13 @@ def resolve_engine(engine: str) -> EngineFactory:
     known = ", ".join(sorted(BUILTIN_ENGINES))
     raise InvalidRequestError(
         f"Unknown engine {engine!r}: use one of {known}, 'package.module:Class', or an entry "
-        f"point in the {ENTRY_POINT_GROUP!r} group."
+        f"point in the {ENTRY_POINT_GROUP!r} group.", code="unknown_engine", param="engine",
     )
 
 
-def create_client(config: NodeConfig) -> LlmClient:
-    """Instantiate (not start) the client for one node."""
-    client = resolve_engine(config.engine)(config)
+def create_client(config: NodeConfig, *, import_paths: bool = True) -> LlmClient:
+    """Instantiate (not start) the client for one node (``import_paths``: see :func:`resolve_engine`)."""
+    client = resolve_engine(config.engine, import_paths=import_paths)(config)
     if not isinstance(client, LlmClient):
         raise InvalidRequestError(f"Engine {config.engine!r} did not produce an LlmClient.")
     return client

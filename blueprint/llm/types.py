@@ -19,7 +19,17 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from blueprint.errors import InvalidRequestError
 
@@ -55,7 +65,7 @@ class Usage(_Response):
 
 
 class StreamOptions(_Request):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ResponseFormat(_Request):
@@ -65,9 +75,21 @@ class ResponseFormat(_Request):
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+#: Bounds every engine can honour: a seed a torch generator takes (vLLM takes any), and counts
+#: that fit a 32-bit integer (more than any vocabulary or context).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+INT32_MAX = 2**31 - 1
+
+#: Integers where compute or money is at stake are strict: ``"400"``, ``400.0`` and ``true`` are
+#: refused, never coerced (a quote paid for 1 token once produced 83 through such a coercion).
+MaxTokens = Annotated[StrictInt, Field(ge=1, le=INT32_MAX)]
+TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+#: Larger than any model's hidden size; an engine refuses more than its model has.
+MAX_DIMENSIONS = 65_536
+
+Temperature = Annotated[StrictFloat, Field(ge=0.0, le=2.0)]
+TopP = Annotated[StrictFloat, Field(gt=0.0, le=1.0)]
+Penalty = Annotated[StrictFloat, Field(ge=-2.0, le=2.0)]
 
 
 class SamplingFields(_Request):
@@ -75,16 +97,16 @@ class SamplingFields(_Request):
 
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    top_k: Annotated[StrictInt, Field(ge=-1, le=INT32_MAX)] | None = None
+    min_p: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[StrictInt, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
-    logit_bias: dict[str, float] | None = None
-    n: Annotated[int, Field(ge=1, le=16)] = 1
-    stream: bool = False
+    repetition_penalty: Annotated[StrictFloat, Field(gt=0.0, le=10.0)] | None = None
+    logit_bias: dict[str, Annotated[StrictFloat, Field(ge=-100.0, le=100.0)]] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=16)] = 1
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 
@@ -190,7 +212,7 @@ class ToolFunction(_Request):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class Tool(_Request):
@@ -201,14 +223,14 @@ class Tool(_Request):
 class ChatCompletionRequest(SamplingFields):
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
     response_format: ResponseFormat | None = None
-    logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     def requested_max_tokens(self) -> int | None:
         """``max_completion_tokens`` (the newer name) wins over ``max_tokens``."""
@@ -268,11 +290,11 @@ class ChatCompletionChunk(_Response):
 class CompletionRequest(SamplingFields):
     model: str
     prompt: str | list[str]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
-    echo: bool = False
+    max_tokens: MaxTokens | None = 16
+    echo: StrictBool = False
     suffix: str | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    best_of: Annotated[int, Field(ge=1, le=16)] | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+    best_of: Annotated[StrictInt, Field(ge=1, le=16)] | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -329,9 +351,9 @@ class CompletionChunk(_Response):
 
 class EmbeddingRequest(_Request):
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    dimensions: Annotated[StrictInt, Field(ge=1, le=MAX_DIMENSIONS)] | None = None
     user: str | None = None
 
     @field_validator("input")

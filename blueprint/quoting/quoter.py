@@ -38,7 +38,12 @@ import structlog
 from eth_account.signers.local import LocalAccount
 
 from blueprint.contracts.offer import Offer, offer_from_nodes
-from blueprint.errors import BlueprintError, InvalidRequestError, ModelNotFoundError
+from blueprint.errors import (
+    BlueprintError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat, prepare_completion, prepare_embeddings
 from blueprint.llm.types import ChatMessage
@@ -102,14 +107,17 @@ class Quoter:
         terms = self.offer.model(req.model)
         if terms is None or req.model not in {m.id for m in self.balancer.models()}:
             raise ModelNotFoundError(req.model)
-        if req.max_tokens > terms.max_output_tokens:
+        context, output = self._limits(req.model, terms.context_length, terms.max_output_tokens)
+        if req.max_tokens > output:
             raise InvalidRequestError(
-                f"max_tokens {req.max_tokens} is above this operator's limit of {terms.max_output_tokens} "
+                f"max_tokens {req.max_tokens} is above this operator's limit of {output} "
                 f"for {req.model!r}.", code="max_tokens_above_limit", param="max_tokens")
         request_text = json.dumps(req.request, separators=(",", ":"))
-        pieces, exact = _prompt_pieces(req.job_index, JobInputs(req.model, req.max_tokens, request_text))
-        counted, how = await self._count(req.model, pieces) if pieces else (0, "tokenizer")
-        prompt_tokens = counted + exact
+        pieces, exact, per_choice = _prompt_pieces(req.job_index,
+                                                   JobInputs(req.model, req.max_tokens, request_text))
+        counts, how = await self._count(req.model, pieces) if pieces else ([], "tokenizer")
+        _check_context(counts + exact, per_choice, context)
+        prompt_tokens = sum(counts) + sum(exact)
         price = terms.price_for(prompt_tokens, req.max_tokens)
         inputs = encode_inputs(req.model, req.max_tokens, request_text)
         ttl = min(req.ttl_s or self.default_ttl_s, self.max_ttl_s)
@@ -137,8 +145,20 @@ class Quoter:
                                       code="wrong_service", param="service_id")
         return asked
 
-    async def _count(self, model: str, pieces: list[str | list[ChatMessage]]) -> tuple[int, TokenCount]:
-        """With the first node of ``model`` that has a tokenizer, else the estimate."""
+    def _limits(self, model: str, context: int, output: int) -> tuple[int, int]:
+        """(context, output) limits a job of ``model`` is held to: the offer's, lowered by every
+        loaded node serving it (the job may be routed to any of them)."""
+        for node in self.balancer.nodes():
+            if not node.client.serves(model):
+                continue
+            card = node.client.model_info(model)
+            context = min(context, card.context_length)
+            output = min(output, card.max_output_length or card.context_length, card.context_length)
+        return context, output
+
+    async def _count(self, model: str, pieces: list[str | list[ChatMessage]]) -> tuple[list[int], TokenCount]:
+        """Tokens of each piece, with the first node of ``model`` that has a tokenizer, else the
+        estimate."""
         for node in self.balancer.nodes():
             if not node.client.serves(model):
                 continue
@@ -150,8 +170,8 @@ class Quoter:
                 log.warning("quote.count_failed", node=node.name, error=str(exc))
                 continue
             if all(c is not None for c in counts):
-                return sum(c for c in counts if c is not None), "tokenizer"
-        return sum(estimate_tokens(piece) for piece in pieces), "estimate"
+                return [c for c in counts if c is not None], "tokenizer"
+        return [estimate_tokens(piece) for piece in pieces], "estimate"
 
     def _unused(self, details: JobQuoteDetails) -> JobQuoteDetails:
         """Tangle refuses a quote whose digest was used before (``QuoteAlreadyUsed``): two equal
@@ -169,24 +189,38 @@ class Quoter:
                                      code="quote_rate")
 
 
-def _prompt_pieces(job_index: int, inputs: JobInputs) -> tuple[list[str | list[ChatMessage]], int]:
-    """The prompt parts to count, and tokens known exactly (embedding inputs given as token
-    ids), after the checks the daemon applies to the job."""
+def _prompt_pieces(job_index: int, inputs: JobInputs) -> tuple[list[str | list[ChatMessage]], list[int], int]:
+    """The prompt parts to count, the token counts known exactly (embedding inputs given as token
+    ids), and the tokens each choice may generate (0 for embeddings), after the checks and the
+    clamp the daemon applies to the job."""
     if job_index == 0:
-        return [list(prepare_chat(inputs).messages)], 0
+        chat = prepare_chat(inputs)
+        return [list(chat.messages)], [], chat.requested_max_tokens() or 0
     if job_index == 1:
-        return list(prepare_completion(inputs).prompts()), 0
+        completion = prepare_completion(inputs)
+        return list(completion.prompts()), [], completion.max_tokens or 0
     request = prepare_embeddings(inputs)
     texts = request.texts()
     if texts is not None:
-        return list(texts), 0
-    return [], sum(len(ids) for ids in request.token_lists() or [])
+        return list(texts), [], 0
+    return [], [len(ids) for ids in request.token_lists() or []], 0
+
+
+def _check_context(prompt_tokens: list[int], per_choice: int, context: int) -> None:
+    """Refuse (before signing: nothing is paid) a job one of whose prompts, with the tokens its
+    choices may generate, does not fit the model's context."""
+    longest = max(prompt_tokens, default=0)
+    if longest + per_choice > context:
+        wanted = f"{longest} prompt tokens" + (f" + {per_choice} output tokens" if per_choice else "")
+        raise ContextLengthExceededError(
+            f"{wanted} do not fit this model's context of {context} tokens; shorten the prompt or "
+            "lower max_tokens.", param="messages")
 
 
 def quoter_from_settings(settings: Settings, balancer: Balancer, account: LocalAccount,
                          chain_id: int) -> Quoter:
     """A :class:`Quoter` with the prices ``register`` would put in the offer."""
-    offer = offer_from_nodes(settings.nodes, "")
+    offer = offer_from_nodes(settings.nodes, "", loaded={info.id: info for info in balancer.models()})
     return Quoter(account=account, chain_id=chain_id, tangle=settings.tangle_contract, offer=offer,
                   balancer=balancer, service_id=settings.service_id)
 

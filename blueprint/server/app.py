@@ -9,13 +9,11 @@ pre-bound, and nothing is logged per request above debug.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -52,6 +50,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
     from blueprint.balancer import Balancer
+    from blueprint.balancer.node import NodeState
 
 log = structlog.get_logger(__name__)
 
@@ -70,37 +69,14 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(data).encode(), status=status, content_type=JSON)
 
 
-def _node_row(state: Any) -> dict[str, Any]:
-    """A node as plain data, whatever form the balancer keeps it in."""
-    if hasattr(state, "describe"):
-        row = dict(state.describe())
-    elif isinstance(state, BaseModel):
-        row = state.model_dump(mode="json")
-    elif is_dataclass(state) and not isinstance(state, type):
-        row = asdict(state)
-    else:
-        row = dict(state)
-    if "healthy" not in row:
-        breaker = getattr(state, "breaker", None)
-        if breaker is not None and hasattr(breaker, "available"):
-            row["healthy"] = bool(breaker.available())
-        elif "health" in row:
-            row["healthy"] = row["health"] != "open"
-    metrics = getattr(state, "metrics", None)
-    if callable(metrics):
-        try:
-            snapshot = metrics()
-            for field in ("queued", "tokens_per_second", "kv_cache_usage"):
-                row.setdefault(field, getattr(snapshot, field, None))
-            row["tokens_per_second"] = getattr(snapshot, "tokens_per_second", None)
-        except Exception:  # a broken node must not break /metrics
-            pass
-    row.setdefault("queued", row.get("backend_queued"))
+def _node_row(node: NodeState) -> dict[str, Any]:
+    """A node as plain data, for ``/admin/nodes`` and the per-node gauges of ``/metrics``."""
+    row = node.describe()
+    row["healthy"] = node.breaker.available()
+    snapshot = node.metrics()
+    row["queued"] = snapshot.queued
+    row["tokens_per_second"] = snapshot.tokens_per_second
     return row
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 class Api:
@@ -168,7 +144,7 @@ class Api:
         if not keys.enabled:
             if spec.auth == "admin":
                 raise AuthenticationError(
-                    "The admin API is disabled: configure server.admin_keys or server.api_keys.",
+                    "The admin API is off: the operator has configured no server.admin_keys.",
                     code="admin_disabled")
             return
         index = keys.check(request.headers.get("Authorization"))
@@ -284,8 +260,8 @@ class Api:
         from blueprint.llm.registry import create_client
 
         config = parse_request(NodeConfig, await self._body(request))
-        client = create_client(config)
-        await _maybe_await(self.balancer.add_node(client, config))
+        client = create_client(config, import_paths=False)  # never import what a request names
+        await self.balancer.add_node(client, config)
         log.info("node added", node=config.node_name, engine=config.engine, model=config.model)
         return _json({"name": config.node_name, "models": [m.id for m in client.models()]}, 201)
 
@@ -298,14 +274,14 @@ class Api:
     async def admin_drain_node(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self._row(name)
-        await _maybe_await(self.balancer.drain_node(name))
+        await self.balancer.drain_node(name)
         log.info("node draining", node=name)
         return _json(self._row(name))
 
     async def admin_remove_node(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self._row(name)
-        await _maybe_await(self.balancer.remove_node(name))
+        await self.balancer.remove_node(name)
         log.info("node removed", node=name)
         return _json({"name": name, "removed": True})
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Sequence
 
 from blueprint.errors import AuthenticationError, OverloadedError
+
+#: ``Bearer <token>``: the token visible ASCII (RFC 6750's b64token and a few more), no spaces.
+_BEARER_RE = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] ([\x21-\x7e]+)")
 
 
 def _digest(key: bytes) -> bytes:
@@ -31,13 +35,17 @@ class KeyRing:
         return bool(self._digests)
 
     def check(self, authorization: str | None) -> int:
-        """The index of the key an ``Authorization`` header carries, or AuthenticationError."""
+        """The index of the key an ``Authorization`` header carries, or AuthenticationError.
+
+        Parsed strictly: ``Bearer`` (any case), one space, a token of visible ASCII, nothing
+        else. Nothing is stripped (U+00A0 or U+3000 must not shrink to a configured key), and a
+        header that is not ASCII at all is a 401, not a crash."""
         if not authorization:
             raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        match = _BEARER_RE.fullmatch(authorization)
+        if match is None:
             raise AuthenticationError("Malformed Authorization header: expected 'Bearer <key>'.")
-        presented = _digest(token.strip().encode())
+        presented = _digest(match.group(1).encode("ascii"))
         found = -1
         for index, digest in enumerate(self._digests):
             if hmac.compare_digest(presented, digest):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -18,6 +19,8 @@ from pydantic_settings import NoDecode
 from blueprint.llm.types import ModelInfo, Pricing
 
 API_KEYS_ENV = "API_KEYS"
+#: What an API or admin key may hold: visible ASCII, no spaces (what a Bearer token carries).
+_KEY_RE = re.compile(r"[\x21-\x7e]+")
 
 
 def _split_keys(value: Any) -> Any:
@@ -61,11 +64,16 @@ class ServerSettings(BaseModel):
     enabled: bool = Field(default=True, description="Serve the HTTP API from `run` too.")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="URL clients reach this API at: the on-chain offer's endpoint and "
+        "rpcAddress (`register`, registration mode)."
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Accepted Bearer keys."
     )
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="Keys for /admin/*; empty: the api_keys are admin keys."
+        default_factory=list,
+        description="Keys for /admin/* (only these, never an API key); empty: the admin API is off."
     )
     allow_public_without_auth: bool = Field(
         default=False, description="Allow a non-loopback host with no API key (explicit opt-out)."
@@ -98,11 +106,22 @@ class ServerSettings(BaseModel):
 
     _split_api_keys = field_validator("api_keys", "admin_keys", mode="before")(_split_keys)
 
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _visible_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """A key is visible ASCII without spaces: an empty or whitespace key (``api_keys = [""]``)
+        let tokens of U+00A0 or U+3000 in, and passed the public-bind guard."""
+        for position, key in enumerate(keys):
+            if not _KEY_RE.fullmatch(key.get_secret_value()):
+                raise ValueError(f"key #{position + 1} is empty or holds spaces or non-ASCII characters: "
+                                 "use visible ASCII only (e.g. sk-... from `openssl rand -hex 24`)")
+        return keys
+
     @model_validator(mode="after")
     def _keys_from_env(self) -> ServerSettings:
         if not self.api_keys:
             raw = os.environ.get(API_KEYS_ENV, "")
-            self.api_keys = [SecretStr(key) for key in _split_keys(raw)]
+            self.api_keys = self._visible_keys([SecretStr(key) for key in _split_keys(raw)])
         return self
 
     def is_loopback(self) -> bool:
@@ -115,7 +134,7 @@ class ServerSettings(BaseModel):
             return False
 
     def admin_key_values(self) -> list[str]:
-        return [key.get_secret_value() for key in (self.admin_keys or self.api_keys)]
+        return [key.get_secret_value() for key in self.admin_keys]
 
     def api_key_values(self) -> list[str]:
         return [key.get_secret_value() for key in self.api_keys]

@@ -10,11 +10,12 @@ hook silently runs out of gas). Every revert is a :class:`TxRevertedError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
@@ -42,8 +43,11 @@ log = structlog.get_logger(__name__)
 #: Default multiplier and floor added on top of ``eth_estimateGas``.
 GAS_MULTIPLIER = 1.5
 GAS_HEADROOM = 300_000
-#: Gas of the simulation before a set-up transaction whose limit is not given yet.
+#: Gas a one-off send is simulated with (its own limit comes from the estimate or the caller):
+#: room for any set-up call, under the usual node cap on ``eth_call`` gas.
 SIMULATION_GAS = 30_000_000
+#: ``Tangle.getJobCall``'s return type (``Types.JobCall``).
+JOB_CALL_TYPE = "(uint8,address,uint64,uint32,bool,bool,uint256)"
 
 
 class ChainSettings(Protocol):
@@ -75,6 +79,19 @@ class OnchainJobCall:
     def exists(self) -> bool:
         """A job that was never submitted reads back as all zeros."""
         return self.created_at != 0
+
+    @classmethod
+    def decode(cls, data: bytes) -> OnchainJobCall:
+        """The view's return data (raw ``eth_call`` bytes), as the transaction manager reads it."""
+        (raw,) = abi_decode([JOB_CALL_TYPE], data)
+        return cls.from_tuple(raw)
+
+    @classmethod
+    def from_tuple(cls, raw: Sequence[Any]) -> OnchainJobCall:
+        """The struct as web3 decodes it (a tuple in field order)."""
+        return cls(job_index=int(raw[0]), caller=str(raw[1]), created_at=int(raw[2]),
+                   result_count=int(raw[3]), completed=bool(raw[4]), is_rfq=bool(raw[5]),
+                   payment=int(raw[6]))
 
 
 def logs_with_topic(receipt: Receipt, topic0: str, address: str | None = None) -> list[RawLog]:
@@ -114,7 +131,7 @@ class ChainClient:
             address=self.status_registry_address, abi=abi.STATUS_REGISTRY_ABI
         )
         self.receipt_timeout = receipt_timeout
-        self._senders: dict[str, TxManager] = {}
+        self._chain_id: int | None = None
 
     @classmethod
     def connect(
@@ -178,10 +195,7 @@ class ChainClient:
     async def get_job_call(self, service_id: int, call_id: int) -> OnchainJobCall:
         """``getJobCall(serviceId, callId)``."""
         raw = await self.call(self.tangle.functions.getJobCall(service_id, call_id))
-        return OnchainJobCall(
-            job_index=raw[0], caller=raw[1], created_at=raw[2], result_count=raw[3],
-            completed=raw[4], is_rfq=raw[5], payment=raw[6],
-        )
+        return OnchainJobCall.from_tuple(raw)
 
     async def result_logs(
         self,
@@ -209,13 +223,15 @@ class ChainClient:
 
     # --- writes -----------------------------------------------------------------------------
 
-    def sender(self, account: LocalAccount) -> TxManager:
-        """The transaction manager of ``account`` (one per account, so its nonces stay in order)."""
-        txm = self._senders.get(account.address)
-        if txm is None:
-            txm = TxManager(self.w3, account, receipt_timeout=self.receipt_timeout)
-            self._senders[account.address] = txm
-        return txm
+    async def sender(self, account: LocalAccount) -> TxManager:
+        """A transaction manager for one-off sends from ``account``. Each takes its first nonce
+        from the node, as every one-off send must: a reorg or another sender may have moved the
+        account's nonce since the last one (the daemon's long-lived manager follows such moves
+        from the node's nonce errors instead)."""
+        if self._chain_id is None:
+            self._chain_id = int(await self.w3.eth.chain_id)
+        return TxManager(self.w3, account, chain_id=self._chain_id, gas_limit=SIMULATION_GAS,
+                         receipt_timeout=self.receipt_timeout)
 
     async def send(
         self,
@@ -234,7 +250,7 @@ class ChainClient:
         :class:`TxRevertedError` (decoded) when the simulation or the mined tx reverts, and a
         :class:`ChainError` when no receipt arrives within ``receipt_timeout``.
         """
-        txm = self.sender(account)
+        txm = await self.sender(account)
         what = fn.fn_name
         to = fn.address
         data = bytes.fromhex(fn._encode_transaction_data().removeprefix("0x"))

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from web3 import AsyncWeb3
 
 from blueprint.tangle.abi import JOB_RESULT_SUBMITTED_TOPIC, TANGLE_ABI, fragment, selector
+from blueprint.tangle.chain import OnchainJobCall
 from blueprint.tangle.events import address_topic, decode_result_log, uint_topic
 from blueprint.tangle.ledger import IllegalTransitionError, JobRecord, JobState, Ledger, LedgerError
 from blueprint.tangle.txmanager import (
@@ -158,6 +158,8 @@ class Consumer:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Jobs :meth:`resume` handed out to be sent again: simulated before their first send.
+        self._resumed: set[tuple[int, int]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -201,8 +203,12 @@ class Consumer:
         submitted. An orphaned job is not sent (its block left the chain). Resumed
         ``answered``/``submitted`` jobs are sent again; the chain's ``ResultAlreadySubmitted``
         keeps that single. ``verify`` simulates before the first send (for results that may
-        already be on chain).
+        already be on chain; always so for what :meth:`resume` handed out).
         """
+        key = (result.service_id, result.call_id)
+        if key in self._resumed:
+            self._resumed.discard(key)
+            verify = True
         record = await self.ledger.prepare_answer(result.service_id, result.call_id, result.output)
         if record.state is JobState.ORPHANED:
             return SubmitOutcome(result.service_id, result.call_id, "orphaned", reason=record.reason)
@@ -235,15 +241,12 @@ class Consumer:
         operator = operator or self.txm.address
         data = _GET_JOB_CALL + abi_encode(["uint64", "uint64"], [service_id, call_id])
         try:
-            raw = await self.txm.simulate(self.tangle, data)
+            job = OnchainJobCall.decode(await self.txm.simulate(self.tangle, data))
         except TxRevertedError:
             return False
-        (_index, _caller, _created, result_count, completed, _rfq, _payment), = abi_decode(
-            ["(uint8,address,uint64,uint32,bool,bool,uint256)"], raw
-        )
-        if completed:
+        if job.completed:
             return True
-        if result_count == 0:
+        if job.result_count == 0:
             return False
         return await self.our_answer(service_id, call_id, operator, from_block=from_block) is not None
 
@@ -327,6 +330,7 @@ class Consumer:
         if record.state in (JobState.ANSWERED, JobState.SUBMITTED) and record.result is not None:
             log.info("consumer.resume_resubmit", state=str(record.state))
             plan.resend.append(JobResult(record.service_id, record.call_id, record.result))
+            self._resumed.add(key)
             return
         if record.state is JobState.RUNNING:
             await self.ledger.transition(*key, JobState.SEEN, reason="requeued on restart")

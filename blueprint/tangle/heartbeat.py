@@ -29,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from eth_abi import encode as abi_encode
@@ -42,6 +42,7 @@ from web3 import AsyncWeb3
 from blueprint.tangle import abi
 
 if TYPE_CHECKING:
+    from blueprint.tangle.chain import ChainClient
     from blueprint.tangle.txmanager import Receipt, TxManager
 
 log = structlog.get_logger(__name__)
@@ -99,7 +100,42 @@ def encode_metrics(pairs: Iterable[tuple[str, int]]) -> bytes:
     return abi_encode(["(string,uint256)[]"], [[(name, int(value)) for name, value in pairs]])
 
 
-def summarize_balancer(balancer: Any) -> HealthSummary:
+class NodeLoad(Protocol):
+    """A node's load figures (:class:`blueprint.llm.client.NodeMetrics` has them)."""
+
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def tokens_per_second(self) -> float: ...
+
+
+class HealthNode(Protocol):
+    """One LLM node as the heartbeat sees it (:class:`blueprint.balancer.node.NodeState`)."""
+
+    def selectable(self) -> bool: ...
+    def metrics(self) -> NodeLoad: ...
+
+
+class NodeSource(Protocol):
+    """Whatever holds the operator's nodes (:class:`blueprint.balancer.Balancer`)."""
+
+    def nodes(self) -> Sequence[HealthNode]: ...
+
+
+class HeartbeatSettings(Protocol):
+    """What the daemon's heartbeat needs of the settings (:class:`blueprint.config.Settings`)."""
+
+    @property
+    def blueprint_id(self) -> int | None: ...
+    @property
+    def service_id(self) -> int | None: ...
+    @property
+    def status_registry_contract(self) -> str: ...
+
+
+def summarize_balancer(balancer: NodeSource) -> HealthSummary:
     """Health of the balancer's nodes: usable (not draining, breaker not open), load, speed."""
     nodes = list(balancer.nodes())
     healthy = in_flight = queued = 0
@@ -314,13 +350,17 @@ class HeartbeatTask:
                 await asyncio.wait_for(self._stop.wait(), delay)
 
 
-async def heartbeat_for_daemon(settings: Any, ctx: Any) -> HeartbeatTask:
+async def heartbeat_for_daemon(settings: HeartbeatSettings, chain: ChainClient, txm: TxManager,
+                               nodes: NodeSource) -> HeartbeatTask:
     """The daemon's heartbeat: the operator's transaction manager, the registry of the settings,
-    the service's blueprint (``BLUEPRINT_ID``, else read from the service), the balancer's health."""
+    the service's blueprint (``BLUEPRINT_ID``, else read from the service), the nodes' health."""
+    service_id = settings.service_id
+    if service_id is None:
+        raise ValueError("a heartbeat needs settings.service_id")
     blueprint_id = settings.blueprint_id
     if blueprint_id is None:
-        service = await ctx.chain.call(ctx.chain.tangle.functions.getService(settings.service_id))
-        blueprint_id = int(getattr(service, "blueprintId", None) or service[0])
-    return HeartbeatTask(ctx.txm, ctx.chain.w3, settings.status_registry_contract,
-                         service_id=settings.service_id, blueprint_id=blueprint_id,
-                         health=lambda: summarize_balancer(ctx.balancer))
+        service = await chain.call(chain.tangle.functions.getService(service_id))
+        blueprint_id = int(service[0])
+    return HeartbeatTask(txm, chain.w3, settings.status_registry_contract,
+                         service_id=service_id, blueprint_id=blueprint_id,
+                         health=lambda: summarize_balancer(nodes))

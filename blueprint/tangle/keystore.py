@@ -21,7 +21,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import blake3
 import structlog
@@ -30,6 +30,9 @@ from eth_account.signers.local import LocalAccount
 from eth_keys import keys
 
 from blueprint.errors import BlueprintError
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 log = structlog.get_logger(__name__)
 
@@ -263,14 +266,24 @@ def _looks_like_v3(path: Path) -> bool:
         return False
 
 
-def load_operator_from_settings(settings: Any) -> Operator:
+class KeystoreSettings(Protocol):
+    """Where the operator's key is (:class:`blueprint.config.Settings` has these fields)."""
+
+    @property
+    def keystore_uri(self) -> str: ...
+    @property
+    def keystore_password(self) -> SecretStr | None: ...
+    @property
+    def keystore_password_file(self) -> Path | None: ...
+
+
+def load_operator_from_settings(settings: KeystoreSettings) -> Operator:
     """``load_operator`` with the blueprint manager's settings (``keystore_uri`` and password)."""
-    secret = getattr(settings, "keystore_password", None)
-    password = secret.get_secret_value() if secret is not None else None
+    secret = settings.keystore_password
     return load_operator(
         settings.keystore_uri,
-        password=password,
-        password_file=getattr(settings, "keystore_password_file", None),
+        password=secret.get_secret_value() if secret is not None else None,
+        password_file=settings.keystore_password_file,
     )
 
 

@@ -59,7 +59,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: How many recent (block number, hash) pairs the producer keeps for finding a reorg's ancestor.
 DEFAULT_BLOCK_HISTORY = 512
 
@@ -171,6 +171,9 @@ class JobRecord:
     answer_block: int | None = None
     answer_hash: str | None = None
     answer_anchored: bool = False
+    #: How many times the handler was started on this job (the poison-job guard reads it: a job
+    #: whose earlier runs never finished took the process down with it).
+    runs: int = 0
 
     def to_job_call(self) -> JobCall:
         """The job as the producer delivered it (inputs are kept until confirmed)."""
@@ -191,7 +194,7 @@ class JobRecord:
 _JOB_COLUMNS = (
     "service_id, call_id, job_index, caller, inputs, from_quote, block_number, block_hash, log_index, "
     "tx_hash, state, reason, result, result_hash, submit_tx_hash, attempts, seen_at, started_at, "
-    "answered_at, submitted_at, confirmed_at, answer_block, answer_hash, answer_anchored"
+    "answered_at, submitted_at, confirmed_at, answer_block, answer_hash, answer_anchored, runs"
 )
 
 _SCHEMA = """
@@ -229,6 +232,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     answer_block INTEGER,
     answer_hash TEXT,
     answer_anchored INTEGER NOT NULL DEFAULT 0,
+    runs INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL,
     PRIMARY KEY (service_id, call_id)
 );
@@ -253,6 +257,11 @@ ALTER TABLE jobs ADD COLUMN answer_hash TEXT;
 ALTER TABLE jobs ADD COLUMN answer_anchored INTEGER NOT NULL DEFAULT 0;
 UPDATE jobs SET answer_anchored = 1 WHERE state = 'confirmed';
 UPDATE meta SET value = '2' WHERE key = 'schema_version';
+""",
+    # 2 -> 3: handler starts per job, for the poison-job guard (a job that crashed the process).
+    2: """
+ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;
+UPDATE meta SET value = '3' WHERE key = 'schema_version';
 """,
 }
 
@@ -713,6 +722,8 @@ class Ledger:
         if target in _STAMP:
             sets.append(f"{_STAMP[target]} = ?")
             args.append(now)
+        if target is S.RUNNING:
+            sets.append("runs = runs + 1")
         if target is S.ANSWERED:
             if result is None:
                 raise LedgerError("an answered job needs its result bytes")
@@ -744,7 +755,18 @@ class Ledger:
         )
 
     async def mark_running(self, service_id: int, call_id: int) -> JobRecord:
+        """``running``, counting one more handler start in ``runs``."""
         return await self.transition(service_id, call_id, S.RUNNING)
+
+    async def forget_run(self, service_id: int, call_id: int) -> None:
+        """Uncount the last handler start: the run was cut short on purpose (a graceful stop),
+        not by the job, so it must not count towards the poison-job guard."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE jobs SET runs = MAX(runs - 1, 0) WHERE service_id = ? AND call_id = ?",
+                       (service_id, call_id))
+
+        await self._write(write)
 
     async def mark_answered(self, service_id: int, call_id: int, result: bytes) -> JobRecord:
         return await self.transition(service_id, call_id, S.ANSWERED, result=result)

@@ -29,6 +29,8 @@ from web3.middleware import AttributeDictMiddleware
 from web3.providers.rpc.utils import check_if_retry_on_failure
 from web3.types import RPCEndpoint, RPCResponse
 
+from blueprint import safejson
+
 #: Connections kept open to one node: enough for the consumer's overlapping sends, the receipt
 #: waits and the producer's scans; a node sees at most this many sockets from us.
 POOL_SIZE = 32
@@ -77,6 +79,11 @@ class PooledHTTPProvider(AsyncHTTPProvider):
             )
             self._session_loop = loop
         return self._session
+
+    def decode_rpc_response(self, raw_response: bytes) -> RPCResponse:
+        """Depth-bounded (:mod:`blueprint.safejson`): a broken or hostile node's reply nested
+        100,000 deep is an error here, not a segfault (web3 raises the recursion limit)."""
+        return safejson.loads(raw_response)  # type: ignore[no-any-return]
 
     async def _post(self, request_data: bytes) -> bytes:
         async with self._pooled_session().post(self.endpoint_uri, data=request_data) as response:

@@ -12,7 +12,8 @@ broadcast makes the next send re-read it, which fills a gap the failure may have
 
 This is the package's one sender: the daemon's results and heartbeats go through the operator's
 manager, and :meth:`ChainClient.send <blueprint.tangle.chain.ChainClient.send>` (set-up steps,
-tools, tests) through one manager per account. A revert is always :class:`TxRevertedError`.
+tools, tests) through a manager made for each one-off send. A revert is always
+:class:`TxRevertedError`.
 
 A transaction is first simulated with ``eth_call`` unless the caller says not to (a revert is
 decoded with the TNT Core custom errors and raised as :class:`TxRevertedError`, nothing is
@@ -80,6 +81,13 @@ class TxReplacedError(TxError):
     """Our nonce was used by a transaction we did not send (the key is shared): send again."""
 
     code = "tx_replaced"
+
+
+class NonceGapError(TxReplacedError):
+    """A reorg dropped transactions below our nonce, so ours can never be mined: the nonce was
+    taken from the node again and the transaction must be sent again."""
+
+    code = "nonce_gap"
 
 
 class TxTimeoutError(TxError):
@@ -404,7 +412,7 @@ class TxManager:
                     # never be mined. Take nonces from the node again and let the caller resend.
                     async with self._lock:
                         self._nonce = None
-                    raise TxReplacedError(f"nonce {sent.nonce} is past the chain's next nonce {pending}")
+                    raise NonceGapError(f"nonce {sent.nonce} is past the chain's next nonce {pending}")
                 if bumps < self.max_bumps and not await self._bump(sent):
                     if not await self._any_receipt(sent):
                         raise TxReplacedError(f"nonce {sent.nonce} was used by another transaction")
@@ -426,7 +434,12 @@ class TxManager:
         """Simulate (unless told not to), send and wait (``limit``: see :meth:`wait`); a mined
         revert raises TxRevertedError with the reason :meth:`mined_revert` finds."""
         sent = await self.send(to, data, gas=gas, value=value, simulate=simulate, what=what)
-        receipt = await self.wait(sent, limit=limit)
+        try:
+            receipt = await self.wait(sent, limit=limit)
+        except NonceGapError:  # never mined and never will be: the same call once more, fresh nonce
+            log.warning("tx.resend_after_gap", what=what, nonce=sent.nonce)
+            sent = await self.send(to, data, gas=gas, value=value, simulate=simulate, what=what)
+            receipt = await self.wait(sent, limit=limit)
         if receipt.status != 1:
             raise TxRevertedError(await self.mined_revert(sent, receipt), tx_hash=receipt.tx_hash, what=what)
         log.debug("tx.ok", what=what, tx_hash=receipt.tx_hash, gas_used=receipt.gas_used)

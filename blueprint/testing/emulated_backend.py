@@ -100,6 +100,8 @@ class EmulatedOptions:
     retry_after_s: float = 1.0
     hang: bool = False
     die_after_chunks: int | None = None
+    #: Injected errors carry a ``detail`` nested this deep (a hostile upstream; 0: none).
+    error_nesting: int = 0
     #: No sleeps at all (gateway-overhead benchmarks).
     trivial: bool = False
     seed: int = 0
@@ -318,6 +320,12 @@ class EmulatedBackend:
         if opts.fail_rate > 0 and self._rng.random() < opts.fail_rate:
             self.stats.failures_injected += 1
             headers = {"Retry-After": f"{opts.retry_after_s:g}"} if opts.fail_status == 429 else None
+            if opts.error_nesting:
+                depth = opts.error_nesting
+                body = ('{"error":{"message":"emulated failure","detail":' + "[" * depth + "]" * depth
+                        + "}}")
+                return web.Response(status=opts.fail_status, text=body, content_type="application/json",
+                                    headers=headers)
             return _error_response(opts.fail_status, f"emulated failure ({opts.fail_status})",
                                    "server_error" if opts.fail_status >= 500 else "rate_limit_error",
                                    "emulated_failure", headers)

@@ -19,6 +19,7 @@ from blueprint.balancer import Balancer
 from blueprint.client import BlueprintClient
 from blueprint.commands.submit import fetch_quote
 from blueprint.config import Settings
+from blueprint.contracts.offer import offer_from_nodes
 from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat
 from blueprint.llm.config import NodeConfig
@@ -126,7 +127,8 @@ async def test_submit_command_helper_reads_the_route(stack: Stack, client: Chain
     ({"service_id": 999}, 400, "wrong_service"),
     ({"requester": "0x1234"}, 400, "invalid_request"),
     ({"job_index": 5}, 400, "invalid_request"),
-    ({"request": {**CHAT, "max_tokens": 17}}, 400, "max_tokens_exceeds_paid"),
+    ({"max_tokens": 3, "request": {**CHAT, "n": 4}}, 400, "max_tokens_exceeds_paid"),
+    ({"request": {**CHAT, "max_tokens": "17"}}, 400, "invalid_request"),
     ({"request": {"messages": "not a list"}}, 400, "invalid_request"),
 ])
 async def test_bad_requests_are_refused(stack: Stack, api: TestClient, overrides: dict[str, Any],
@@ -134,6 +136,50 @@ async def test_bad_requests_are_refused(stack: Stack, api: TestClient, overrides
     resp = await api.post("/v1/quote", json=_body(stack, **overrides))
     assert resp.status == status, await resp.text()
     assert (await resp.json())["error"]["code"] == code
+
+
+#: The tiny model's real context (``max_position_embeddings``); the node declares none, so offers
+#: and quotes must read it from the loaded model, not the 2048 default.
+TINY_CONTEXT = 512
+LONG = {"messages": [{"role": "user", "content": "word " * 600}]}
+MEDIUM = {"messages": [{"role": "user", "content": "word " * 300}]}
+
+
+@pytest.mark.parametrize(("overrides", "status", "code"), [
+    ({"max_tokens": TINY_CONTEXT + 1}, 400, "max_tokens_above_limit"),  # under the 1024 declared cap
+    ({"request": LONG}, 413, "context_length_exceeded"),
+    ({"request": MEDIUM, "max_tokens": 300}, 413, "context_length_exceeded"),
+    ({"job_index": 1, "request": {"prompt": ["short", "word " * 600]}, "max_tokens": 8}, 413,
+     "context_length_exceeded"),
+    ({"job_index": 2, "max_tokens": 0, "request": {"input": ["ok", "word " * 600]}}, 413,
+     "context_length_exceeded"),
+])
+async def test_quotes_are_refused_for_what_the_loaded_model_cannot_serve(
+        stack: Stack, api: TestClient, overrides: dict[str, Any], status: int, code: str) -> None:
+    """Issue 11 row 5: nothing is signed (and so nothing paid) for a job that could only be
+    answered with ``context_length_exceeded``."""
+    resp = await api.post("/v1/quote", json=_body(stack, **overrides))
+    assert resp.status == status, await resp.text()
+    assert (await resp.json())["error"]["code"] == code
+
+
+async def test_the_offer_reads_the_loaded_models_limits(stack: Stack, client: ChainClient,
+                                                       tiny_model_dir: Path) -> None:
+    node = NodeConfig(engine="transformers", model=MODEL, path=str(tiny_model_dir), device="cpu",
+                      options=PRICES)
+    balancer = Balancer([create_client(node)], node_configs={node.node_name: node})
+    await balancer.start()
+    try:
+        settings = Settings(nodes=[node], service_id=stack.service_id, tangle_contract=TANGLE)
+        quoter = quotes_from_settings(settings, balancer, stack.operators[0].account, 31337)
+        assert quoter is not None
+        terms = quoter.offer.model(MODEL)
+        assert terms is not None
+        assert (terms.context_length, terms.max_output_tokens) == (TINY_CONTEXT, TINY_CONTEXT)
+    finally:
+        await balancer.close()
+    declared = offer_from_nodes([node], "http://x").model(MODEL)  # register: before any load
+    assert declared is not None and declared.context_length == TINY_CONTEXT
 
 
 async def test_remote_node_prices_by_the_estimate(stack: Stack, client: ChainClient) -> None:

@@ -1,6 +1,6 @@
 """``GET /metrics`` of the daemon's HTTP API carries the job pipeline and the chain layer.
 
-The first test: the daemon runs in-process through :func:`blueprint.daemon.run_daemon` (what ``python -m
+The first test: the daemon runs in-process through :func:`blueprint.assembly.run_daemon` (what ``python -m
 blueprint run`` calls) against anvil loaded with the real TNT Core state, a fresh service, a
 transformers node on the tiny model and the HTTP API on a loopback port. One job is submitted on
 chain; the scrapes before and after, parsed with prometheus_client's own parser, must show the
@@ -26,9 +26,9 @@ from eth_account import Account
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from blueprint.assembly import run_daemon
 from blueprint.config import load_settings
 from blueprint.context.metrics import ChainMetrics
-from blueprint.daemon import run_daemon
 from blueprint.devnet.anvil import DEV_KEYS, Anvil
 from blueprint.devnet.setup import submit_job, wait_for_result
 from blueprint.devnet.stack import TANGLE, chain_client, create_service, write_config
@@ -214,7 +214,7 @@ async def test_collector_reads_tx_bumps_reverts_and_survives_a_failed_refresh(
 
         # the ledger goes away: the refresh task counts the failure and the last snapshot stays
         await ledger.close()
-        metrics.start()
+        await metrics.start()
         try:
             await _eventually(lambda: metrics.refresh_errors >= 2, within=5)
         finally:

@@ -91,13 +91,33 @@ async def test_ceiling_split_over_choices_and_prompts() -> None:
     assert ctx.balancer.seen[0].max_tokens == 10
 
 
-@pytest.mark.parametrize("body", [{**CHAT, "max_tokens": 33}, {**CHAT, "max_completion_tokens": 100},
-                                  {**CHAT, "max_tokens": 20, "n": 2}])
-async def test_over_the_paid_ceiling_is_an_error(body: dict) -> None:
-    outcome, result, ctx = await run(0, encode_inputs("tiny", 32, body))
-    assert result["error"]["code"] == "max_tokens_exceeds_paid" and not outcome.ok
-    assert result["error"]["type"] == "invalid_request_error"
+@pytest.mark.parametrize(("job", "body", "sent"), [
+    (0, {**CHAT, "max_tokens": 33}, 32), (0, {**CHAT, "max_completion_tokens": 100}, 32),
+    (0, {**CHAT, "max_tokens": 20, "n": 2}, 16), (1, {"prompt": ["a", "b"], "max_tokens": 100}, 16),
+    (1, {"prompt": "a", "max_tokens": 9, "n": 3}, 9), (0, {**CHAT, "max_tokens": 5}, 5),
+])
+async def test_the_paid_ceiling_clamps(job: int, body: dict, sent: int) -> None:
+    """Issue 13 point 3: asking for more than was paid means "at most what was paid" (``n`` and
+    prompts share it), never a refusal; the engine reports ``finish_reason: "length"`` when cut."""
+    outcome, _result, ctx = await run(job, encode_inputs("tiny", 32, body))
+    assert outcome.ok
+    assert ctx.balancer.seen[0].requested_max_tokens() == sent
+
+
+@pytest.mark.parametrize("field", [{"max_tokens": "400"}, {"max_tokens": 400.0}, {"max_tokens": True},
+                                   {"n": "16"}, {"n": 2.0}, {"max_completion_tokens": "9"},
+                                   {"seed": "7"}, {"top_k": 5.0}, {"temperature": "0.5"}])
+async def test_integers_are_integers(field: dict) -> None:
+    """Issue 11 row 4: a quote paid for 1 output token produced 83 because ``"max_tokens": "400"``
+    slipped past the paid-ceiling check and was then coerced. Such values are refused."""
+    outcome, result, ctx = await run(0, encode_inputs("tiny", 1, {**CHAT, **field}))
+    assert not outcome.ok and result["error"]["type"] == "invalid_request_error", result
     assert ctx.balancer.seen == []
+
+
+async def test_less_than_a_token_per_choice_is_refused() -> None:
+    _, result, ctx = await run(1, encode_inputs("tiny", 3, {"prompt": ["a", "b"], "n": 2}))
+    assert result["error"]["code"] == "max_tokens_exceeds_paid" and ctx.balancer.seen == []
 
 
 async def test_zero_ceiling_for_a_generating_job() -> None:

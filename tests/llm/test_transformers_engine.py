@@ -371,3 +371,52 @@ async def test_a_failing_forward_is_a_backend_error_and_serving_goes_on(engine: 
         batcher._model = real_model
     assert engine._outstanding == 0
     assert (await engine.chat(chat_request(max_tokens=3))).usage.completion_tokens >= 1
+
+
+def _unchecked(**fields: object) -> CompletionRequest:
+    """A request that skipped validation (as if a bound were missing): what the batcher must
+    survive on its own."""
+    base = parse_request(CompletionRequest, {"model": MODEL, "prompt": "Once upon", "max_tokens": 24,
+                                             "temperature": 0.8, "seed": 1})
+    return base.model_copy(update=fields)
+
+
+@pytest.mark.parametrize(("poison", "refused"), [
+    ({"seed": 2**64}, True), ({"seed": -(2**63) - 1}, True), ({"logit_bias": {str(2**70): 5.0}}, True),
+    ({"top_k": 2**63}, False),  # more than the vocabulary: no truncation at all
+])
+async def test_one_bad_sequence_fails_only_itself(engine: TransformersClient, poison: dict,
+                                                  refused: bool) -> None:
+    """Issue 11 row 3: a sequence whose parameters break its own preparation or sampling fails
+    alone (a 400, not a node failure); its batch neighbours finish normally."""
+    innocents = [engine.complete(_unchecked(prompt=f"Story {i}")) for i in range(4)]
+    bad = engine.complete(_unchecked(**poison))
+    *answers, failed = await asyncio.gather(*innocents, bad, return_exceptions=True)
+    for answer in answers:
+        assert not isinstance(answer, BaseException), answer
+        assert answer.choices[0].text is not None and answer.usage.completion_tokens >= 1
+    if refused:
+        assert isinstance(failed, InvalidRequestError), failed
+    else:
+        assert not isinstance(failed, BaseException), failed
+
+
+async def test_a_sampling_failure_of_one_row_spares_the_others(engine: TransformersClient,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever breaks while sampling one row (here: a row whose parameters make torch raise)
+    ends that sequence only; the step goes on for the others."""
+    from blueprint.llm.engines import _hf_batching
+
+    real = _hf_batching.sample_step
+
+    def fragile(logits: torch.Tensor, seqs: list) -> tuple:
+        if any(seq.params.temperature == 1.5 for seq in seqs):
+            raise RuntimeError("a kernel refused these parameters")
+        return real(logits, seqs)
+
+    monkeypatch.setattr(_hf_batching, "sample_step", fragile)
+    innocents = [engine.complete(_unchecked(prompt=f"Story {i}")) for i in range(3)]
+    bad = engine.complete(_unchecked(temperature=1.5))
+    *answers, failed = await asyncio.gather(*innocents, bad, return_exceptions=True)
+    assert all(not isinstance(answer, BaseException) for answer in answers), answers
+    assert isinstance(failed, InvalidRequestError) and "kernel refused" in failed.message

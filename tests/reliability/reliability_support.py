@@ -102,6 +102,52 @@ class ThreadServer(ApiServerThread):
         self.server = await start_server(self.balancer, self.settings, app=app)
 
 
+class ServeProcess:
+    """``python -m blueprint serve --config FILE --port 0`` in a subprocess (the real command),
+    with its stderr in ``log_path``; ``url`` once it printed ``READY <port>``."""
+
+    def __init__(self, config: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.command = [sys.executable, "-m", "blueprint", "serve", "--config", str(config), "--port", "0",
+                        *args]
+        self.log_path = log_path
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 120.0) -> ServeProcess:
+        with open(self.log_path, "w") as log_file:
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=str(self.log_path.parent),
+                                            text=True, stdout=subprocess.PIPE, stderr=log_file,
+                                            stdin=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if line.startswith("READY "):
+                self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+                return self
+            if not line and self.process.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"serve did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
 def server_settings(**overrides: Any) -> ServerSettings:
     base: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "api_keys": [API_KEY],
                             "stream_keepalive_s": 0.2, "shutdown_timeout_s": 1.0}

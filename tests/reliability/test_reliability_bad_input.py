@@ -191,3 +191,77 @@ def test_the_crash_check_can_fail(harness: Harness) -> None:
     outcome = harness.loop.run_until_complete(crashing.route(0, encode_inputs(MODEL, 8, "{}"), harness.ctx))
     with pytest.raises(AssertionError):
         check(outcome, 0)
+
+
+def _nest(depth: int, shape: str) -> str:
+    """JSON nested ``depth`` deep: arrays, objects, or both alternating."""
+    if shape == "array":
+        return "[" * depth + "]" * depth
+    if shape == "object":
+        return '{"a":' * depth + "1" + "}" * depth
+    return '[{"a":' * (depth // 2) + "1" + "}]" * (depth // 2)
+
+
+#: Where a nested value sits in an otherwise valid request of each job.
+DEEP_SLOTS = {
+    0: ['{{"messages":{v}}}', '{{"messages":[{{"role":"user","content":{v}}}]}}',
+        '{{"messages":[{{"role":"user","content":"hi"}}],"tools":{v}}}',
+        '{{"messages":[{{"role":"user","content":"hi"}}],"response_format":{{"type":"json_schema",'
+        '"json_schema":{v}}}}}', '{v}'],
+    1: ['{{"prompt":{v}}}', '{{"prompt":"hi","logit_bias":{v}}}', '{v}'],
+    2: ['{{"input":{v}}}', '{v}'],
+}
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(job_index=st.integers(0, 2), slot=st.integers(0, 4),
+       depth=st.sampled_from([150, 199, 200, 201, 1_000]) | st.integers(201, 100_000),
+       shape=st.sampled_from(["array", "object", "mixed"]))
+def test_deeply_nested_job_inputs(harness: Harness, job_index: int, slot: int, depth: int,
+                                  shape: str) -> None:
+    """Nesting beyond what the parser allows (web3 raised the recursion limit to 100,000, so the
+    standard library's parser overflowed the C stack here) is an error result, never a crash."""
+    templates = DEEP_SLOTS[job_index]
+    request = templates[slot % len(templates)].format(v=_nest(depth, shape))
+    result = check(harness.route(job_index, encode_inputs(MODEL, 8, request)), job_index)
+    if depth > 200:
+        assert "error" in result
+
+
+
+#: Values at and past the edges of what engines can take (int64, uint64, doubles), and the
+#: non-integers that must not be coerced into integers where money or compute is at stake.
+EDGE_NUMBERS = st.sampled_from([
+    0, 1, -1, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63),
+    -(2**63) - 1, 10**30, -(10**30), 0.0, -0.0, 0.5, 1.0, 2.0, 400.0, 1e308, -1e308, 5e-324,
+    "400", "1", "1e3", " 7", True, False, None,
+]) | st.integers(-(2**80), 2**80) | st.floats(allow_nan=False, allow_infinity=False)
+NUMERIC_FIELDS = ["max_tokens", "max_completion_tokens", "n", "seed", "top_k", "temperature", "top_p",
+                  "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "top_logprobs",
+                  "logprobs", "best_of", "dimensions"]
+#: The numeric fields each job's request type knows (others are ignored, like any unknown field).
+KNOWN_BY_JOB = {0: set(NUMERIC_FIELDS) - {"logprobs", "best_of", "dimensions"},
+                1: set(NUMERIC_FIELDS) - {"max_completion_tokens", "top_logprobs", "dimensions"},
+                2: {"dimensions"}}
+INTEGER_FIELDS = {"max_tokens", "max_completion_tokens", "n", "seed", "top_k", "top_logprobs",
+                  "best_of", "dimensions"}
+
+
+@FUZZ
+@given(job_index=st.integers(0, 2), ceiling=st.integers(0, 64),
+       fields=st.dictionaries(st.sampled_from(NUMERIC_FIELDS), EDGE_NUMBERS, min_size=1, max_size=3))
+def test_numeric_edge_values(harness: Harness, job_index: int, ceiling: int,
+                             fields: dict[str, Any]) -> None:
+    """Every numeric field at its edges: an error result or a response within the paid ceiling;
+    an integer field given as a string, a float or a boolean is refused, never coerced."""
+    base: dict[str, Any] = ({"messages": [{"role": "user", "content": "hi"}]} if job_index == 0 else
+                            {"prompt": "hi"} if job_index == 1 else {"input": "hi"})
+    result = check(harness.route(job_index, encode_inputs(MODEL, ceiling, {**base, **fields})), job_index)
+    coerced = [k for k, v in fields.items()
+               if k in INTEGER_FIELDS & KNOWN_BY_JOB[job_index] and v is not None
+               and isinstance(v, (str, float, bool))]
+    if coerced:
+        assert "error" in result, (coerced, result)
+    if "error" not in result and job_index != 2:
+        assert result["usage"]["completion_tokens"] <= ceiling

@@ -51,7 +51,7 @@ def live() -> Iterator[ThreadServer]:
         enable_quotes(app, quoter_from_settings(settings, balancer, Account.create(), 31337))
 
     settings = server_settings(request_timeout_s=REQUEST_TIMEOUT_S, first_token_timeout_s=2.0,
-                               body_timeout_s=REQUEST_TIMEOUT_S)
+                               body_timeout_s=REQUEST_TIMEOUT_S, admin_keys=[API_KEY])
     server = ThreadServer([node], settings, app_hook=with_quotes).start()
     try:
         yield server
@@ -117,7 +117,7 @@ def test_openapi_fuzz_add_node(backend_process: Any, thread_server: Any, mode: G
     """Arbitrary node configs (engines that cannot load, bad paths) are refused or added broken,
     never a 5xx, and the node that serves keeps serving."""
     backend = backend_process("--trivial")
-    live = thread_server([openai_node("emu-node", backend.base_url)])
+    live = thread_server([openai_node("emu-node", backend.base_url)], server_settings(admin_keys=[API_KEY]))
     assert _fuzz(live.url, ADD_NODE, mode, 15) < CLIENT_TIMEOUT_S
     _served(live)
 

@@ -41,6 +41,7 @@ from blueprint.tangle.keystore import KeystoreError, load_operator, write_sdk_ke
 #: A new route missing from this set and answering without a key fails the test below.
 OPEN_ROUTES = {"health", "ready", "metrics", "openapi", "quote"}
 OTHER_KEY = "sk-reliability-second-key-8e1d"
+ADMIN_KEY = "sk-reliability-admin-key-04f2"
 UPSTREAM_KEY = "sk-upstream-secret-b7c94e21a0"
 OPERATOR_KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 PASSWORD = "correct-horse-battery-staple-91"
@@ -141,7 +142,8 @@ def serve_process(tmp_path: Path, backend_process: Any) -> Iterator[tuple[subpro
         {"name": "emu-node", "engine": "openai", "model": MODEL, "base_url": backend.base_url,
          "api_key": UPSTREAM_KEY}])
     log_path = tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "API_KEYS": f"{API_KEY},{OTHER_KEY}"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "API_KEYS": f"{API_KEY},{OTHER_KEY}",
+           "SERVER__ADMIN_KEYS": ADMIN_KEY}
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "blueprint", "serve", "--config", str(config),
                                  "--port", "0", "-vv"], env=env, cwd=tmp_path, text=True,
@@ -176,6 +178,7 @@ def test_secrets_never_reach_logs_or_errors(serve_process: tuple[subprocess.Pope
     proc, url, log_path = serve_process
     wrong = "sk-presented-but-wrong-3c9a"
     good = {"Authorization": f"Bearer {API_KEY}"}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     bodies: list[str] = []
     chat = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(base_url=url, timeout=10.0) as client:
@@ -187,8 +190,8 @@ def test_secrets_never_reach_logs_or_errors(serve_process: tuple[subprocess.Pope
             ("POST", "/v1/chat/completions", good, {**chat, "model": "nope"}),
             ("POST", "/v1/chat/completions", good, {"model": MODEL, "messages": "not a list"}),
             ("POST", "/v1/completions", good, {"model": MODEL, "prompt": "x " * 20000, "max_tokens": 4}),
-            ("GET", "/admin/nodes", good, None),
-            ("POST", "/admin/nodes", good, {"name": "bad", "engine": "openai", "model": "m2",
+            ("GET", "/admin/nodes", admin, None),
+            ("POST", "/admin/nodes", admin, {"name": "bad", "engine": "openai", "model": "m2",
                                             "base_url": "http://127.0.0.1:9/v1", "api_key": UPSTREAM_KEY}),
             ("GET", "/metrics", {}, None),
         ]
@@ -197,12 +200,12 @@ def test_secrets_never_reach_logs_or_errors(serve_process: tuple[subprocess.Pope
             bodies.append(reply.text + json.dumps(dict(reply.headers)))
         # the added node with an unreachable upstream fails: its errors must not carry the key either
         client.post("/v1/chat/completions", headers=good, json={**chat, "model": "m2"})
-        bodies.append(client.get("/admin/nodes", headers=good).text)
+        bodies.append(client.get("/admin/nodes", headers=admin).text)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     log_text = log_path.read_text()
     assert "http api listening" in log_text  # the log really is the server's, at debug level
-    for secret in (API_KEY, OTHER_KEY, UPSTREAM_KEY, wrong):
+    for secret in (API_KEY, OTHER_KEY, ADMIN_KEY, UPSTREAM_KEY, wrong):
         assert secret not in log_text, f"{secret[:6]}... in the log"
         for body in bodies:
             assert secret not in body, f"{secret[:6]}... in a response"

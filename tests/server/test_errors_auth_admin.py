@@ -14,6 +14,8 @@ from blueprint.server.responses import UnsafeBindError
 from tests.server.conftest import API_KEY, TINY, LiveServer
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN_KEY = "sk-admin-test-77aa01"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def _error(response: httpx.Response, status: int, code: str | None = None) -> dict:
@@ -81,32 +83,33 @@ def test_probes_and_metrics(tiny_server: LiveServer) -> None:
 
 
 def test_not_ready_without_nodes_and_admin_lifecycle(emulated_server: Callable[..., LiveServer]) -> None:
-    live = emulated_server()
+    live = emulated_server(admin_keys=[ADMIN_KEY])
     assert live.backend is not None
     with httpx.Client(timeout=10) as client:
         _error(client.get(live.url + "/admin/nodes"), 401)
-        nodes = client.get(live.url + "/admin/nodes", headers=AUTH).json()["data"]
+        _error(client.get(live.url + "/admin/nodes", headers=AUTH), 401)  # an API key is not admin
+        nodes = client.get(live.url + "/admin/nodes", headers=ADMIN).json()["data"]
         assert [row["name"] for row in nodes] == ["emu-node"]
-        added = client.post(live.url + "/admin/nodes", headers=AUTH, json={
+        added = client.post(live.url + "/admin/nodes", headers=ADMIN, json={
             "name": "emu-2", "engine": "openai", "model": "emu", "base_url": live.backend.base_url})
         assert added.status_code == 201, added.text
         assert added.json() == {"name": "emu-2", "models": ["emu"]}
-        _error(client.post(live.url + "/admin/nodes", headers=AUTH, json={"engine": "openai"}), 400)
-        _error(client.post(live.url + "/admin/nodes/ghost/drain", headers=AUTH), 404, "node_not_found")
+        _error(client.post(live.url + "/admin/nodes", headers=ADMIN, json={"engine": "openai"}), 400)
+        _error(client.post(live.url + "/admin/nodes/ghost/drain", headers=ADMIN), 404, "node_not_found")
         for name in ("emu-node", "emu-2"):
-            drained = client.post(live.url + f"/admin/nodes/{name}/drain", headers=AUTH)
+            drained = client.post(live.url + f"/admin/nodes/{name}/drain", headers=ADMIN)
             assert drained.status_code == 200 and drained.json()["draining"] is True
         not_ready = client.get(live.url + "/ready")
         assert not_ready.status_code == 503 and not_ready.json()["healthy_nodes"] == []
         _error(client.post(live.url + "/v1/chat/completions", headers=AUTH, json={
             "model": "emu", "messages": [{"role": "user", "content": "x"}]}), 503)
         for name in ("emu-node", "emu-2"):
-            assert client.delete(live.url + f"/admin/nodes/{name}", headers=AUTH).status_code == 200
-        assert client.get(live.url + "/admin/nodes", headers=AUTH).json()["data"] == []
-        _error(client.delete(live.url + "/admin/nodes/emu-2", headers=AUTH), 404)
+            assert client.delete(live.url + f"/admin/nodes/{name}", headers=ADMIN).status_code == 200
+        assert client.get(live.url + "/admin/nodes", headers=ADMIN).json()["data"] == []
+        _error(client.delete(live.url + "/admin/nodes/emu-2", headers=ADMIN), 404)
 
 
-def test_admin_disabled_without_keys(emulated_server: Callable[..., LiveServer]) -> None:
+def test_admin_off_without_admin_keys(emulated_server: Callable[..., LiveServer]) -> None:
     live = emulated_server(api_keys=[])
     with httpx.Client(timeout=10) as client:
         assert client.get(live.url + "/v1/models").status_code == 200  # open API on loopback

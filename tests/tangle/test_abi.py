@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 from web3.exceptions import ContractCustomError, ContractLogicError
 
+from blueprint.devnet_data import carried_abi
 from blueprint.tangle import abi
-
-SHARED_ABI = Path(__file__).resolve().parents[3] / "shared" / "tnt-core" / "abi"
 
 
 def _strip(value):
@@ -24,11 +20,8 @@ def _strip(value):
 
 
 def _upstream(name: str) -> list[dict]:
-    path = SHARED_ABI / name
-    if not path.is_file():
-        pytest.skip(f"upstream ABI not present at {path}")
-    doc = json.loads(path.read_text())
-    return _strip(doc["abi"] if isinstance(doc, dict) else doc)
+    """The upstream ABI the package carries (``blueprint/devnet_data``, checked by sha256)."""
+    return _strip(carried_abi(name.removesuffix(".json")))
 
 
 def test_tangle_fragments_match_the_upstream_interface_exactly() -> None:

@@ -201,7 +201,8 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     cursor, and trusts its already confirmed answers (they were checked by that build)."""
     from blueprint.tangle import ledger as ledger_module
 
-    v1_schema = "\n".join(line for line in ledger_module._SCHEMA.splitlines() if "answer_" not in line)
+    v1_schema = "\n".join(line for line in ledger_module._SCHEMA.splitlines()
+                           if "answer_" not in line and "runs INTEGER" not in line)
     path = tmp_path / ledger_module.LEDGER_FILE
     db = sqlite3.connect(path)
     db.executescript(v1_schema)
@@ -223,6 +224,7 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
         done, todo = await led.get(1, 1), await led.get(1, 2)
         assert done is not None and done.state is S.CONFIRMED and done.answer_anchored
         assert todo is not None and todo.state is S.SEEN and not todo.answer_anchored
+        assert todo.runs == 0
         await led.mark_running(1, 2)
         await led.mark_answered(1, 2, b"r")
         await led.mark_confirmed(1, 2, tx_hash="0xaa", answer=(301, "0xCD"))
@@ -269,3 +271,14 @@ async def test_multi_operator_states_resume_and_final_ones_drop_inputs(ledger: L
     assert (await ledger.mark_running(1, 2)).state is S.RUNNING
     # left at its deadline to the next operator: back to stand-by
     assert (await ledger.transition(1, 2, S.STANDBY, reason="left")).state is S.STANDBY
+
+
+async def test_handler_starts_are_counted_for_the_poison_job_guard(ledger: Ledger) -> None:
+    """Each ``running`` counts one handler start; a start cut short by a graceful stop is
+    uncounted, so only runs the process died in count towards the guard."""
+    await ledger.record_seen([job(1)])
+    assert (await ledger.mark_running(1, 1)).runs == 1
+    await ledger.transition(1, 1, S.SEEN, reason="requeued on restart")
+    assert (await ledger.mark_running(1, 1)).runs == 2
+    await ledger.forget_run(1, 1)
+    assert (await ledger.get(1, 1)).runs == 1  # type: ignore[union-attr]

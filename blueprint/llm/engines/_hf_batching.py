@@ -45,13 +45,15 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from blueprint.errors import BackendError
+from blueprint.errors import BackendError, BlueprintError, InvalidRequestError
 from blueprint.llm.engines._hf_text import TextAssembler, TokenPieces, decode_windows
 from blueprint.llm.logprobs import LOGPROB_FLOOR, TokenLogprob, TopLogprob
 from blueprint.llm.sampling import SamplingParams
 
 log = structlog.get_logger(__name__)
 
+#: The seeds a torch generator takes (``manual_seed``).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 #: Padded prompt tokens one prefill may process; more waiting requests wait for the next step.
 DEFAULT_PREFILL_TOKEN_BUDGET = 8192
 
@@ -219,6 +221,39 @@ class ContinuousBatcher:
         self._waiting.clear()
         self._reset_batch()
 
+    def _fail_one(self, seq: Sequence, exc: BaseException) -> None:
+        """End one sequence with an error (its request's fault: a 400, no harm to the node)."""
+        if isinstance(exc, BlueprintError):
+            error: BlueprintError = exc
+        else:
+            error = InvalidRequestError(f"Sampling failed with this request's parameters: "
+                                        f"{type(exc).__name__}: {exc}")
+        log.warning("sequence_failed", error=error.message)
+        if not seq.done and not seq.cancelled:
+            seq.done = True
+            seq.emit(SeqEvent(seq.index, error=error, completion_tokens=len(seq.generated)))
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]
+                ) -> tuple[list[int], list[RawLogprobs | None], dict[int, BaseException]]:
+        """:func:`sample_step` over the batch; if it fails, row by row, so that only the rows that
+        fail alone are lost (their errors, by row). Every row failing alone means the node is at
+        fault, not a request: that is raised (the whole batch fails)."""
+        try:
+            tokens, logprobs = sample_step(logits, seqs)
+            return tokens, logprobs, {}
+        except Exception as batch_error:
+            tokens, logprobs, failed = [0] * len(seqs), [None] * len(seqs), {}
+            for row, seq in enumerate(seqs):
+                try:
+                    (token,), (raw,) = sample_step(logits[row:row + 1], [seq])
+                except Exception as exc:
+                    failed[row] = exc
+                else:
+                    tokens[row], logprobs[row] = token, raw
+            if len(failed) == len(seqs):
+                raise batch_error
+            return tokens, logprobs, failed
+
     def _reset_batch(self) -> None:
         self._cache = self._mask = self._next_tokens = self._positions = None
 
@@ -242,23 +277,39 @@ class ContinuousBatcher:
             new.append(self._waiting.popleft())
         if not new:
             return
+        ready = []
+        for seq in new:  # one request's bad parameters fail that request, not its neighbours
+            try:
+                self._prepare(seq)
+            except Exception as exc:
+                self._fail_one(seq, exc)
+            else:
+                ready.append(seq)
+        if not ready:
+            return
+        new = ready
         self._admitting = new  # so that a failing prefill still answers them
-        for seq in new:
-            self._prepare(seq)
         ids, mask = self._left_pad([seq.prompt_ids for seq in new])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                           **self._last_logits_only)
-        tokens, logprobs = sample_step(out.logits[:, -1, :], new)
-        keep = self._advance_all(new, tokens, logprobs)
+        tokens, logprobs, failed = self._sample(out.logits[:, -1, :], new)
+        keep = self._advance_all(new, tokens, logprobs, failed)
         if keep:
             self._merge(out.past_key_values, mask, [new[r] for r in keep], [tokens[r] for r in keep], keep)
         self._admitting = []
         self.peak_batch_size = max(self.peak_batch_size, len(self._running))
 
     def _prepare(self, seq: Sequence) -> None:
-        seq.assembler = TextAssembler(self._tokenizer, seq.prompt_ids, seq.params.stop)
+        """Per-sequence state; raises InvalidRequestError for parameters this model cannot take."""
         seed = seq.params.seed if seq.params.seed is not None else secrets.randbits(63)
+        if not SEED_MIN <= seed <= SEED_MAX:
+            raise InvalidRequestError(f"seed {seed} is outside [{SEED_MIN}, {SEED_MAX}].", param="seed")
+        beyond = [token for token in seq.params.logit_bias if token >= self._vocab]
+        if beyond:
+            raise InvalidRequestError(f"logit_bias names token {beyond[0]}, beyond this model's vocabulary "
+                                      f"of {self._vocab}.", param="logit_bias")
+        seq.assembler = TextAssembler(self._tokenizer, seq.prompt_ids, seq.params.stop)
         seq.generator = torch.Generator(device=self._device).manual_seed(seed)
         if seq.params.frequency_penalty or seq.params.presence_penalty:
             seq.counts = torch.zeros(self._vocab, device=self._device)
@@ -314,20 +365,26 @@ class ContinuousBatcher:
                           use_cache=True)
         self._cache, self._mask = out.past_key_values, mask
         self.decode_steps += 1
-        tokens, logprobs = sample_step(out.logits[:, -1, :], self._running)
+        tokens, logprobs, failed = self._sample(out.logits[:, -1, :], self._running)
         self._positions = self._positions + 1
         self._next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(1)
-        alive = self._advance_all(self._running, tokens, logprobs)
+        alive = self._advance_all(self._running, tokens, logprobs, failed)
         if len(alive) < len(self._running):
             self._keep_rows(alive)
 
-    def _advance_all(self, seqs: list[Sequence], tokens: list[int],
-                     logprobs: list[RawLogprobs | None]) -> list[int]:
+    def _advance_all(self, seqs: list[Sequence], tokens: list[int], logprobs: list[RawLogprobs | None],
+                     failed: dict[int, BaseException] | None = None) -> list[int]:
         """Account for one sampled token per row (and its logprobs, where the row asked);
-        returns the rows that go on. The text of all rows is decoded in one tokenizer call."""
+        returns the rows that go on (``failed`` rows end with their error). The text of all rows
+        is decoded in one tokenizer call."""
+        failed = failed or {}
+        for row, exc in failed.items():
+            self._fail_one(seqs[row], exc)
         staged: dict[int, int] = {}
         windows: list[list[int]] = []
         for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            if row in failed:
+                continue
             if token not in self._eos or seq.params.ignore_eos:
                 assert seq.assembler is not None
                 staged[row] = len(windows)
@@ -335,6 +392,8 @@ class ContinuousBatcher:
         texts = decode_windows(self._tokenizer, windows) if windows else []
         alive = []
         for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            if row in failed:
+                continue
             at = staged.get(row)
             raw = logprobs[row]
             if raw is not None:
@@ -530,7 +589,7 @@ def _truncate(probs: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.
     vocab = probs.shape[-1]
     device = probs.device
     ranks = torch.arange(vocab, device=device).unsqueeze(0)
-    top_k = torch.tensor([p.top_k or vocab for p in params], device=device).unsqueeze(1)
+    top_k = torch.tensor([min(p.top_k, vocab) or vocab for p in params], device=device).unsqueeze(1)
     top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
     min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
     drop = (ranks >= top_k) | ((probs.cumsum(dim=-1) - probs) > top_p) | (probs < min_p * probs[:, :1])

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from blueprint import safejson
 from blueprint.errors import (
     BackendError,
     BackendTimeoutError,
@@ -85,7 +85,7 @@ def _error_message(body: bytes) -> tuple[str, str | None]:
     """The message and code of an error body in OpenAI's shape (``{"error": {...}}``), vLLM's
     older flat shape (``{"object": "error", "message": ...}``) or plain text."""
     try:
-        data = json.loads(body)
+        data = safejson.loads(body)
     except ValueError:
         return body.decode(errors="replace").strip()[:500] or "no error message", None
     if isinstance(data, dict):
@@ -326,7 +326,7 @@ class OpenAIHttpClient(LlmClient):
             self._model_info = self._build_model_info()
             raise BackendError(f"Cannot read {self.base_url}/models: {exc!r}") from exc
         try:
-            entries = json.loads(body).get("data") or []
+            entries = safejson.loads(body).get("data") or []
         except (ValueError, AttributeError) as exc:
             raise BackendError(f"{self.base_url}/models answered malformed JSON") from exc
         entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == self._served_model), None)
@@ -581,7 +581,7 @@ def _error_status(payload: bytes) -> int | None:
     """The HTTP status an in-stream error event stands for (its numeric ``code`` when it has one,
     else 500); None when the payload is not an error event at all."""
     try:
-        data = json.loads(payload)
+        data = safejson.loads(payload)
     except ValueError:
         return None
     if not isinstance(data, dict):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -58,6 +57,7 @@ from blueprint.llm.chat_template import render_chat
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.logprobs import TokenLogprob, chat_logprobs, completion_logprobs
+from blueprint.llm.model_files import config_context_length
 from blueprint.llm.sampling import SamplingParams, sampling_params
 from blueprint.llm.types import (
     DEFAULT_SAMPLING_PARAMETERS,
@@ -129,7 +129,7 @@ class TransformersClient(LlmClient):
         self._batcher: Any = None
         self._encode_lock = threading.Lock()
         self._dtype_name = "float32"
-        self._context_length = config.context_length or _config_context_length(self._path) or _DEFAULT_CONTEXT
+        self._context_length = config.context_length or config_context_length(self._path) or _DEFAULT_CONTEXT
         self._ignore_eos = bool(config.options.get("ignore_eos", False))
 
     # ------------------------------------------------------------------ lifecycle
@@ -148,6 +148,9 @@ class TransformersClient(LlmClient):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from blueprint.llm.engines._hf_batching import ContinuousBatcher
+        from blueprint.logging import route_library_logging
+
+        route_library_logging()  # its records and warnings as our one-line events
 
         threads = self.config.options.get("torch_threads")
         if threads:
@@ -512,13 +515,3 @@ class TransformersClient(LlmClient):
             self._tracker.finished(started_at, prompt_tokens=prepared.prompt_tokens,
                                    completion_tokens=completion_tokens, first_token_at=first_token_at,
                                    error=failed)
-
-
-def _config_context_length(path: Path) -> int | None:
-    """``max_position_embeddings`` from a local ``config.json`` (before the weights load)."""
-    try:
-        data = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = data.get("max_position_embeddings") or data.get("text_config", {}).get("max_position_embeddings")
-    return int(value) if value else None
