@@ -1,21 +1,32 @@
-"""Gateway overhead: the same load against (a) a trivial backend directly, (b) our API in front of
-it, (c) LiteLLM's proxy in front of it.
+"""Gateway overhead: the same load against a trivial backend directly and through each gateway:
+ours, the Rust routers operators put in front of vLLM (``vllm-router``, ``smg``), and LiteLLM.
 
-One run, one load generator (an aiohttp client on uvloop with a fixed number of workers, bounded
-by a request count and a time limit per level), the same backends for all three:
+One run, one load generator (an aiohttp client on uvloop, a fixed number of workers per level,
+bounded by a request count and a time limit), the same two backends for every gateway:
 
 * ``trivial``: the emulated OpenAI-compatible backend (``blueprint.testing.emulated_backend``) in
-  its zero-cost mode, as a subprocess: non-streamed throughput and added latency.
+  its zero-cost mode: non-streamed throughput and added latency;
 * ``paced``: the same backend streaming ``--chunks`` tokens ``--interval-ms`` apart (no prefill,
-  no batch penalty): time to first chunk and inter-chunk gaps, so that any buffering or per-chunk
-  cost a gateway adds shows up.
+  no batch penalty): time to first chunk and the gaps between chunks, so any buffering or
+  per-chunk cost a gateway adds shows up, and streamed throughput.
 
-Our server runs as ``python -m blueprint serve`` with one ``openai`` engine node per backend.
-LiteLLM is installed into ``bench/.litellm-venv`` (``pip install 'litellm[proxy]'``) the first time
-and started offline (``LITELLM_LOCAL_MODEL_COST_MAP=True``) with a master key and one worker.
+Gateways, each a separate process on loopback:
 
-    python bench/gateway.py                 # everything, ~2-3 minutes
-    python bench/gateway.py --skip-litellm  # direct and ours only
+* ``ours-rr`` / ``ours-ca``: ``python -m blueprint serve`` with one ``openai`` node per backend,
+  strategy round robin / cache-aware (``ours-ca-wN`` with ``--ours-workers N``: N worker processes
+  on one port, ``server.workers``);
+* ``vllm-router-rr`` / ``-ca`` and ``smg-rr`` / ``-ca``: installed from PyPI into their own venvs
+  under ``bench/`` (``.vllm-router-venv``, ``.smg-venv``) the first time, one router process per
+  backend (they route by worker, not by model) with ``--policy round_robin`` / ``cache_aware``;
+* ``litellm``: ``litellm[proxy]`` in ``bench/.litellm-venv`` (``--with-litellm``; slow to install).
+
+Every level runs ``--rounds`` times, the gateways in a rotated order each round; the report gives
+the median of the rounds (and the range) per figure, and every figure of ours as a ratio to each
+peer's from the same run. CPU per request is the gateway process's user+system CPU time (all its
+threads and worker processes, from /proc) over the level, divided by the requests it served.
+
+    python bench/gateway.py                       # ours, vllm-router, smg; 3 rounds, ~6 minutes
+    python bench/gateway.py --rounds 1 --seconds 2 --targets ours-rr vllm-router-rr   # quick look
 
 Results are printed and written to ``bench/out/gateway.json``.
 """
@@ -41,11 +52,15 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / "bench" / ".litellm-venv"
-OUT = ROOT / "bench" / "out"
+BENCH = ROOT / "bench"
+OUT = BENCH / "out"
 KEY = "sk-bench-master-key"
 TRIVIAL, PACED = "bench-trivial", "bench-paced"
 BODY_MESSAGES = [{"role": "user", "content": "Say something short about gateways."}]
+#: The peers installed from PyPI: name -> (package pin, executable in its venv).
+PEERS = {"vllm-router": ("vllm-router==0.1.17", "vllm-router"), "smg": ("smg==1.13.0", "smg")}
+POLICIES = {"rr": "round_robin", "ca": "cache_aware"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,11 +71,12 @@ class Proc:
     """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, ready_line: bool = False) -> None:
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=workdir)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE if ready_line else self._log,
+                                     stderr=self._log, env=env, cwd=workdir)
 
     def read_ready_port(self, timeout: float) -> int:
         """For processes that print ``READY <port>`` (ours and the emulated backend)."""
@@ -79,6 +95,10 @@ class Proc:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         return ""
 
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the process, its threads and its live descendants."""
+        return sum(_cpu_of(pid) for pid in _tree(self.proc.pid))
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -90,42 +110,86 @@ class Proc:
         self._log.close()
 
 
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+    return pids
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def start_backend(name: str, *extra: str) -> tuple[Proc, int]:
     proc = Proc(name, [sys.executable, "-m", "blueprint.testing.emulated_backend", "--port", "0", *extra],
-                workdir=ROOT)
+                workdir=ROOT, ready_line=True)
     return proc, proc.read_ready_port(30)
 
 
-def start_ours(trivial_port: int, paced_port: int, workdir: Path) -> tuple[Proc, int]:
-    config = workdir / "operator.toml"
+def start_ours(name: str, trivial_port: int, paced_port: int, workdir: Path, strategy: str,
+               workers: int) -> tuple[Proc, int]:
+    config = workdir / f"{name}.toml"
     nodes = ""
     for model, port in ((TRIVIAL, trivial_port), (PACED, paced_port)):
         nodes += (f'[[nodes]]\nname = "{model}"\nengine = "openai"\nmodel = "{model}"\n'
                   f'base_url = "http://127.0.0.1:{port}/v1"\nmax_batch_size = 512\nmax_queue = 1024\n\n')
-    config.write_text(f'[server]\napi_keys = ["{KEY}"]\n\n{nodes}')
+    server = f'[server]\napi_keys = ["{KEY}"]\n'
+    if workers > 1:
+        server += f"workers = {workers}\n"
+    config.write_text(f'{server}\n[balancer]\nstrategy = "{strategy}"\n\n{nodes}')
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("API_KEYS", None)
-    proc = Proc("ours", [sys.executable, "-m", "blueprint", "serve", "--config", str(config), "--port", "0"],
-                env=env, workdir=ROOT)
+    proc = Proc(name, [sys.executable, "-m", "blueprint", "serve", "--config", str(config), "--port", "0"],
+                env=env, workdir=ROOT, ready_line=True)
     return proc, proc.read_ready_port(60)
 
 
-def ensure_litellm(install_timeout: float) -> Path:
-    """The ``litellm`` executable of the bench's own venv, installing it the first time."""
-    exe = VENV / "bin" / "litellm"
+def ensure_venv(name: str, requirement: str, exe_name: str, install_timeout: float) -> Path:
+    """The executable of a peer installed into ``bench/.<name>-venv``, installing it once."""
+    venv = BENCH / f".{name}-venv"
+    exe = venv / "bin" / exe_name
     if exe.exists():
         return exe
-    print(f"installing litellm[proxy] into {VENV} (first run only) ...", flush=True)
-    if not (VENV / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=120)
-    subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True,
+    print(f"installing {requirement} into {venv} (first run only) ...", flush=True)
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", requirement], check=True,
                    timeout=install_timeout)
     if not exe.exists():
-        raise RuntimeError(f"litellm installed but {exe} is missing")
+        raise RuntimeError(f"{requirement} installed but {exe} is missing")
     return exe
 
 
-def start_litellm(exe: Path, trivial_port: int, paced_port: int, port: int, workdir: Path) -> Proc:
+def start_peer(peer: str, exe: Path, policy: str, backend_port: int) -> tuple[Proc, int]:
+    """One Rust router in front of one backend (they balance over workers, not models)."""
+    port, metrics_port = free_port(), free_port()
+    argv = [str(exe)] + (["launch"] if peer == "smg" else [])
+    argv += ["--worker-urls", f"http://127.0.0.1:{backend_port}", "--host", "127.0.0.1",
+             "--port", str(port), "--prometheus-port", str(metrics_port), "--policy", policy,
+             "--log-level", "warn" if peer == "smg" else "warning"]
+    return Proc(f"{peer}-{policy}", argv, workdir=ROOT), port
+
+
+def start_litellm(exe: Path, trivial_port: int, paced_port: int, workdir: Path) -> tuple[Proc, int]:
     config = workdir / "litellm.yaml"
     models = "".join(
         f"  - model_name: {model}\n    litellm_params:\n      model: openai/{model}\n"
@@ -134,22 +198,30 @@ def start_litellm(exe: Path, trivial_port: int, paced_port: int, port: int, work
     config.write_text(f"model_list:\n{models}")
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": KEY,
            "LITELLM_LOG": "ERROR", "HF_HUB_OFFLINE": "1", "NO_DOCS": "True", "DISABLE_ADMIN_UI": "True"}
+    port = free_port()
     return Proc("litellm", [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                            "--num_workers", "1"], env=env, workdir=workdir)
+                            "--num_workers", "1"], env=env, workdir=workdir), port
 
 
-async def wait_http(url: str, limit_s: float, proc: Proc) -> None:
+async def wait_answering(base: str, model: str, limit_s: float, proc: Proc) -> None:
+    """Until the gateway answers a real chat request with 200 (routers need their workers up)."""
     deadline = time.monotonic() + limit_s
+    body = {"model": model, "messages": BODY_MESSAGES, "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    last = ""
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if proc.proc.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited ({proc.proc.returncode}):\n{proc.tail()}")
             with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
-                    if response.status < 500:
+                async with session.post(base + "/chat/completions", json=body, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=3)) as response:
+                    if response.status == 200:
                         return
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"{proc.name} did not answer {url} within {limit_s:.0f} s:\n{proc.tail()}")
+                    last = f"HTTP {response.status}: {(await response.text())[:200]}"
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"{proc.name} did not answer at {base} within {limit_s:.0f} s ({last}):\n"
+                       f"{proc.tail()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,10 +233,12 @@ class LevelResult:
     target: str
     mode: str  # "unary" or "stream"
     concurrency: int
+    round: int = 0
     requests: int = 0
     errors: int = 0
     seconds: float = 0.0
     rps: float = 0.0
+    cpu_us_per_request: float = float("nan")
     latency_ms: dict[str, float] = field(default_factory=dict)  # unary: whole request
     ttfc_ms: dict[str, float] = field(default_factory=dict)  # stream: time to first content chunk
     gap_ms: dict[str, float] = field(default_factory=dict)  # stream: gaps between content chunks
@@ -180,6 +254,7 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(values: list[float]) -> dict[str, float]:
     return {"p50": pct(values, 0.50), "p90": pct(values, 0.90), "p99": pct(values, 0.99),
+            "p999": pct(values, 0.999), "max": max(values) if values else float("nan"),
             "mean": statistics.fmean(values) if values else float("nan")}
 
 
@@ -234,117 +309,237 @@ async def run_level(session: aiohttp.ClientSession, target: str, base: str, mode
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - began
     result.rps = result.requests / result.seconds if result.seconds else 0.0
-    ms = [x * 1000 for x in latencies]
-    result.latency_ms = summary(ms) if ms else {}
+    result.latency_ms = summary([x * 1000 for x in latencies]) if latencies else {}
     result.ttfc_ms = summary([x * 1000 for x in ttfcs]) if ttfcs else {}
     result.gap_ms = summary([x * 1000 for x in gaps]) if gaps else {}
     return result
 
 
-async def measure(target: str, base: str, args: argparse.Namespace) -> list[LevelResult]:
+@dataclass
+class Target:
+    """One gateway (or ``direct``): where its unary and streamed requests go, and its processes."""
+
+    name: str
+    unary_base: str
+    stream_base: str
+    procs: list[Proc] = field(default_factory=list)
+
+    def cpu_seconds(self) -> float:
+        return sum(proc.cpu_seconds() for proc in self.procs)
+
+
+LEVELS: list[tuple[str, str]] = [("unary", "concurrency"), ("stream", "stream_concurrency")]
+
+
+async def measure(target: Target, args: argparse.Namespace, round_no: int) -> list[LevelResult]:
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=60)
     results = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # warm-up: connections, caches, lazy imports on every side
-        await run_level(session, target, base, "unary", 4, 200, 5, args.chunks)
-        await run_level(session, target, base, "stream", 2, 4, 5, args.chunks)
-        for concurrency in args.concurrency:
-            res = await run_level(session, target, base, "unary", concurrency, args.requests, args.seconds,
-                                  args.chunks)
-            results.append(res)
-            print(f"  {target:8s} unary  c={concurrency:<3d} {res.rps:8.1f} req/s  "
-                  f"p50 {res.latency_ms.get('p50', float('nan')):7.2f} ms  "
-                  f"p99 {res.latency_ms.get('p99', float('nan')):7.2f} ms  errors {res.errors}", flush=True)
-        for concurrency in args.stream_concurrency:
-            res = await run_level(session, target, base, "stream", concurrency, args.stream_requests,
-                                  args.seconds, args.chunks)
-            results.append(res)
-            ttfc = res.ttfc_ms.get("p50", float("nan"))
-            gap50, gap99 = res.gap_ms.get("p50", float("nan")), res.gap_ms.get("p99", float("nan"))
-            print(f"  {target:8s} stream c={concurrency:<3d} ttfc p50 {ttfc:7.2f} ms  "
-                  f"gap p50 {gap50:6.2f} ms  p99 {gap99:6.2f} ms  errors {res.errors}", flush=True)
+        await run_level(session, target.name, target.unary_base, "unary", 4, 200, 2, args.chunks)
+        await run_level(session, target.name, target.stream_base, "stream", 4, 8, 2, args.chunks)
+        for mode, attr in LEVELS:
+            for concurrency in getattr(args, attr):
+                base = target.unary_base if mode == "unary" else target.stream_base
+                limit = args.requests if mode == "unary" else args.stream_requests
+                cpu0 = target.cpu_seconds()
+                res = await run_level(session, target.name, base, mode, concurrency, limit, args.seconds,
+                                      args.chunks)
+                cpu = target.cpu_seconds() - cpu0
+                res.round = round_no
+                if target.procs and res.requests:
+                    res.cpu_us_per_request = cpu / res.requests * 1e6
+                results.append(res)
+                if mode == "unary":
+                    detail = (f"p50 {res.latency_ms.get('p50', float('nan')):7.2f} ms  "
+                              f"p99 {res.latency_ms.get('p99', float('nan')):7.2f} ms")
+                else:
+                    detail = (f"ttfc p50 {res.ttfc_ms.get('p50', float('nan')):6.2f} "
+                              f"p99 {res.ttfc_ms.get('p99', float('nan')):6.2f} ms  "
+                              f"gap p50 {res.gap_ms.get('p50', float('nan')):5.2f} "
+                              f"p99 {res.gap_ms.get('p99', float('nan')):5.2f} ms")
+                print(f"  r{round_no} {target.name:15s} {mode:6s} c={concurrency:<3d} {res.rps:8.1f} req/s  "
+                      f"{detail}  cpu {res.cpu_us_per_request:6.0f} us/req  errors {res.errors}"
+                      + (f" ({res.first_error})" if res.errors else ""), flush=True)
     return results
 
 
 # ---------------------------------------------------------------------------------------------
 # report
 
+#: (key, label, mode, which concurrency list and its end (0: min, -1: max), extractor, lower is better)
+FIGURES: list[tuple[str, str, str, str, int, Any, bool]] = [
+    ("added_p50_ms", "added latency p50, c={c}, non-streamed (ms)", "unary", "concurrency", 0,
+     lambda r: r.latency_ms.get("p50"), True),
+    ("added_p99_ms", "added latency p99, c={c}, non-streamed (ms)", "unary", "concurrency", 0,
+     lambda r: r.latency_ms.get("p99"), True),
+    ("rps_unary", "requests/s, c={c}, non-streamed", "unary", "concurrency", -1, lambda r: r.rps, False),
+    ("cpu_unary", "gateway CPU per request, c={c}, non-streamed (us)", "unary", "concurrency", -1,
+     lambda r: r.cpu_us_per_request, True),
+    ("rps_stream", "streamed requests/s, c={c}", "stream", "stream_concurrency", -1, lambda r: r.rps, False),
+    ("ttfc_p50_ms", "time to first chunk p50, c={c}, streamed (ms)", "stream", "stream_concurrency", -1,
+     lambda r: r.ttfc_ms.get("p50"), True),
+    ("ttfc_p99_ms", "time to first chunk p99, c={c}, streamed (ms)", "stream", "stream_concurrency", -1,
+     lambda r: r.ttfc_ms.get("p99"), True),
+    ("gap_p50_ms", "inter-chunk gap p50, c={c}, streamed (ms)", "stream", "stream_concurrency", -1,
+     lambda r: r.gap_ms.get("p50"), True),
+    ("gap_p99_ms", "inter-chunk gap p99, c={c}, streamed (ms)", "stream", "stream_concurrency", -1,
+     lambda r: r.gap_ms.get("p99"), True),
+    ("cpu_stream", "gateway CPU per streamed request, c={c} (us)", "stream", "stream_concurrency", -1,
+     lambda r: r.cpu_us_per_request, True),
+]
 
-def find(results: list[LevelResult], target: str, mode: str, concurrency: int) -> LevelResult | None:
-    for res in results:
-        if (res.target, res.mode, res.concurrency) == (target, mode, concurrency):
-            return res
-    return None
+
+def _rounds(results: list[LevelResult], target: str, mode: str, concurrency: int) -> list[LevelResult]:
+    return [r for r in results if (r.target, r.mode, r.concurrency) == (target, mode, concurrency)]
 
 
-def report(results: list[LevelResult], args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
-    rows: list[str] = []
-    comparison: dict[str, Any] = {}
-    targets = [t for t in ("ours", "litellm") if any(r.target == t for r in results)]
-    rows.append("\nnon-streamed (added latency = gateway minus direct, same percentile)")
-    rows.append(f"{'target':8s} {'conc':>4s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
-                f"{'+p50 ms':>8s} {'+p99 ms':>8s} {'errors':>6s}")
-    for concurrency in args.concurrency:
-        direct = find(results, "direct", "unary", concurrency)
-        for target in ("direct", *targets):
-            res = find(results, target, "unary", concurrency)
-            if res is None or direct is None:
+def figure(results: list[LevelResult], target: str, key: str, args: argparse.Namespace) -> list[float]:
+    """One figure's value in every round (added latency: minus direct's in the same round)."""
+    spec = next(f for f in FIGURES if f[0] == key)
+    _, _, mode, attr, end, extract, _ = spec
+    concurrency = getattr(args, attr)[end]
+    values = []
+    for res in _rounds(results, target, mode, concurrency):
+        value = extract(res)
+        if value is None or value != value:
+            continue
+        if key.startswith("added_"):
+            direct = next((d for d in _rounds(results, "direct", mode, concurrency)
+                           if d.round == res.round), None)
+            base = extract(direct) if direct is not None else None
+            if base is None:
                 continue
-            add50 = res.latency_ms.get("p50", float("nan")) - direct.latency_ms.get("p50", float("nan"))
-            add99 = res.latency_ms.get("p99", float("nan")) - direct.latency_ms.get("p99", float("nan"))
-            rows.append(f"{target:8s} {concurrency:4d} {res.rps:9.1f} {res.latency_ms.get('p50', 0):8.2f} "
-                        f"{res.latency_ms.get('p99', 0):8.2f} {add50:8.2f} {add99:8.2f} {res.errors:6d}")
-            comparison[f"unary_c{concurrency}_{target}"] = {"rps": res.rps, "added_p50_ms": add50,
-                                                            "added_p99_ms": add99}
-    rows.append(f"\nstreamed ({args.chunks} chunks, {args.interval_ms} ms apart at the backend)")
-    rows.append(f"{'target':8s} {'conc':>4s} {'ttfc p50':>9s} {'+ttfc p50':>10s} {'+ttfc p99':>10s} "
-                f"{'gap p50':>8s} {'+gap p50':>9s} {'+gap p99':>9s} {'errors':>6s}")
-    for concurrency in args.stream_concurrency:
-        direct = find(results, "direct", "stream", concurrency)
-        for target in ("direct", *targets):
-            res = find(results, target, "stream", concurrency)
-            if res is None or direct is None or not res.ttfc_ms:
+            value -= base
+        values.append(float(value))
+    return values
+
+
+def report(results: list[LevelResult], targets: list[str], args: argparse.Namespace,
+           notes: list[str]) -> dict[str, Any]:
+    medians: dict[str, dict[str, float]] = {t: {} for t in targets}
+    ranges: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in targets}
+    for target in targets:
+        for key, *_ in FIGURES:
+            values = figure(results, target, key, args)
+            if values:
+                medians[target][key] = statistics.median(values)
+                ranges[target][key] = (min(values), max(values))
+    gateways = [t for t in targets if t != "direct"]
+    width = max(15, *(len(t) for t in gateways)) if gateways else 15
+    lines = [f"\nmedians of {args.rounds} round(s) [min-max]; "
+             "added latency = gateway minus direct, same round"]
+    for key, label, _mode, attr, end, _x, _lower in FIGURES:
+        lines.append("\n" + label.format(c=getattr(args, attr)[end]))
+        for target in targets:
+            if key.startswith("added_") and target == "direct":
                 continue
-            t50 = res.ttfc_ms["p50"] - direct.ttfc_ms["p50"]
-            t99 = res.ttfc_ms["p99"] - direct.ttfc_ms["p99"]
-            g50 = res.gap_ms["p50"] - direct.gap_ms["p50"]
-            g99 = res.gap_ms["p99"] - direct.gap_ms["p99"]
-            rows.append(f"{target:8s} {concurrency:4d} {res.ttfc_ms['p50']:9.2f} {t50:10.2f} {t99:10.2f} "
-                        f"{res.gap_ms['p50']:8.2f} {g50:9.2f} {g99:9.2f} {res.errors:6d}")
-            comparison[f"stream_c{concurrency}_{target}"] = {
-                "added_ttfc_p50_ms": t50, "added_ttfc_p99_ms": t99, "added_gap_p50_ms": g50,
-                "added_gap_p99_ms": g99}
-    top = max(args.concurrency)
-    ours, lite = find(results, "ours", "unary", top), find(results, "litellm", "unary", top)
-    verdicts = []
-    if ours is not None and lite is not None and lite.rps:
-        ratio = ours.rps / lite.rps
-        comparison["throughput_ratio_ours_over_litellm"] = ratio
-        verdicts.append(f"throughput ours/LiteLLM at c={top}: {ratio:.1f}x (target >= 10x)")
-    if lite is not None and ours is not None:
-        for concurrency in args.concurrency:
-            o = comparison.get(f"unary_c{concurrency}_ours")
-            m = comparison.get(f"unary_c{concurrency}_litellm")
-            if o and m and o["added_p50_ms"] > 0:
-                verdicts.append(f"added p50 latency at c={concurrency}: ours {o['added_p50_ms']:.2f} ms, "
-                                f"LiteLLM {m['added_p50_ms']:.2f} ms "
-                                f"({m['added_p50_ms'] / o['added_p50_ms']:.1f}x)")
-    c1 = comparison.get(f"unary_c{min(args.concurrency)}_ours")
-    if c1:
-        verdicts.append(f"ours added p50 at c={min(args.concurrency)}: {c1['added_p50_ms']:.3f} ms "
-                        "(target <= 1 ms)")
-    s1 = comparison.get(f"stream_c{min(args.stream_concurrency)}_ours")
-    if s1:
-        verdicts.append(f"ours added inter-chunk p50 at c={min(args.stream_concurrency)}: "
-                        f"{s1['added_gap_p50_ms']:.3f} ms (target <= 1 ms)")
-    text = "\n".join([*rows, "", *verdicts, *notes])
+            if key not in medians[target]:
+                continue
+            lo, hi = ranges[target][key]
+            lines.append(f"  {target:{width}s} {medians[target][key]:10.3f}  [{lo:.3f}-{hi:.3f}]")
+    ours = [t for t in gateways if t.startswith("ours")]
+    peers = [t for t in gateways if not t.startswith("ours")]
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
+    if ours and peers:
+        lines.append("\nratios, ours / peer (same run; for times and CPU lower is better, for req/s higher)")
+        header = f"  {'figure':14s} " + " ".join(f"{o + '/' + p:>{max(12, len(o) + len(p) + 1)}s}"
+                                                  for o in ours for p in peers)
+        lines.append(header)
+        for key, *_ in FIGURES:
+            row = f"  {key:14s} "
+            for o in ours:
+                for p in peers:
+                    a, b = medians[o].get(key), medians[p].get(key)
+                    ratio = a / b if a is not None and b not in (None, 0) else float("nan")
+                    ratios.setdefault(o, {}).setdefault(p, {})[key] = ratio
+                    row += f"{ratio:>{max(12, len(o) + len(p) + 1)}.2f} "
+            lines.append(row)
+    verdicts = targets_met(medians, args)
+    text = "\n".join([*lines, "", *verdicts, *notes])
     print(text, flush=True)
-    return {"comparison": comparison, "verdicts": verdicts, "notes": notes,
+    return {"medians": medians, "ranges": ranges, "ratios": ratios, "verdicts": verdicts, "notes": notes,
             "levels": [asdict(r) for r in results], "cpus": os.cpu_count(), "args": vars(args)}
 
 
+def targets_met(medians: dict[str, dict[str, float]], args: argparse.Namespace) -> list[str]:
+    """Issue 15's targets, against vllm-router round robin from the same run."""
+    out = ["targets (issue 15), ours against vllm-router-rr from this run:"]
+    peer = medians.get("vllm-router-rr")
+    for ours in [t for t in medians if t.startswith("ours")]:
+        mine = medians[ours]
+        checks = []
+        if "added_p50_ms" in mine:
+            added = mine["added_p50_ms"]
+            checks.append(("added p50 at c=1 <= 0.6 ms", added, 0.6, added <= 0.6))
+        if peer:
+            for key, label, bound, lower in (
+                    ("rps_unary", "non-streamed req/s >= 0.7x vllm-router", 0.7, False),
+                    ("rps_stream", "streamed req/s >= 1.0x vllm-router", 1.0, False),
+                    ("ttfc_p99_ms", "streamed TTFC p99 <= 2x vllm-router", 2.0, True)):
+                if key in mine and peer.get(key):
+                    ratio = mine[key] / peer[key]
+                    checks.append((label, ratio, bound, ratio <= bound if lower else ratio >= bound))
+        for label, value, _bound, met in checks:
+            out.append(f"  {ours}: {label}: {value:.3f} ({'met' if met else 'NOT met'})")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+async def start_targets(args: argparse.Namespace, trivial_port: int, paced_port: int, workdir: Path,
+                        procs: list[Proc], notes: list[str]) -> list[Target]:
+    def base(port: int) -> str:
+        return f"http://127.0.0.1:{port}/v1"
+
+    targets = [Target("direct", base(trivial_port), base(paced_port))]
+    wanted = args.targets
+    for policy in ("rr", "ca"):
+        name = f"ours-{policy}"
+        variants = [(name, 1)] + ([(f"{name}-w{args.ours_workers}", args.ours_workers)]
+                                  if args.ours_workers > 1 and policy == "ca" else [])
+        for variant, workers in variants:
+            if name not in wanted and wanted != ["all"]:
+                continue
+            proc, port = start_ours(variant, trivial_port, paced_port, workdir, POLICIES[policy], workers)
+            procs.append(proc)
+            targets.append(Target(variant, base(port), base(port), [proc]))
+    for peer, (requirement, exe_name) in PEERS.items():
+        names = [f"{peer}-{p}" for p in POLICIES if f"{peer}-{p}" in wanted or wanted == ["all"]]
+        if not names:
+            continue
+        try:
+            exe = ensure_venv(peer, requirement, exe_name, args.install_timeout)
+        except Exception as exc:  # measured what we can; say precisely why not this peer
+            notes.append(f"{peer} not measured: {exc!r}"[:2000])
+            print(notes[-1], flush=True)
+            continue
+        for name in names:
+            policy = POLICIES[name.rsplit("-", 1)[1]]
+            unary, unary_port = start_peer(peer, exe, policy, trivial_port)
+            stream, stream_port = start_peer(peer, exe, policy, paced_port)
+            procs += [unary, stream]
+            targets.append(Target(name, base(unary_port), base(stream_port), [unary, stream]))
+    if args.with_litellm:
+        try:
+            exe = ensure_venv("litellm", "litellm[proxy]", "litellm", args.install_timeout)
+            lite, port = start_litellm(exe, trivial_port, paced_port, workdir)
+            procs.append(lite)
+            targets.append(Target("litellm", base(port), base(port), [lite]))
+        except Exception as exc:
+            notes.append(f"LiteLLM not measured: {exc!r}"[:2000])
+    ready = []
+    for target in targets[1:]:
+        try:
+            await wait_answering(target.unary_base, TRIVIAL, args.start_timeout, target.procs[0])
+            await wait_answering(target.stream_base, PACED, args.start_timeout, target.procs[-1])
+            ready.append(target)
+        except RuntimeError as exc:
+            notes.append(f"{target.name} not measured: {exc}"[:2000])
+            print(notes[-1], flush=True)
+    return [targets[0], *ready]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -352,69 +547,51 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     notes: list[str] = []
     results: list[LevelResult] = []
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    load_before = os.getloadavg()
     try:
         trivial, trivial_port = start_backend("trivial", "--model", TRIVIAL, "--trivial")
         procs.append(trivial)
         paced, paced_port = start_backend(
             "paced", "--model", PACED, "--prefill-s-per-token", "0", "--batch-penalty", "0",
-            "--decode-s-per-token", str(args.interval_ms / 1000))
+            "--decode-s-per-token", str(args.interval_ms / 1000), "--max-num-seqs", "1024")
         procs.append(paced)
         print(f"backends: trivial :{trivial_port}, paced :{paced_port}", flush=True)
-        # One backend per mode, both reached the same way by all three targets.
-        targets: list[tuple[str, str]] = []
-
-        def direct_base(model_port: int) -> str:
-            return f"http://127.0.0.1:{model_port}/v1"
-
-        ours, ours_port = start_ours(trivial_port, paced_port, workdir)
-        procs.append(ours)
-        print(f"ours: :{ours_port}", flush=True)
-        targets.append(("ours", f"http://127.0.0.1:{ours_port}/v1"))
-        if not args.skip_litellm:
-            try:
-                exe = ensure_litellm(args.install_timeout)
-                lport = args.litellm_port
-                lite = start_litellm(exe, trivial_port, paced_port, lport, workdir)
-                procs.append(lite)
-                await wait_http(f"http://127.0.0.1:{lport}/health/liveliness",
-                                args.litellm_start_timeout, lite)
-                print(f"litellm: :{lport}", flush=True)
-                targets.append(("litellm", f"http://127.0.0.1:{lport}/v1"))
-            except Exception as exc:  # measured what we can; say precisely why not LiteLLM
-                notes.append(f"LiteLLM not measured: {exc!r}"[:2000])
-                print(notes[-1], flush=True)
-        # The direct target talks to each backend at its own port: route by model via a tiny map.
-        results += await measure_direct(args, direct_base(trivial_port), direct_base(paced_port))
-        for name, base in targets:
-            results += await measure(name, base, args)
+        targets = await start_targets(args, trivial_port, paced_port, workdir, procs, notes)
+        print("targets: " + ", ".join(t.name for t in targets), flush=True)
+        for round_no in range(args.rounds):
+            order = targets[1:]
+            shift = round_no % len(order) if order else 0
+            for target in [targets[0], *order[shift:], *order[:shift]]:
+                results += await measure(target, args, round_no)
     finally:
         for proc in reversed(procs):
             proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    return report(results, args, notes)
-
-
-async def measure_direct(args: argparse.Namespace, trivial_base: str, paced_base: str) -> list[LevelResult]:
-    """The direct target: unary levels against the trivial backend, stream levels against the paced
-    one (each backend serves only its own model)."""
-    unary = await measure("direct", trivial_base,
-                          argparse.Namespace(**{**vars(args), "stream_concurrency": []}))
-    stream = await measure("direct", paced_base, argparse.Namespace(**{**vars(args), "concurrency": []}))
-    return unary + stream
+    load_after = os.getloadavg()
+    notes.append(f"machine load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} "
+                 f"{load_before[2]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} "
+                 f"on {os.cpu_count()} CPUs (the bench itself adds about 2)")
+    return report(results, [t.name for t in targets], args, notes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", nargs="+",
+                        default=["ours-rr", "ours-ca", "vllm-router-rr", "vllm-router-ca", "smg-rr",
+                                 "smg-ca"],
+                        help="Gateways to measure besides direct (or 'all').")
+    parser.add_argument("--ours-workers", type=int, default=1,
+                        help="Also measure ours-ca-wN: cache-aware with N worker processes.")
+    parser.add_argument("--with-litellm", action="store_true", help="Also measure LiteLLM (slow install).")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--stream-concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--stream-concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--requests", type=int, default=20000, help="Max unary requests per level.")
-    parser.add_argument("--stream-requests", type=int, default=60, help="Max streams per level.")
-    parser.add_argument("--seconds", type=float, default=8.0, help="Max seconds per level.")
-    parser.add_argument("--chunks", type=int, default=20, help="Tokens per streamed answer.")
-    parser.add_argument("--interval-ms", type=float, default=10.0, help="Backend gap between chunks.")
-    parser.add_argument("--skip-litellm", action="store_true")
-    parser.add_argument("--litellm-port", type=int, default=4011)
-    parser.add_argument("--litellm-start-timeout", type=float, default=120.0)
+    parser.add_argument("--stream-requests", type=int, default=4000, help="Max streams per level.")
+    parser.add_argument("--seconds", type=float, default=4.0, help="Max seconds per level.")
+    parser.add_argument("--chunks", type=int, default=16, help="Tokens per streamed answer.")
+    parser.add_argument("--interval-ms", type=float, default=2.0, help="Backend gap between chunks.")
+    parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--install-timeout", type=float, default=900.0)
     return parser.parse_args(argv)
 

@@ -11,7 +11,18 @@ request when the previous answer ends):
 
 * ``shared``: 16 long system prompts, many users each (a short user question after the system
   prompt): the case for cache-aware routing;
-* ``uniform``: every prompt different, no shared prefixes: routing can only balance load.
+* ``uniform``: every prompt different, no shared prefixes: routing can only balance load;
+* ``hot``: most requests share one system prompt, on a cluster where piling load on one node is
+  punished (``--hot-batch-penalty``: decoding slows steeply with the node's batch, and a small
+  ``--hot-max-num-seqs`` makes the rest queue): cache affinity alone would send the hot prefix to
+  one node, so this tests load balancing as well.
+
+Peers: ``--peers vllm-router,smg`` adds their cache-aware policies (``<peer>:cache_aware``), each
+a separate router process (installed like ``bench/gateway.py`` does) over the same backends, driven
+over HTTP; ``ours-http:cache_aware`` is our server (``python -m blueprint serve``) driven the
+same way, so the HTTP hop is the same for all three. vllm-router's cache-aware policy asks the
+backend for ``/v1/chat/completions/render`` and ``/tokenize``, which the emulated backend serves in
+vLLM's shape.
 
 Each run starts from cold caches, sends a warm-up (not measured), then measures throughput
 (requests and output tokens per second), TTFT p50/p99, the prefix-cache hit rate (from the
@@ -28,9 +39,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +59,9 @@ from blueprint.balancer import Balancer, BalancerSettings  # noqa: E402
 from blueprint.llm.config import NodeConfig  # noqa: E402
 from blueprint.llm.engines.openai_http import OpenAIHttpClient  # noqa: E402
 from blueprint.llm.types import ChatCompletionRequest, ChatMessage, StreamOptions  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import gateway  # noqa: E402  (the peers' install and start-up, shared with bench/gateway.py)
 
 ALL_STRATEGIES = ["round_robin", "least_loaded", "power_of_two", "weighted", "capability", "latency",
                   "cache_aware"]
@@ -93,11 +110,13 @@ class RunResult:
 
 # ---------------------------------------------------------------------------- the cluster
 
-async def start_backend(index: int, args: argparse.Namespace) -> Backend:
+async def start_backend(index: int, args: argparse.Namespace, *, hot: bool = False) -> Backend:
+    penalty = args.hot_batch_penalty if hot else args.batch_penalty
+    seqs = args.hot_max_num_seqs if hot else args.max_num_seqs
     flags = [
         "--model", MODEL, "--port", "0",
         "--prefill-s-per-token", str(args.prefill), "--decode-s-per-token", str(args.decode),
-        "--batch-penalty", str(args.batch_penalty), "--max-num-seqs", str(args.max_num_seqs),
+        "--batch-penalty", str(penalty), "--max-num-seqs", str(seqs),
         "--cache-blocks", str(args.cache_blocks), "--max-model-len", "32768",
         "--slowdown", "2.0" if index == 0 else "1.0", "--seed", str(index),
     ]
@@ -155,12 +174,13 @@ class Workload:
 
     def next(self) -> ChatCompletionRequest:
         rng = self.rng
-        if self.kind == "shared":
+        if self.kind == "hot" and rng.random() < self.args.hot_share:
+            system = self.systems[0]
+        elif self.kind in ("shared", "hot"):
             system = rng.choice(self.systems)
-            user = f"user {rng.randrange(10**9)} asks: " + words(rng, 20)
         else:
             system = f"Unique context {rng.randrange(10**12)}: " + words(rng, self.args.uniform_words)
-            user = f"user {rng.randrange(10**9)} asks: " + words(rng, 20)
+        user = f"user {rng.randrange(10**9)} asks: " + words(rng, 20)
         return ChatCompletionRequest(
             model=MODEL, max_tokens=self.args.max_tokens, stream=True,
             stream_options=StreamOptions(include_usage=True),
@@ -199,8 +219,87 @@ async def drive(balancer: Balancer, workload: Workload, total: int, concurrency:
     return ok, errors, tokens
 
 
+async def drive_http(session: aiohttp.ClientSession, base_url: str, workload: Workload, total: int,
+                     concurrency: int, ttfts: list[float] | None) -> tuple[int, int, int]:
+    """:func:`drive` through a gateway over HTTP (streamed, first content chunk = TTFT)."""
+    remaining = total
+    ok = errors = tokens = 0
+    url = base_url + "/chat/completions"
+    headers = {"Authorization": f"Bearer {gateway.KEY}", "Content-Type": "application/json"}
+
+    async def user() -> None:
+        nonlocal remaining, ok, errors, tokens
+        while remaining > 0:
+            remaining -= 1
+            body = workload.next().model_dump_json(exclude_none=True).encode()
+            started = time.perf_counter()
+            first: float | None = None
+            done = False
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+                    async for line in response.content:
+                        if not line.startswith(b"data: "):
+                            continue
+                        if line.startswith(b"data: [DONE]"):
+                            done = True
+                        elif first is None and b'"content":"' in line and b'"content":""' not in line:
+                            first = time.perf_counter() - started
+                        elif b'"usage":{' in line:
+                            usage = json.loads(line[6:]).get("usage") or {}
+                            tokens += int(usage.get("completion_tokens") or 0)
+                if not done:
+                    raise RuntimeError("stream ended without [DONE]")
+            except Exception as exc:
+                errors += 1
+                print(f"  request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            ok += 1
+            if ttfts is not None and first is not None:
+                ttfts.append(first)
+
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    return ok, errors, tokens
+
+
+async def start_gateway(target: str, backends: list[Backend], args: argparse.Namespace,
+                        workdir: Path) -> tuple[list[gateway.Proc], str]:
+    """``ours-http`` or a peer (``vllm-router``, ``smg``) with its cache-aware policy in front of
+    the backends, answering; returns its processes and base URL."""
+    urls = [f"http://127.0.0.1:{b.port}" for b in backends]
+    if target == "ours-http":
+        config = workdir / "ours.toml"
+        nodes = "".join(f'[[nodes]]\nname = "node{b.index}"\nengine = "openai"\nmodel = "{MODEL}"\n'
+                        f'base_url = "{url}/v1"\nmax_batch_size = {args.node_limit}\nmax_queue = 256\n\n'
+                        for b, url in zip(backends, urls, strict=True))
+        config.write_text(
+            f'[server]\napi_keys = ["{gateway.KEY}"]\n\n[balancer]\nstrategy = "cache_aware"\nseed = 11\n\n'
+            f'[balancer.health]\ncheck_interval_s = 60\nmetrics_interval_s = 1.0\n\n'
+            f'[balancer.cache_aware]\nmax_chars_per_node = {args.tree_chars}\n\n{nodes}')
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("API_KEYS", None)
+        proc = gateway.Proc("ours-http", [sys.executable, "-m", "blueprint", "serve", "--config", str(config),
+                                          "--port", "0"], env=env, workdir=ROOT, ready_line=True)
+        base = f"http://127.0.0.1:{proc.read_ready_port(60)}/v1"
+    else:
+        requirement, exe_name = gateway.PEERS[target]
+        exe = gateway.ensure_venv(target, requirement, exe_name, 900)
+        port, metrics_port = gateway.free_port(), gateway.free_port()
+        argv = [str(exe)] + (["launch"] if target == "smg" else [])
+        argv += ["--worker-urls", *urls, "--host", "127.0.0.1", "--port", str(port),
+                 "--prometheus-port", str(metrics_port), "--policy", "cache_aware",
+                 "--log-level", "warn" if target == "smg" else "warning"]
+        proc = gateway.Proc(target, argv, workdir=ROOT)
+        base = f"http://127.0.0.1:{port}/v1"
+    await gateway.wait_answering(base, MODEL, 120, proc)
+    return [proc], base
+
+
 async def run_one(kind: str, strategy: str, backends: list[Backend], session: aiohttp.ClientSession,
                   args: argparse.Namespace) -> RunResult:
+    if ":" in strategy:
+        return await run_one_http(kind, strategy, backends, session, args)
     await reset_backends(session, backends)
     configs = [
         NodeConfig(name=f"node{b.index}", engine="openai", model=MODEL, base_url=b.base_url,
@@ -236,6 +335,38 @@ async def run_one(kind: str, strategy: str, backends: list[Backend], session: ai
                      hits / queries if queries else 0.0, per_node)
 
 
+async def run_one_http(kind: str, strategy: str, backends: list[Backend], session: aiohttp.ClientSession,
+                       args: argparse.Namespace) -> RunResult:
+    target = strategy.split(":", 1)[0]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
+    procs: list[gateway.Proc] = []
+    try:
+        procs, base = await start_gateway(target, backends, args, workdir)
+        await reset_backends(session, backends)
+        workload = Workload(kind, seed=99, args=args)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=300)) as client:
+            await drive_http(client, base, workload, args.warmup, args.concurrency, None)
+            before = await backend_stats(session, backends)
+            ttfts: list[float] = []
+            started = time.perf_counter()
+            ok, errors, tokens = await drive_http(client, base, workload, args.requests, args.concurrency,
+                                                  ttfts)
+            seconds = time.perf_counter() - started
+            after = await backend_stats(session, backends)
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    pairs = list(zip(after, before, strict=True))
+    hits = sum(a["prefix_cache_hits"] - b["prefix_cache_hits"] for a, b in pairs)
+    queries = sum(a["prefix_cache_queries"] - b["prefix_cache_queries"] for a, b in pairs)
+    per_node = [a["requests"] - b["requests"] for a, b in pairs]
+    return RunResult(kind, strategy, ok, errors, seconds, tokens, ttfts,
+                     hits / queries if queries else 0.0, per_node)
+
+
 # ---------------------------------------------------------------------------- report
 
 def print_table(results: list[RunResult]) -> None:
@@ -260,6 +391,14 @@ def check_targets(results: list[RunResult]) -> list[str]:
                      f"{'PASS' if ratio >= 1.5 else 'FAIL'}")
         lines.append(f"(a) cache_aware p99 TTFT {p99:.2f} of round robin (target <= 0.33): "
                      f"{'PASS' if p99 <= 1 / 3 else 'FAIL'}")
+    for workload in ("shared", "uniform", "hot"):
+        ours = by.get((workload, "ours-http:cache_aware"))
+        for r in results:
+            if ours and r.workload == workload and ":" in r.strategy and r is not ours:
+                lines.append(f"({workload}) ours-http cache_aware / {r.strategy}: throughput "
+                             f"{ours.throughput / r.throughput:.2f}x, p99 TTFT "
+                             f"{ours.ttft_pct(0.99) / r.ttft_pct(0.99):.2f}x, cache hit {ours.hit_rate:.1%} "
+                             f"vs {r.hit_rate:.1%}")
     base = by.get(("uniform", "round_robin"))
     if base:
         for r in results:
@@ -312,7 +451,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer strategies and requests")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--strategies", default=None, help="comma-separated (default: all)")
-    parser.add_argument("--workloads", default="shared,uniform")
+    parser.add_argument("--workloads", default="shared,uniform,hot")
+    parser.add_argument("--peers", default="vllm-router,smg",
+                        help="comma-separated peers whose cache_aware policy runs too ('' for none)")
+    parser.add_argument("--hot-share", type=float, default=0.7, help="hot: share of the hot prefix")
+    parser.add_argument("--hot-batch-penalty", type=float, default=0.25,
+                        help="hot cluster: extra decode cost per running sequence")
+    parser.add_argument("--hot-max-num-seqs", type=int, default=6, help="hot cluster: batch before queueing")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=None, help="measured requests per run")
     parser.add_argument("--warmup", type=int, default=128)
@@ -341,20 +486,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def main_async(args: argparse.Namespace) -> list[RunResult]:
-    backends: list[Backend] = []
+    clusters: dict[bool, list[Backend]] = {}
     results: list[RunResult] = []
+    strategies = args.strategies.split(",")
+    if args.peers:
+        strategies += [f"{target}:cache_aware" for target in ("ours-http", *args.peers.split(","))]
     try:
-        backends = list(await asyncio.gather(*(start_backend(i, args) for i in range(args.nodes))))
         async with aiohttp.ClientSession() as session:
             for kind in args.workloads.split(","):
-                for strategy in args.strategies.split(","):
+                hot = kind == "hot"
+                if hot not in clusters:  # the hot workload runs on its own, punishing cluster
+                    clusters[hot] = list(await asyncio.gather(
+                        *(start_backend(i, args, hot=hot) for i in range(args.nodes))))
+                backends = clusters[hot]
+                for strategy in strategies:
                     result = await run_one(kind, strategy, backends, session, args)
                     results.append(result)
                     print(f"  {kind:<8} {strategy:<13} {result.throughput:6.1f} req/s  "
                           f"p99 TTFT {result.ttft_pct(0.99) * 1000:6.0f} ms  hit {result.hit_rate:.0%}  "
                           f"per node {result.per_node}", flush=True)
     finally:
-        await stop_backends(backends)
+        for backends in clusters.values():
+            await stop_backends(backends)
     return results
 
 

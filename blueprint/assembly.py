@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from blueprint import tracing
 from blueprint.assigner import Assigner
 from blueprint.context import Context
-from blueprint.daemon import JobConsumer, JobGate, JobRouter, job_log_fields
+from blueprint.daemon import JobConsumer, JobGate, JobRouter, job_log_fields, job_trace
 from blueprint.jobs.router import Router
 from blueprint.runner import BackgroundService, Backlog, Runner
 from blueprint.tangle.types import JobCall, JobResult
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
     from blueprint.balancer import Balancer
     from blueprint.config import Settings
+    from blueprint.context.console_chain import LedgerChainView
+    from blueprint.context.metrics import ChainMetrics
     from blueprint.contracts.offer_book import OfferBook
     from blueprint.quoting.quoter import Quoter
     from blueprint.server.runner import RunningServer
@@ -95,12 +98,16 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
     gate, book = await build_gate(settings, ctx)
     services: list[BackgroundService] = [gate]
     api = None
+    chain_view: LedgerChainView | None = None
     if settings.server.enabled:
         from blueprint.server.app import create_app, include_metrics
+        from blueprint.server.console import attach_chain_view
 
         app = create_app(ctx.balancer, settings.server)
         chain_metrics = ChainMetrics(ctx.ledger, producer=producer, txm=ctx.txm, w3=ctx.chain.w3)
         include_metrics(app, ctx.metrics.registry, chain_metrics)
+        chain_view = _console_chain_view(settings, ctx, chain_metrics)
+        attach_chain_view(app, chain_view)
         if ctx.operator is not None:  # POST /v1/quote signs with the operator's key
             from blueprint.quoting.quoter import quotes_from_settings
             from blueprint.server.quote_route import enable_quotes
@@ -115,7 +122,10 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
     if not settings.dry_run:  # keeps the operator online in the OperatorStatusRegistry
         from blueprint.tangle.heartbeat import heartbeat_for_daemon
 
-        services.append(await heartbeat_for_daemon(settings, ctx.chain, ctx.txm, ctx.balancer))
+        heartbeat = await heartbeat_for_daemon(settings, ctx.chain, ctx.txm, ctx.balancer)
+        services.append(heartbeat)
+        if chain_view is not None:
+            chain_view.heartbeat = heartbeat
     job_router = JobRouter(ctx.ledger, Router(timeout_s=jobs.job_timeout_s), ctx,
                            max_handler_runs=jobs.max_handler_runs, gate=gate)
 
@@ -125,8 +135,8 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
         return owed
 
     runner: JobRunner = Runner(
-        producer, job_router, consumer, gate=gate,
-        services=services, backlog=backlog, log_fields=job_log_fields,
+        producer, job_router, consumer, admit=gate,
+        services=services, backlog=backlog, log_fields=job_log_fields, scope=job_trace,
         on_error=lambda _exc: ctx.metrics.jobs_failed.inc(),
         max_concurrent=jobs.max_concurrent, shutdown_timeout_s=jobs.shutdown_timeout_s,
     )
@@ -184,6 +194,7 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
     """
     if settings.service_id is None:
         raise ValueError("run_daemon needs settings.service_id")
+    traced = tracing.configure_tracing(settings.tracing)
     ctx = await Context.create(settings, with_chain=True)
     try:
         runner, api = await build_daemon(settings, ctx)
@@ -199,6 +210,8 @@ async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,
                                  install_signals=install_signals)
     finally:
         await ctx.close()
+        if traced:  # flushes the last spans to the collector: off the event loop
+            await asyncio.to_thread(tracing.shutdown_tracing)
 
 
 async def serve_api(settings: Settings, *, on_ready: Callable[[RunningServer], None] | None = None) -> None:
@@ -206,11 +219,23 @@ async def serve_api(settings: Settings, *, on_ready: Callable[[RunningServer], N
     from blueprint.server import check_exposure, serve
 
     check_exposure(settings.server)  # before loading any model
+    traced = tracing.configure_tracing(settings.tracing)
     ctx = await Context.create(settings, with_chain=False)
     try:
         await serve(ctx.balancer, settings.server, on_ready=on_ready)
     finally:
         await ctx.close()
+        if traced:  # flushes the last spans to the collector: off the event loop
+            await asyncio.to_thread(tracing.shutdown_tracing)
+
+
+def _console_chain_view(settings: Settings, ctx: Context, chain_metrics: ChainMetrics) -> LedgerChainView:
+    """The console's chain panel over this daemon's parts (the server sees only its Protocol)."""
+    from blueprint.context.console_chain import LedgerChainView
+
+    assert ctx.ledger is not None and ctx.chain is not None and settings.service_id is not None
+    return LedgerChainView(ctx.ledger, settings.service_id, ctx.operator.address if ctx.operator else None,
+                           ctx.chain.w3, settings.tangle_contract, chain_metrics=chain_metrics, txm=ctx.txm)
 
 
 async def _run_until_stopped(main: Awaitable[None], request_stop: Callable[[], None], *,

@@ -24,6 +24,9 @@ RPC_HINT = ("check HTTP_RPC_URL / --http-rpc-url, and that the node runs "
 KEYSTORE_HINT = ("point KEYSTORE_URI / --keystore-uri at the operator's keystore (SDK folder or V3 "
                  "JSON file); make one with `python -m blueprint keys new` or `keys import`")
 
+NO_RESULT_HINT = ("the job is on chain but no operator answered in time: is an operator's daemon "
+                  "running for this service (`python -m blueprint run`)? a longer --timeout waits more")
+
 #: Hints for the contract errors people cause (TNT Core and our service manager).
 REVERT_HINTS: dict[str, str] = {
     "ServiceNotFound": "no service with this id on this chain: check --service-id / SERVICE_ID "
@@ -107,7 +110,7 @@ def explain(exc: BaseException) -> Explained | None:
     if unreachable is not None:
         return Explained(unreachable, RPC_HINT)
     if isinstance(exc, ChainError):
-        return Explained(exc.message, RPC_HINT if "receipt" not in exc.message else None)
+        return Explained(exc.message, NO_RESULT_HINT if exc.message.startswith("no result") else None)
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return Explained(f"cannot listen: {_bind_target(exc)} is already in use",
                          "pick another port (--port, or [server] port / SERVER__PORT), or stop "

@@ -27,6 +27,7 @@ from blueprint.config_errors import ConfigError, config_error, problems_from_val
 from blueprint.jobs.settings import JobsSettings
 from blueprint.llm.config import NodeConfig
 from blueprint.server.settings import ServerSettings
+from blueprint.tracing.settings import TracingSettings
 
 CONFIG_ENV = "BLUEPRINT_CONFIG"
 #: The TOML file :func:`load_settings` was given, seen by the sources while it builds Settings
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     balancer: BalancerSettings = Field(default_factory=BalancerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @classmethod
     def settings_customise_sources(

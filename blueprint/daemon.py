@@ -36,11 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from blueprint import tracing
 from blueprint.assigner import Assigner, JobPlan, single_operator_plan
 from blueprint.balancer.priority import chain_job
 from blueprint.errors import BackendError
@@ -73,6 +75,45 @@ def job_log_fields(item: JobCall | JobResult) -> dict[str, object]:
     if isinstance(item, JobCall):
         fields["job_index"] = item.job_index
     return fields
+
+
+def job_trace(call: JobCall) -> AbstractContextManager[object]:
+    """The job's trace (the runner's ``scope``): a root span around routing and submission, its
+    trace id bound to the job's log lines; nothing at all while tracing is off."""
+    if not tracing.active():
+        return tracing.NO_SPAN
+    return _job_span(call)
+
+
+@contextlib.contextmanager
+def _job_span(call: JobCall) -> Iterator[object]:
+    from blueprint.tracing import attributes as attr
+
+    attributes: dict[str, tracing.AttributeValue] = {
+        attr.SERVICE_ID: call.service_id, attr.CALL_ID: call.call_id, attr.JOB_INDEX: call.job_index}
+    with tracing.span("tangle.job", attributes, kind="consumer") as span:
+        trace_id = tracing.trace_id_hex(span)
+        with structlog.contextvars.bound_contextvars(**({"trace_id": trace_id} if trace_id else {})):
+            yield span
+
+
+async def _trace_transaction(ledger: Ledger, result: JobResult, status: str, tx_hash: str | None) -> None:
+    """The answer's send and confirmation as spans, drawn from the ledger's timestamps (the
+    consumer batches answers in its own task, so the times it recorded are the truth)."""
+    from blueprint.tracing import attributes as attr
+
+    record = await ledger.get(result.service_id, result.call_id)
+    if record is None:
+        return
+    common: dict[str, tracing.AttributeValue] = {attr.CALL_ID: result.call_id, attr.TX_STATUS: status}
+    if tx_hash:
+        common[attr.TX_HASH] = tx_hash
+    if record.answered_at is not None and record.submitted_at is not None:
+        send = tracing.start_span("tangle.tx.send", common, kind="client", start_time_s=record.answered_at)
+        tracing.end_span(send, end_time_s=max(record.answered_at, record.submitted_at))
+    if record.submitted_at is not None and record.confirmed_at is not None:
+        confirm = tracing.start_span("tangle.tx.confirm", common, start_time_s=record.submitted_at)
+        tracing.end_span(confirm, end_time_s=max(record.submitted_at, record.confirmed_at))
 
 
 class JobRouter:
@@ -166,8 +207,9 @@ class JobRouter:
 class JobGate:
     """Whether and when a job is ours, in a service of several operators (see the module doc).
 
-    The runner awaits :meth:`__call__` before it gives the job a handler slot, so stand-by jobs
-    hold none; a job cut short there by a stop stays ``standby`` in the ledger for the next start.
+    The runner awaits :meth:`__call__` (its ``admit``) before it gives the job a handler slot, so
+    stand-by jobs hold none; a job cut short there by a stop stays ``standby`` in the ledger for
+    the next start.
     Also a background service: :meth:`start` reads the chain head (jobs up to it were submitted
     before we started) and starts the offers, :meth:`stop` ends the watches of jobs left to others.
 
@@ -222,8 +264,9 @@ class JobGate:
         plan = self._plans.pop((call.service_id, call.call_id), None)
         return plan if plan is not None else single_operator_plan(call, self.patience_s)
 
-    async def __call__(self, call: JobCall) -> bool:
-        """Wait for our turn; True when the job is ours to compute now."""
+    async def __call__(self, call: JobCall) -> JobCall | None:
+        """Wait for our turn (the runner's ``admit``): the call when it is ours to compute now,
+        None when it is not (the ledger says why)."""
         metrics = self.ctx.metrics
         metrics.jobs_seen.labels(str(call.job_index)).inc()
         key = (call.service_id, call.call_id)
@@ -231,15 +274,15 @@ class JobGate:
         self._resumed.discard(key)
         state = record.state if record is not None else JobState.SEEN
         if record is None and await self._answered_while_away(call):
-            return False
+            return None
         plan = await self._plan(call, record)
         if plan is None:
-            return False
+            return None
         if state is JobState.STANDBY or (state is not JobState.TAKEN_OVER and plan.position > 0):
             if not await self._stand_by(call, plan, state):
-                return False
+                return None
         self._plans[key] = plan
-        return True
+        return call
 
     async def _answered_while_away(self, call: JobCall) -> bool:
         """A job submitted before we started (read by the backfill scan) that another operator
@@ -378,6 +421,8 @@ class JobConsumer:
 
     async def submit(self, result: JobResult) -> SubmitOutcome:
         fate = await self.consumer.submit(result)
+        if tracing.active():
+            await _trace_transaction(self.ledger, result, fate.status, fate.tx_hash)
         metrics = self.ctx.metrics
         if fate.status == "dry_run":
             log.info("daemon.dry_run_result", result=decode_result(result.output)[:_LOG_RESULT_CHARS])

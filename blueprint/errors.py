@@ -89,9 +89,17 @@ class OverloadedError(BlueprintError):
 
 
 class NoHealthyNodeError(BlueprintError):
+    """No node can serve the model now (all down, draining or shut down); ``retry_after`` is
+    when it is worth asking again (a broken node's breaker half-opens within seconds)."""
+
     http_status = 503
     error_type = "server_error"
     code = "no_healthy_node"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float = 5.0,
+                 code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
 
 
 class BackendError(BlueprintError):

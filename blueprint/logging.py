@@ -26,7 +26,7 @@ CONTENT_KEYS = frozenset({"prompt", "prompts", "messages", "input", "inputs", "r
                           "completion", "text"})
 #: Libraries that log every connection or request at INFO: WARNING unless -vv.
 CHATTY_LOGGERS = ("web3", "urllib3", "httpx", "httpcore", "filelock", "huggingface_hub", "transformers",
-                  "asyncio", "websockets", "aiohttp.access")
+                  "asyncio", "websockets")
 CONTENT_ENV = "BLUEPRINT_LOG_CONTENT"
 
 _state: dict[str, Any] = {"configured": False, "log_content": False}
@@ -51,13 +51,22 @@ def _hide_content(_: object, __: str, event: dict) -> dict:
 
 
 def _one_line_exception(_: object, __: str, event: dict) -> dict:
-    """Pretty mode: an exception as ``Type: message`` on the same line (JSON keeps the whole
-    traceback, escaped, in its one line)."""
+    """Pretty mode: an exception as ``error_type: message`` on the event's line (JSON keeps the
+    whole traceback, escaped, in its one line)."""
     info = event.pop("exc_info", None)
     if info:
         exc = info if isinstance(info, BaseException) else sys.exc_info()[1]
         if exc is not None:
-            event["exception"] = f"{type(exc).__name__}: {exc}"
+            event["exc"] = f"{type(exc).__name__}: {exc}"
+    return event
+
+
+def _one_line_values(_: object, __: str, event: dict) -> dict:
+    """Pretty mode: newlines inside values (a warning's source line, a library's multi-line
+    message) shown as ``\\n`` so one event stays one line."""
+    for key, value in event.items():
+        if isinstance(value, str) and "\n" in value:
+            event[key] = value.rstrip("\n").replace("\n", "\\n")
     return event
 
 
@@ -77,7 +86,8 @@ def configure_logging(verbosity: int = 0, pretty: bool = False, *, base_level: i
         os.environ.setdefault(name, "1")
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty()) if pretty
                      else structlog.processors.JSONRenderer())
-    exceptions = _one_line_exception if pretty else structlog.processors.format_exc_info
+    exceptions: list[Any] = ([_one_line_exception, _one_line_values] if pretty
+                             else [structlog.processors.format_exc_info])
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -86,15 +96,15 @@ def configure_logging(verbosity: int = 0, pretty: bool = False, *, base_level: i
         _hide_content,
     ]
     structlog.configure(
-        processors=[*shared, exceptions, renderer],
+        processors=[*shared, *exceptions, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exceptions, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, renderer],
     ))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -9,8 +9,8 @@ states), never by where the runner happens to be.
 
 Order of a run: the consumer starts, then the background services (in order); ``on_ready`` is
 called; the ``backlog`` (what a previous run left owed) is taken up; the producer starts and jobs
-are taken until :meth:`Runner.request_stop`. Then intake stops at once, calls still waiting at
-the ``gate`` are cancelled (they hold no work), running jobs (and their submissions) get
+are taken until :meth:`Runner.request_stop`. Then intake stops at once, calls still waiting in
+``admit`` are cancelled (they hold no work), running jobs (and their submissions) get
 ``shutdown_timeout_s`` to finish, the rest are cancelled, the consumer closes, and the services
 stop in reverse order.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -67,6 +68,10 @@ def _no_fields(_item: object) -> Mapping[str, object]:
     return {}
 
 
+def _no_scope(_item: object) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 class Runner(Generic[Call, Result]):
     """Runs jobs from a producer through a router into a consumer.
 
@@ -76,12 +81,15 @@ class Runner(Generic[Call, Result]):
             our hands meanwhile). It should turn a job's own failure into a result.
         consumer: takes results (``submit`` returns once the result's fate is known).
         services: started before intake, stopped after the drain (in reverse order).
+        admit: runs before a call takes a routing slot, holding none: it may wait (a stand-by
+            operator's turn in a service of many), return the call to route, or None to drop
+            it. Intake then takes every call at once (each waits apart); without ``admit``,
+            intake takes a call only when a slot is free (backpressure on the producer).
         backlog: called once before intake; its reruns and resends are processed first.
         on_ready: called once the services run, before the backlog and intake.
         on_error: told of a job whose routing or submission raised (the job stays owed).
         log_fields: the log context of a call or a result (bound while it is processed).
-        gate: awaited before a call gets a slot (it may wait long, holding none); False means
-            the call is not to be routed (its parts keep why).
+        scope: a context entered around a call's routing and submission (the job's trace span).
         max_concurrent: jobs routed at once; intake waits while every slot is taken.
         shutdown_timeout_s: how long running jobs may finish after a stop request.
     """
@@ -93,11 +101,12 @@ class Runner(Generic[Call, Result]):
         consumer: Consumer[Result],
         *,
         services: Iterable[BackgroundService] = (),
+        admit: Callable[[Call], Awaitable[Call | None]] | None = None,
         backlog: Callable[[], Awaitable[Backlog[Call, Result]]] | None = None,
         on_ready: Callable[[], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         log_fields: Callable[[Call | Result], Mapping[str, object]] = _no_fields,
-        gate: Callable[[Call], Awaitable[bool]] | None = None,
+        scope: Callable[[Call], AbstractContextManager[object]] = _no_scope,
         max_concurrent: int = 64,
         shutdown_timeout_s: float = 30.0,
     ) -> None:
@@ -105,16 +114,18 @@ class Runner(Generic[Call, Result]):
         self.router = router
         self.consumer = consumer
         self.services = list(services)
+        self.admit = admit
         self.backlog = backlog
         self.on_ready = on_ready
         self.on_error = on_error
         self.log_fields = log_fields
-        self.gate = gate
+        self.scope = scope
         self.max_concurrent = max_concurrent
         self.shutdown_timeout_s = shutdown_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._at_gate: set[asyncio.Task[Any]] = set()
+        #: calls waiting in ``admit`` (no work in hand): cancelled at once on stop
+        self._admitting: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self.jobs_started = 0
         self.jobs_done = 0
@@ -166,6 +177,10 @@ class Runner(Generic[Call, Result]):
             await self.producer.stop()
 
     async def _intake(self) -> None:
+        if self.admit is not None:  # calls wait their turn in admit, then for a slot, each apart
+            while not self._stop.is_set():
+                self._spawn(self._process(await self.producer.get()))
+            return
         while not self._stop.is_set():
             await self._slots.acquire()
             try:
@@ -181,7 +196,7 @@ class Runner(Generic[Call, Result]):
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
-        for task in list(self._at_gate):
+        for task in list(self._admitting):
             task.cancel()  # waiting for its turn, no work in hand: its parts keep it owed
         if not self._tasks:
             return
@@ -195,22 +210,24 @@ class Runner(Generic[Call, Result]):
                         note="cancelled jobs stay owed and are taken up on the next start")
 
     async def _process(self, call: Call, *, holding_slot: bool = False) -> None:
-        """Route one call and submit its result. Never raises (except cancellation)."""
+        """Admit, route one call and submit its result. Never raises (except cancellation)."""
         self.jobs_started += 1
-        with structlog.contextvars.bound_contextvars(**self.log_fields(call)):
+        holding = holding_slot
+        with structlog.contextvars.bound_contextvars(**self.log_fields(call)), self.scope(call):
             try:
-                if self.gate is not None:
-                    if holding_slot:  # the gate may wait long: not with a slot in hand
-                        self._slots.release()
-                        holding_slot = False
-                    if not await self._pass_gate(call):
+                if self.admit is not None:
+                    admitted = await self._admit(call)
+                    if admitted is None:
                         return
-                if not holding_slot:
+                    call = admitted
+                if not holding:
                     await self._slots.acquire()
+                    holding = True
                 try:
                     result = await self.router(call)
                 finally:
                     self._slots.release()
+                    holding = False
                 if result is not None:
                     await self.consumer.submit(result)
             except asyncio.CancelledError:
@@ -218,18 +235,20 @@ class Runner(Generic[Call, Result]):
             except Exception as exc:  # the job stays owed (its parts keep its state) for the next start
                 self._failed(exc)
             finally:
+                if holding:
+                    self._slots.release()
                 self.jobs_done += 1
 
-    async def _pass_gate(self, call: Call) -> bool:
-        assert self.gate is not None
+    async def _admit(self, call: Call) -> Call | None:
+        assert self.admit is not None
         task = asyncio.current_task()
         if task is not None:
-            self._at_gate.add(task)
+            self._admitting.add(task)
         try:
-            return await self.gate(call)
+            return await self.admit(call)
         finally:
             if task is not None:
-                self._at_gate.discard(task)
+                self._admitting.discard(task)
 
     async def _resend(self, result: Result) -> None:
         with structlog.contextvars.bound_contextvars(**self.log_fields(result)):

@@ -159,3 +159,28 @@ async def test_a_service_that_cannot_start_stops_what_already_started() -> None:
     with pytest.raises(RuntimeError, match="beat cannot start"):
         await runner.run()
     assert events == ["consumer.start", "api.start", "consumer.close", "api.stop"]
+
+
+async def test_admission_waits_without_holding_a_slot_and_may_drop() -> None:
+    """A call waiting its turn in ``admit`` (a stand-by operator) holds no routing slot, so the
+    calls behind it run; a call admit drops is never routed."""
+    producer = QueueProducer([1, 2, 3, 4])
+    consumer = ListConsumer(producer.events)
+    turn = asyncio.Event()
+
+    async def admit(call: int) -> int | None:
+        if call == 1:
+            await turn.wait()  # stands by until the others are done
+        return None if call == 3 else call * 10
+
+    async def route(call: int) -> str:
+        return f"r{call}"
+
+    runner = Runner(producer, route, consumer, admit=admit, max_concurrent=1)
+    task = asyncio.create_task(runner.run())
+    await _until(lambda: sorted(consumer.results) == ["r20", "r40"])
+    turn.set()
+    await _until(lambda: runner.jobs_done == 4)
+    runner.request_stop()
+    await task
+    assert sorted(consumer.results) == ["r10", "r20", "r40"]

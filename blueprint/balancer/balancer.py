@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from blueprint.balancer import routing
+from blueprint import tracing
+from blueprint.balancer import routing, traced
 from blueprint.balancer.admission import Admission
 from blueprint.balancer.breaker import BreakerState, CircuitBreaker
 from blueprint.balancer.node import NodeState
@@ -195,22 +196,23 @@ class Balancer:
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         route = routing.for_chat(request, with_text=self._wants_text(request.model))
-        return await self._unary(route, lambda client: client.chat(request))
+        return await self._unary(route, lambda client: client.chat(request), "chat")
 
     def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         route = routing.for_chat(request, with_text=self._wants_text(request.model))
-        return self._stream(route, lambda client: client.chat_stream(request))
+        return self._stream(route, lambda client: client.chat_stream(request), "chat")
 
     async def complete(self, request: CompletionRequest) -> Completion:
         route = routing.for_completion(request, with_text=self._wants_text(request.model))
-        return await self._unary(route, lambda client: client.complete(request))
+        return await self._unary(route, lambda client: client.complete(request), "text_completion")
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         route = routing.for_completion(request, with_text=self._wants_text(request.model))
-        return self._stream(route, lambda client: client.complete_stream(request))
+        return self._stream(route, lambda client: client.complete_stream(request), "text_completion")
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        return await self._unary(routing.for_embedding(request), lambda client: client.embed(request))
+        return await self._unary(routing.for_embedding(request), lambda client: client.embed(request),
+                                 "embeddings")
 
     # ------------------------------------------------------------------ scale-out
 
@@ -390,6 +392,12 @@ class Balancer:
                          last_error: BlueprintError | None, attempt: int) -> NodeState:
         if attempt:
             await self._backoff(attempt)
+        if tracing.active():
+            return await traced.admit_and_route(self, request, tried, last_error, attempt)
+        return await self._admit(request, tried, last_error)
+
+    async def _admit(self, request: RoutingRequest, tried: set[str],
+                     last_error: BlueprintError | None) -> NodeState:
         try:
             return await self._acquire(request, frozenset(tried))
         except (NoHealthyNodeError, OverloadedError):
@@ -397,7 +405,8 @@ class Balancer:
                 raise last_error from None
             raise
 
-    async def _unary(self, request: RoutingRequest, call: Callable[[LlmClient], Awaitable[T]]) -> T:
+    async def _unary(self, request: RoutingRequest, call: Callable[[LlmClient], Awaitable[T]],
+                     operation: str = "chat") -> T:
         tried: set[str] = set()
         last_error: BlueprintError | None = None
         timeout = self.settings.retry.request_timeout_s
@@ -407,23 +416,29 @@ class Balancer:
             if attempt:
                 node.retries_total += 1
             started = time.perf_counter()
+            span = traced.generation_span(operation, request, node, attempt) if tracing.active() \
+                else tracing.NO_SPAN
             try:
                 if timeout is None:  # no Timeout object and timer per request when unbounded
                     result = await call(node.client)
                 else:
                     async with asyncio.timeout(timeout):
                         result = await call(node.client)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
+                tracing.end_span(span, error=cancelled)
                 node.breaker.release_probe()
                 raise
             except Exception as raw:
                 exc = _as_backend_error(raw, node.name)
+                tracing.end_span(span, error=exc)
                 self._on_failure(node, exc)
                 if not exc.retryable:
                     raise exc from (None if exc is raw else raw)
                 last_error = exc
                 continue
             else:
+                traced.record_response(span, result)
+                tracing.end_span(span)
                 node.breaker.record_success()
                 usage = getattr(result, "usage", None)
                 if getattr(usage, "completion_tokens", 0) <= 1:
@@ -436,7 +451,8 @@ class Balancer:
         raise last_error
 
     async def _stream(self, request: RoutingRequest,
-                      open_stream: Callable[[LlmClient], AsyncIterator[ChunkT]]) -> AsyncIterator[ChunkT]:
+                      open_stream: Callable[[LlmClient], AsyncIterator[ChunkT]],
+                      operation: str = "chat") -> AsyncIterator[ChunkT]:
         tried: set[str] = set()
         last_error: BlueprintError | None = None
         first_timeout = self.settings.retry.first_token_timeout_s
@@ -446,6 +462,9 @@ class Balancer:
             if attempt:
                 node.retries_total += 1
             started = time.perf_counter()
+            span = traced.generation_span(operation, request, node, attempt) if tracing.active() \
+                else tracing.NO_SPAN
+            span_error: BaseException | None = None
             stream = open_stream(node.client)
             verdict = False
             try:
@@ -461,6 +480,7 @@ class Balancer:
                     return
                 except Exception as raw:
                     exc = _as_backend_error(raw, node.name)
+                    span_error = exc
                     verdict = True
                     self._on_failure(node, exc)
                     if not exc.retryable:
@@ -468,6 +488,9 @@ class Balancer:
                     last_error = exc
                     continue
                 first_at = time.perf_counter()
+                recording = span.is_recording()
+                if recording:
+                    traced.first_chunk(span, first_at - started)
                 tokens = 1
                 usage_tokens: int | None = None
                 yield first
@@ -476,9 +499,12 @@ class Balancer:
                         tokens += 1
                         if chunk.usage is not None:
                             usage_tokens = chunk.usage.completion_tokens
+                            if recording:
+                                traced.record_response(span, chunk)
                         yield chunk
                 except Exception as raw:
                     exc = _as_backend_error(raw, node.name)
+                    span_error = exc
                     verdict = True
                     self._on_failure(node, exc)
                     raise StreamInterruptedError(
@@ -493,6 +519,7 @@ class Balancer:
                 return
             finally:
                 self._release(node)  # free the slot first: the consumer may have gone away
+                tracing.end_span(span, error=span_error)
                 if not verdict:
                     node.breaker.release_probe()
                 try:

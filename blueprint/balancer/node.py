@@ -163,6 +163,7 @@ class NodeState:
         metrics = self.metrics()
         return {
             "name": self.name,
+            "engine": self.config.engine if self.config is not None else type(self.client).__name__,
             "models": sorted(self.models),
             "health": self.health.value,
             "draining": self.draining,
@@ -175,6 +176,8 @@ class NodeState:
             "time_per_output_token_s": self.tpot_s,
             "backend_queued": metrics.queued,
             "kv_cache_usage": metrics.kv_cache_usage,
+            "prefix_cache_hits": metrics.prefix_cache_hits,
+            "prefix_cache_queries": metrics.prefix_cache_queries,
             "last_error": self.breaker.last_error,
             "retry_at": self.breaker.retry_at,
         }

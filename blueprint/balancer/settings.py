@@ -54,6 +54,12 @@ class CacheAwareSettings(_Table):
     balance_rel_threshold: float = Field(default=1.5, ge=1, description="...and max above rel*min.")
     max_chars_per_node: int = Field(default=2_000_000, ge=1, description="Prefix tree size per node.")
     chunk_chars: int = Field(default=16, ge=1, description="Characters per tree edge chunk.")
+    placement: Literal["least_loaded", "prefix_hash"] = Field(
+        default="least_loaded",
+        description="Home of a prefix no node holds: least loaded, or a hash of its start (the same "
+        "node from every server worker; `server.workers` > 1 sets it).",
+    )
+    hash_prefix_chars: int = Field(default=256, ge=1, description="prefix_hash: characters hashed.")
 
 
 class LatencySettings(_Table):

@@ -1,7 +1,11 @@
 """``python -m blueprint deploy``: deploy the committed ``LlmServiceManager`` and create the
 blueprint with it (jobs 0 chat, 1 completion, 2 embeddings; empty schemas since payloads are ABI),
 optionally with per-job event rates (wei per job, ``msg.value`` of ``submitJob``).
-For local and test networks; prints the manager address and the blueprint id as JSON."""
+For local and test networks; prints the manager address and the blueprint id as JSON.
+
+The blueprint's source is a native entry point (``tangle-llm-blueprint``, the console script the
+package installs) with nothing to fetch unless ``--artifact-uri`` names a real download of the
+package: no container image is advertised, because none is built."""
 
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Event-driven pricing: wei per job of each index.")
     parser.add_argument("--manager", help="Use an already deployed manager instead of deploying one.")
     parser.add_argument("--metadata-uri", default="")
+    parser.add_argument("--artifact-uri", default="",
+                        help="An HTTPS URL that really serves this package (a wheel); default: none.")
+    parser.add_argument("--code-repository", default="", help="Where the source lives (blueprint metadata).")
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -30,10 +37,14 @@ async def _run(args: argparse.Namespace) -> int:
         rates = dict(enumerate(args.event_rate_wei)) if args.event_rate_wei else None
         pricing = setup.PRICING_EVENT_DRIVEN if rates else setup.PRICING_PAY_ONCE
         blueprint_id = await setup.create_blueprint(chain, account, jobs=setup.DEFAULT_JOBS, manager=manager,
-                                                    pricing=pricing, metadata_uri=args.metadata_uri)
+                                                    pricing=pricing, metadata_uri=args.metadata_uri,
+                                                    artifact_uri=args.artifact_uri,
+                                                    metadata=setup.BlueprintMeta(
+                                                        code_repository=args.code_repository))
         if rates:
             await setup.set_job_event_rates(chain, account, blueprint_id, rates)
-        print(json.dumps({"manager": manager, "blueprint_id": blueprint_id, "event_rates_wei": rates}))
+        print(json.dumps({"manager": manager, "blueprint_id": blueprint_id, "event_rates_wei": rates,
+                          "source": {"entrypoint": setup.ENTRYPOINT, "artifact_uri": args.artifact_uri}}))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.pretty, log_content=args.log_content)
     log = structlog.get_logger("blueprint.run")
     from blueprint.config import load_settings
+
     settings = load_settings(args.config, **overrides_from_args(args))  # a ConfigError: the CLI says it
     if settings.service_id is None:
         return _registration_mode(settings, log)
@@ -79,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _checked_run(settings: Any, run_daemon: Any) -> None:
+async def _checked_run(settings: Settings, run_daemon: Callable[[Settings], Awaitable[None]]) -> None:
     """The chain checks of :mod:`blueprint.tangle.preflight` (fast, before any model loads),
     then the daemon."""
     from blueprint.tangle.chain import ChainClient

@@ -5,6 +5,7 @@ nodes. Runs until SIGINT/SIGTERM, then stops accepting and lets in-flight reques
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -36,12 +37,13 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-async def serve_settings(settings: Settings) -> None:
+async def serve_settings(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
     """Serve the configured nodes until a signal (:func:`blueprint.assembly.serve_api`); prints
-    ``READY <port>`` once listening."""
+    ``READY <port>`` once listening, or calls ``on_ready`` (a worker of ``server.workers``)."""
     from blueprint.assembly import serve_api
 
-    await serve_api(settings, on_ready=lambda running: print(f"READY {running.port}", flush=True))
+    await serve_api(settings, on_ready=(lambda running: print(f"READY {running.port}", flush=True))
+                    if on_ready is None else (lambda _running: on_ready()))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -52,5 +54,9 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, server=overrides) if overrides else load_settings(args.config)
     if not settings.nodes:
         log.warning("no nodes configured: every model request will answer 404")
+    if settings.server.workers > 1:
+        from blueprint.workers import serve_workers
+
+        return serve_workers(settings, lambda one, ready: run_with_uvloop(serve_settings(one, ready)))
     run_with_uvloop(serve_settings(settings))
     return 0

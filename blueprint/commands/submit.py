@@ -37,7 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _request(text: str) -> dict[str, Any]:
     body = Path(text[1:]).read_text() if text.startswith("@") else text
-    return json.loads(body)
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise UsageError(f"--request is not valid JSON: {exc}",
+                         "pass the OpenAI request body as JSON text, or @file.json") from None
+    if not isinstance(request, dict):
+        raise UsageError("--request must be a JSON object (the OpenAI request body)")
+    return request
 
 
 async def fetch_quote(endpoint: str, *, job_index: int, model: str, max_tokens: int,

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -140,6 +140,11 @@ class ChainMetrics(Collector):
         if self.w3 is not None:
             self._head_block = int(await self.w3.eth.block_number)
         self._refreshed_at = time.monotonic()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The last refresh: jobs per state, cursor and head blocks (None until the first)."""
+        return {"ledger": dict(self._counts or {}), "cursor_block": self._cursor_block,
+                "head_block": self._head_block}
 
     async def start(self) -> None:
         """Refresh now and then every ``refresh_interval_s`` until :meth:`stop`."""

@@ -59,7 +59,9 @@ def find_tnt_core_state(explicit: str | os.PathLike[str] | None = None) -> Path:
     if os.environ.get("TNT_CORE_DIR"):
         candidates.append(Path(os.environ["TNT_CORE_DIR"]) / STATE_FILE)
     candidates.append(REPO_ROOT.parent / "shared" / "tnt-core" / STATE_FILE)
-    candidates.append(Path.home() / ".cache" / "tangle-llm-blueprint" / "tnt-core" / STATE_FILE)
+    from blueprint.devnet_data import cache_root
+
+    candidates.append(cache_root() / "tnt-core" / STATE_FILE)  # ~/.cache or $XDG_CACHE_HOME
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -88,7 +90,7 @@ def find_anvil() -> Path:
     if found:
         return Path(found)
     raise DevnetError(
-        f"anvil not found: run `npm install` in {REPO_ROOT} (installs @foundry-rs/anvil@{ANVIL_VERSION})."
+        f"anvil not found: run `npm ci` in {REPO_ROOT} (installs @foundry-rs/anvil@{ANVIL_VERSION})."
     )
 
 

@@ -140,9 +140,11 @@ async def fund_account(client: ChainClient, funder: LocalAccount, to: str, *, et
 
 # --- blueprints -------------------------------------------------------------------------------
 
-#: The container image named as the blueprint's source: (registry, image, tag).
-DEFAULT_IMAGE = ("ghcr.io", "tangle-network/tangle-llm-blueprint", "latest")
-_SOURCE_CONTAINER, _WASM_RUNTIME_WASMTIME, _FETCHER_NONE = 0, 1, 0
+#: What the manager runs: the console script ``pip install`` of this package puts on PATH (the
+#: manager starts ``<entrypoint> run`` with its environment). No container image is built yet, so
+#: none is advertised.
+ENTRYPOINT = "tangle-llm-blueprint"
+_SOURCE_NATIVE, _WASM_RUNTIME_UNKNOWN, _FETCHER_NONE, _FETCHER_HTTP = 2, 0, 0, 2
 _ARCH_AMD64, _OS_LINUX = 5, 1
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,13 +163,19 @@ def package_digest() -> bytes:
     return digest.digest()
 
 
-def container_source(registry: str, image: str, tag: str, sha256: bytes) -> tuple[Any, ...]:
-    """A ``Types.BlueprintSource`` naming a container image, with one linux/amd64 binary entry
-    carrying ``sha256`` (the contract requires one source with at least one hashed binary)."""
-    binary = (_ARCH_AMD64, _OS_LINUX, image.rsplit("/", 1)[-1], sha256)
+def native_source(sha256: bytes, artifact_uri: str = "") -> tuple[Any, ...]:
+    """A ``Types.BlueprintSource`` of kind Native whose entry point is :data:`ENTRYPOINT`, with
+    one linux/amd64 binary entry carrying ``sha256`` (the contract requires a hashed binary).
+
+    Without ``artifact_uri`` the fetcher is None: nothing is offered for the manager to download,
+    which is the truth today (operators install the package themselves; see the README's "Going
+    to a real network"). An ``artifact_uri`` that really serves the package (a wheel over HTTPS)
+    is advertised with the HTTP fetcher."""
+    fetcher = _FETCHER_HTTP if artifact_uri else _FETCHER_NONE
+    binary = (_ARCH_AMD64, _OS_LINUX, ENTRYPOINT, sha256)
     return (
-        _SOURCE_CONTAINER, (registry, image, tag), (_WASM_RUNTIME_WASMTIME, _FETCHER_NONE, "", ""),
-        (_FETCHER_NONE, "", ""), ("", "", ""), [binary],
+        _SOURCE_NATIVE, ("", "", ""), (_WASM_RUNTIME_UNKNOWN, _FETCHER_NONE, "", ""),
+        (fetcher, artifact_uri, ENTRYPOINT), ("", "", ""), [binary],
     )
 
 
@@ -184,7 +192,7 @@ def blueprint_definition(
     event_rate: int = 0,
     subscription_rate: int = 0,
     subscription_interval: int = 0,
-    image: tuple[str, str, str] = DEFAULT_IMAGE,
+    artifact_uri: str = "",
     binary_sha256: bytes | None = None,
 ) -> tuple[Any, ...]:
     """``Types.BlueprintDefinition`` as the tuple web3 encodes.
@@ -192,7 +200,8 @@ def blueprint_definition(
     Job schemas are empty (inputs and results are plain ABI encodings, unvalidated on chain); the
     metadata hash is keccak256 of the metadata as canonical JSON so explorers can check it, and
     an empty ``metadata_uri`` becomes a ``data:`` URI of that JSON (the contract requires one).
-    The source names ``image``; its binary hash is ``binary_sha256`` or :func:`package_digest`.
+    The source is :func:`native_source` (``artifact_uri`` only when one really serves the
+    package); its binary hash is ``binary_sha256`` or :func:`package_digest`.
     """
     meta = metadata or BlueprintMeta()
     specs = [JobSpec(j) if isinstance(j, str) else j for j in jobs]
@@ -205,9 +214,10 @@ def blueprint_definition(
     metadata_uri = metadata_uri or "data:application/json," + quote(canonical, safe=",:{}\"[]")
     config = (membership, pricing, min_operators, max_operators, subscription_rate,
               subscription_interval, event_rate)
+    source = native_source(binary_sha256 or package_digest(), artifact_uri)
     return (
         metadata_uri, keccak(text=canonical), to_checksum_address(manager), 0, True, config,
-        meta.as_tuple(), job_tuples, b"", b"", [container_source(*image, binary_sha256 or package_digest())],
+        meta.as_tuple(), job_tuples, b"", b"", [source],
         [MEMBERSHIP_FIXED, MEMBERSHIP_DYNAMIC],
     )
 

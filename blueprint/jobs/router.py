@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
+from blueprint import tracing
 from blueprint.errors import BackendError, BackendTimeoutError, BlueprintError, InvalidRequestError
 from blueprint.jobs import handlers
 from blueprint.jobs.codec import JobIndex, JobInputs, decode_inputs, encode_result
@@ -65,9 +66,11 @@ class Router:
         """Run the job's handler and encode its answer; errors become error objects."""
         started = time.perf_counter()
         try:
-            response = await self._call(job_index, inputs, ctx)
+            with tracing.span("tangle.job.handle"):
+                response = await self._call(job_index, inputs, ctx)
             if isinstance(response, BaseModel):
-                text = response.model_dump_json(exclude_none=True)
+                with tracing.span("tangle.job.encode_result"):
+                    text = response.model_dump_json(exclude_none=True)
             else:
                 text = json.dumps(response, separators=(",", ":"))
             error_code = None

@@ -18,8 +18,11 @@ writing the user's next turn.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from blueprint.errors import InvalidRequestError
+from blueprint.llm.tool_calls import CALL_PREFIX, CALL_SUFFIX, render_call
 from blueprint.llm.types import ChatMessage
 
 FALLBACK_ROLE_NAMES = {
@@ -27,21 +30,65 @@ FALLBACK_ROLE_NAMES = {
 }
 
 
-def render_fallback(messages: list[ChatMessage], bos_token: str | None = None) -> str:
-    """The fallback transcript (module docstring), ending with the assistant's cue."""
-    lines = [f"{FALLBACK_ROLE_NAMES[m.role]}: {m.text()}" for m in messages]
+def render_fallback(messages: list[ChatMessage], bos_token: str | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> str:
+    """The fallback transcript (module docstring), ending with the assistant's cue. Tools are
+    listed in a first System line with how to call them; an assistant's calls are written as
+    call blocks, a tool's answer as a ``Tool:`` line."""
+    lines = []
+    if tools:
+        lines.append("System: You may call these tools, one block per call: "
+                     f"{CALL_PREFIX!r}{{\"name\": ..., \"arguments\": {{...}}}}{CALL_SUFFIX!r}. "
+                     f"Tools: {json.dumps([t.get('function', t) for t in tools], ensure_ascii=False)}")
+    for m in messages:
+        text = m.text()
+        if m.tool_calls:
+            calls = "\n".join(render_call(c.function.name, c.function.arguments) for c in m.tool_calls)
+            text = f"{text}\n{calls}" if text else calls
+        lines.append(f"{FALLBACK_ROLE_NAMES[m.role]}: {text}")
     lines.append("Assistant:")
     return (bos_token or "") + "\n".join(lines)
 
 
-def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
-    """The prompt text for ``messages``: the tokenizer's template when it has one, else the fallback.
+def template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as Hugging Face chat templates read it: text content, ``tool_calls`` with their
+    arguments as objects (most templates ``tojson`` them), ``tool_call_id`` on tool answers."""
+    out: dict[str, Any] = {"role": message.role, "content": message.text()}
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.function.name,
+                                           "arguments": _arguments(c.function.arguments)}}
+                             for c in message.tool_calls]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def render_chat(tokenizer: Any, messages: list[ChatMessage], *,
+                tools: list[dict[str, Any]] | None = None, **template_kwargs: Any) -> str:
+    """The prompt text for ``messages``: the tokenizer's template when it has one (given the
+    ``tools`` as OpenAI sends them), else the fallback.
 
     The result already holds any BOS token the template adds, so encode it with
     ``add_special_tokens=False``.
     """
     if getattr(tokenizer, "chat_template", None):
-        plain = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                 for m in messages]
-        return tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
-    return render_fallback(messages, getattr(tokenizer, "bos_token", None))
+        from jinja2 import TemplateError
+
+        plain = [template_message(m) for m in messages]
+        try:
+            return tokenizer.apply_chat_template(plain, tools=tools or None, add_generation_prompt=True,
+                                                 tokenize=False, **template_kwargs)
+        except TemplateError as exc:  # the template refuses this conversation: the client's mistake
+            raise InvalidRequestError(f"The model's chat template rejects these messages: {exc}",
+                                      param="messages") from None
+    return render_fallback(messages, getattr(tokenizer, "bos_token", None), tools)

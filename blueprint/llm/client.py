@@ -37,6 +37,10 @@ class Capabilities:
     logprobs: bool = False
     json_mode: bool = False
     tools: bool = False
+    #: ``response_format`` ``json_schema`` enforced (not just passed on).
+    structured_outputs: bool = False
+    #: Thinking text returned apart, in ``reasoning``.
+    reasoning: bool = False
     #: Requests the node runs at once (its batch); the balancer never sends more than this plus
     #: its queue allowance.
     max_concurrency: int = 16
@@ -48,8 +52,12 @@ class Capabilities:
             names.append("tools")
         if self.json_mode:
             names.append("json_mode")
+        if self.structured_outputs:
+            names.append("structured_outputs")
         if self.logprobs:
             names.append("logprobs")
+        if self.reasoning:
+            names.append("reasoning")
         return names
 
 
@@ -66,6 +74,10 @@ class NodeMetrics:
     time_per_output_token_s: float | None = None
     #: KV-cache use in [0, 1] where the engine reports it (vLLM's ``kv_cache_usage_perc``).
     kv_cache_usage: float | None = None
+    #: Prefix-cache counters in tokens where the backend reports them (vLLM's
+    #: ``prefix_cache_hits_total``/``prefix_cache_queries_total``); their ratio is the hit rate.
+    prefix_cache_hits: float | None = None
+    prefix_cache_queries: float | None = None
     requests_total: int = 0
     errors_total: int = 0
     prompt_tokens_total: int = 0

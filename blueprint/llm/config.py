@@ -9,6 +9,31 @@ from pydantic import BaseModel, ConfigDict, Field
 from blueprint.llm.types import ModelInfo, Pricing
 
 
+class VllmSettings(BaseModel):
+    """The in-process vLLM engine's knobs (``[nodes.vllm]``, ``engine = "vllm"`` only), typed so a
+    typo or an out-of-range value stops at load instead of inside vLLM minutes later. The node's
+    ``context_length`` is vLLM's ``max_model_len`` and its ``max_batch_size`` is ``max_num_seqs``;
+    anything else goes through ``options.engine_args`` as is (applied last)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="Share of each GPU's memory vLLM takes (vLLM: 0.9).")
+    tensor_parallel_size: int | None = Field(
+        default=None, ge=1, description="GPUs each layer is split across (inside one machine).")
+    pipeline_parallel_size: int | None = Field(
+        default=None, ge=1, description="Pipeline stages (layers split across machines).")
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        default=None, description="Workers: mp (one machine), ray (several, on a Ray cluster).")
+    quantization: str | None = Field(
+        default=None, description="vLLM's quantization method: awq, gptq, fp8, bitsandbytes...")
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse the KV cache of shared prompt prefixes.")
+    enforce_eager: bool | None = Field(default=None, description="No CUDA graphs (less memory, slower).")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens scheduled in one step (prefill chunk budget).")
+
+
 class NodeConfig(BaseModel):
     """One LLM node. ``engine`` is ``transformers``, ``openai`` (any OpenAI-compatible server:
     ``vllm serve``, SGLang, llama.cpp, Ollama, another operator), ``vllm`` (in-process), or a
@@ -29,7 +54,9 @@ class NodeConfig(BaseModel):
     max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond the batch before 429.")
     context_length: int | None = Field(default=None, ge=1, description="Override the model's context length.")
     max_output_tokens: int | None = Field(default=None, ge=1, description="Cap on tokens per request.")
-    timeout_s: float = Field(default=120.0, gt=0, description="Whole-request timeout (openai engine).")
+    timeout_s: float = Field(default=120.0, gt=0, description=(
+        "openai engine: bound on a non-streamed answer, and on a stream's first event and each "
+        "silence after it (never on a whole stream)."))
     connect_timeout_s: float = Field(default=5.0, gt=0)
     weight: float = Field(default=1.0, gt=0, description="Static weight for the weighted strategy.")
     hugging_face_id: str | None = None
@@ -37,6 +64,7 @@ class NodeConfig(BaseModel):
     description: str | None = None
     quantization: str | None = None
     pricing: Pricing = Field(default_factory=Pricing)
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options.")
 
     @property

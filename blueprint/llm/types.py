@@ -53,15 +53,33 @@ def now() -> int:
     return int(time.time())
 
 
+class PromptTokensDetails(_Response):
+    #: Prompt tokens the engine reused from its cache (0 when it cannot tell).
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(_Response):
+    #: Completion tokens spent thinking (the text in ``reasoning``).
+    reasoning_tokens: int = 0
+
+
 class Usage(_Response):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int = 0) -> Usage:
+    def of(cls, prompt_tokens: int, completion_tokens: int = 0, *, cached_tokens: int = 0,
+           reasoning_tokens: int | None = None) -> Usage:
+        """Usage as OpenRouter reads it: ``cached_tokens`` always (0 when the engine cannot
+        tell), ``reasoning_tokens`` when the node can think."""
         return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                   total_tokens=prompt_tokens + completion_tokens)
+                   total_tokens=prompt_tokens + completion_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+                   completion_tokens_details=None if reasoning_tokens is None
+                   else CompletionTokensDetails(reasoning_tokens=reasoning_tokens))
 
 
 class StreamOptions(_Request):
@@ -184,6 +202,8 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    #: The model's thinking (answers only; ignored in requests).
+    reasoning: str | None = None
 
     @model_validator(mode="after")
     def _check_content(self) -> ChatMessage:
@@ -220,6 +240,15 @@ class Tool(_Request):
     function: ToolFunction
 
 
+class ReasoningConfig(_Request):
+    """OpenRouter's ``reasoning`` request object."""
+
+    effort: Literal["xhigh", "high", "medium", "low", "minimal", "none"] | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    exclude: bool = False
+    enabled: bool | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -231,6 +260,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
+    reasoning: ReasoningConfig | None = None
 
     def requested_max_tokens(self) -> int | None:
         """``max_completion_tokens`` (the newer name) wins over ``max_tokens``."""
@@ -263,6 +293,7 @@ class ChatCompletion(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -446,6 +477,25 @@ class ModelInfo(_Response):
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[ModelInfo]
+
+
+class ModelDocument(_Response):
+    """One model in OpenRouter's typed provider document (schema 2.4); the nested modality
+    objects follow OpenRouter's published schema (``blueprint.server.provider_document``)."""
+
+    schema_version: Literal["2.4"] = "2.4"
+    id: str
+    name: str
+    created: int | None = None
+    input_modalities: list[dict[str, Any]]
+    output_modalities: list[dict[str, Any]]
+
+
+class ProviderModelList(_Response):
+    """``GET /v1/models``: typed documents (the default) or the legacy flat entries."""
+
+    object: Literal["list"] | None = None
+    data: list[ModelDocument] | list[ModelInfo]
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,6 +117,11 @@ class ServerMetrics:
                               ["model", "kind"], registry=r)
         self.in_flight = Gauge("blueprint_http_in_flight", "Requests being served now.", registry=r)
         self.streams = Gauge("blueprint_http_streams_open", "SSE streams open now.", registry=r)
+        self.stream_failures = Counter(
+            "blueprint_http_stream_failures",
+            "Streams that ended in an SSE error event after their headers were sent, by stage "
+            "(mid_stream: after the first token, which OpenRouter counts against uptime).",
+            ["route", "model", "stage", "code"], registry=r)
         self.waiting_first_token = Gauge(
             "blueprint_http_waiting_first_token", "Streams still waiting for their first token (queued).",
             registry=r)

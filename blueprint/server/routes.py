@@ -19,7 +19,7 @@ from blueprint.llm.types import (
     CompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
-    ModelList,
+    ProviderModelList,
 )
 from blueprint.quoting.wire import QuoteRequest, QuoteResponse
 
@@ -59,8 +59,8 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "/v1/embeddings", "embeddings", "Create embeddings.",
               request=EmbeddingRequest, response=EmbeddingResponse, errors=INFERENCE_ERRORS),
     RouteSpec("GET", "/v1/models", "models",
-              "List served models (OpenRouter provider format, also an OpenAI model list).",
-              response=ModelList, errors=AUTH_ERRORS),
+              "List served models (OpenRouter's typed provider document 2.4, or the legacy flat format).",
+              response=ProviderModelList, errors=AUTH_ERRORS),
     RouteSpec("POST", "/v1/quote", "quote",
               "Price a job and sign a TNT Core SignedJobQuote for submitJobFromQuote (503 without an "
               "operator key).", auth="none", request=QuoteRequest, response=QuoteResponse,

@@ -61,7 +61,8 @@ async def start_server(balancer: Balancer, settings: ServerSettings,
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout_s,
                            **extra)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True,
+                       reuse_port=settings.workers > 1 or None)  # workers share the port
     await site.start()
     port = settings.port
     server = site._server

@@ -11,12 +11,13 @@ import ipaddress
 import json
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from blueprint.llm.types import ModelInfo, Pricing
+from blueprint.server.console.settings import ConsoleSettings
 
 API_KEYS_ENV = "API_KEYS"
 #: What an API or admin key may hold: visible ASCII, no spaces (what a Bearer token carries).
@@ -30,6 +31,16 @@ def _split_keys(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+class Datacenter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    country_code: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2.")
+    region: str | None = None
+
+
+V2_ONLY_FIELDS = {"deprecation_date", "is_free", "datacenters", "deployment_region", "compliance"}
 
 
 class ModelCatalogEntry(BaseModel):
@@ -49,10 +60,24 @@ class ModelCatalogEntry(BaseModel):
     pricing: Pricing | None = None
     supported_features: list[str] | None = None
     supported_sampling_parameters: list[str] | None = None
+    created: int | None = Field(default=None, ge=0, description="Unix time shown as `created` (else "
+                                "the engine's, fixed at its first listing).")
+    # The operator's data policy, shown in the v2 document only (OpenRouter's optional fields).
+    deprecation_date: str | None = Field(
+        default=None, pattern=r"^\d{4}-\d{2}-\d{2}(T\d{2}:00:00Z)?$",
+        description="YYYY-MM-DD or YYYY-MM-DDTHH:00:00Z (UTC) when the model goes away.")
+    is_free: bool | None = None
+    datacenters: list[Datacenter] | None = None
+    deployment_region: str | None = Field(default=None, min_length=1)
+    compliance: dict[str, bool] | None = Field(default=None, description="e.g. {zdr = true, hipaa = false}.")
+
+    def policy(self) -> dict[str, Any]:
+        """The v2-only fields that are set (data policy, deprecation)."""
+        return self.model_dump(include=V2_ONLY_FIELDS, exclude_none=True)
 
     def apply(self, info: ModelInfo) -> ModelInfo:
         """``info`` with this entry's set fields laid over it."""
-        update = self.model_dump(exclude_none=True)
+        update = self.model_dump(exclude_none=True, exclude=V2_ONLY_FIELDS)
         if "pricing" in update:
             update["pricing"] = self.pricing
         return info.model_copy(update=update) if update else info
@@ -85,7 +110,8 @@ class ServerSettings(BaseModel):
         default=None, ge=1, description="Bucket size; None: one minute's worth of requests."
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
-    request_timeout_s: float = Field(default=600.0, gt=0, description="Bound on one whole request.")
+    request_timeout_s: float = Field(default=600.0, gt=0, description=(
+        "Bound on a non-streamed request, and on each silence between two chunks of a stream."))
     first_token_timeout_s: float = Field(default=120.0, gt=0, description="Bound on the first token's wait.")
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for a request body (a client trickling it gets 408)."
@@ -100,9 +126,17 @@ class ServerSettings(BaseModel):
     )
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Bound on finishing in-flight work.")
     access_log: bool = Field(default=False, description="aiohttp access log (costs throughput).")
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="`serve` only: server processes sharing the port (SO_REUSEPORT); for openai nodes.",
+    )
     model_catalog: dict[str, ModelCatalogEntry] = Field(
         default_factory=dict, description="Per model id: fields laid over /v1/models entries."
     )
+    models_document: Literal["v2", "legacy"] = Field(
+        default="v2", description="/v1/models format: OpenRouter's typed schema 2.4, or the legacy flat one."
+    )
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     _split_api_keys = field_validator("api_keys", "admin_keys", mode="before")(_split_keys)
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from blueprint.errors import BackendTimeoutError, BlueprintError
+from blueprint.llm.raw import RawChunk
 from blueprint.server.metrics import ServerMetrics
 from blueprint.server.settings import ServerSettings
 
@@ -131,6 +132,7 @@ async def _stream_body(response: web.StreamResponse, iterator: AsyncIterator[Bas
                        include_usage: bool, started: float, outcome: StreamOutcome,
                        metrics: ServerMetrics) -> None:
     write = response.write
+    stage = "before_first_token"
     try:
         chunk = await _first_chunk(response, first, settings)
         outcome.waiting = False
@@ -140,27 +142,49 @@ async def _stream_body(response: web.StreamResponse, iterator: AsyncIterator[Bas
             return
         rm = metrics.route(route, model)  # bound only now: the model is known to be served
         rm.first_token(time.perf_counter() - started)
-        async with asyncio.timeout(settings.request_timeout_s):
+        stage = "mid_stream"
+        # request_timeout_s bounds each silence between two chunks, not the whole stream: a
+        # stream that keeps producing is never cut. One timer, moved on at most every `step`
+        # (a chunk every few ms must not pay a timer each; the bound is exact to within it).
+        idle_s = settings.request_timeout_s
+        step = min(1.0, idle_s / 4)
+        loop = asyncio.get_running_loop()
+        moved = loop.time()
+        async with asyncio.timeout_at(moved + idle_s) as idle:
             while True:
-                usage = getattr(chunk, "usage", None)
-                if usage is not None:
+                usage = chunk.usage
+                if usage is None or include_usage:
+                    if isinstance(chunk, RawChunk):  # the upstream's bytes, as they came
+                        await write(b"data: " + chunk.payload + b"\n\n")
+                    else:
+                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
+                    if usage is not None:
+                        rm.usage(usage)
+                else:  # usage the client did not ask for: counted, and left out of the stream
                     rm.usage(usage)
-                    if not include_usage:
-                        chunk.usage = None  # type: ignore[attr-defined]
-                if include_usage or usage is None or getattr(chunk, "choices", None):
-                    await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
+                    if isinstance(chunk, RawChunk):
+                        chunk = chunk.parsed()
+                    if chunk.choices:
+                        chunk.usage = None
+                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
                 try:
                     chunk = await anext(iterator)
                 except StopAsyncIteration:
                     break
+                now = loop.time()
+                if now - moved >= step:
+                    idle.reschedule(now + idle_s)
+                    moved = now
         await write(DONE)
     except TimeoutError:
         outcome.status = BackendTimeoutError.http_status
-        await _write_error(response, BackendTimeoutError(
-            f"The request ran past {settings.request_timeout_s:g} s.", code="request_timeout"))
+        error = BackendTimeoutError(f"The stream was silent for {settings.request_timeout_s:g} s.",
+                                    code="request_timeout")
+        _count_failure(metrics, route, model, stage, error)
+        await _write_error(response, error)
     except BlueprintError as exc:
         outcome.status = exc.http_status
-        log.debug("stream failed", code=exc.code, status=exc.http_status)
+        _count_failure(metrics, route, model, stage, exc)
         await _write_error(response, exc)
     except (ConnectionResetError, asyncio.CancelledError):
         outcome.status = 499
@@ -168,7 +192,18 @@ async def _stream_body(response: web.StreamResponse, iterator: AsyncIterator[Bas
     except Exception:
         outcome.status = 500
         log.exception("stream failed unexpectedly")
-        await _write_error(response, BlueprintError("Internal error while streaming."))
+        error = BlueprintError("Internal error while streaming.")
+        _count_failure(metrics, route, model, stage, error)
+        await _write_error(response, error)
+
+
+def _count_failure(metrics: ServerMetrics, route: str, model: str, stage: str,
+                   exc: BlueprintError) -> None:
+    """A stream that fails after its headers: one log line and one count (a mid-stream failure
+    is what OpenRouter holds against a provider's uptime)."""
+    log.warning("stream_failed", stage=stage, code=exc.code, status=exc.http_status, route=route,
+                model=model)
+    metrics.stream_failures.labels(route, model, stage, exc.code).inc()
 
 
 async def _write_error(response: web.StreamResponse, exc: BlueprintError) -> None:

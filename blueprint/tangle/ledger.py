@@ -902,3 +902,15 @@ class Ledger:
             return out
 
         return await self._run(read)
+
+    async def recent(self, limit: int, service_id: int | None = None) -> list[JobRecord]:
+        """The newest ``limit`` jobs (by block and log position), newest first: what an operator
+        looks at first (the console's chain panel)."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        args: list[Any] = []
+        if service_id is not None:
+            sql += " WHERE service_id = ?"
+            args.append(service_id)
+        sql += " ORDER BY block_number DESC, log_index DESC LIMIT ?"
+        args.append(limit)
+        return await self._run(lambda: [_record(r) for r in self._db.execute(sql, args).fetchall()])

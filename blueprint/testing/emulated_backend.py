@@ -16,7 +16,8 @@ model's arithmetic, so that routing strategies can be compared on believable num
 * ``slowdown`` multiplies both (one node twice as slow as its peers).
 * at most ``max_num_seqs`` requests run at once; the rest wait (``vllm:num_requests_waiting``).
 * fault modes: ``fail_rate``/``fail_status`` (answer an error), ``hang`` (accept, never answer),
-  ``die_after_chunks`` (drop the connection mid-stream), and ``trivial`` (no sleeps at all: the
+  ``die_after_chunks`` (drop the connection mid-stream), ``stall_after_chunks`` (go silent
+  mid-stream), and ``trivial`` (no sleeps at all: the
   backend of gateway-overhead benchmarks).
 
 Generated text is deterministic: the same prompt (and ``seed``) always yields the same words, so a
@@ -100,6 +101,8 @@ class EmulatedOptions:
     retry_after_s: float = 1.0
     hang: bool = False
     die_after_chunks: int | None = None
+    #: Go silent (connection open, nothing sent) after this many token chunks of a stream.
+    stall_after_chunks: int | None = None
     #: Injected errors carry a ``detail`` nested this deep (a hostile upstream; 0: none).
     error_nesting: int = 0
     #: No sleeps at all (gateway-overhead benchmarks).
@@ -163,6 +166,7 @@ class _Stats:
     failures_injected: int = 0
     kv_tokens: int = 0
     errors: int = 0
+    tokenizer_calls: int = 0
 
 
 def _words_for(key: str, seed: int, count: int) -> list[str]:
@@ -219,6 +223,8 @@ class EmulatedBackend:
         self.cache = PrefixCache(self.options.block_size, self.options.cache_blocks)
         self.stats = _Stats()
         self._peers: set[tuple[str, int]] = set()
+        #: CRC32s of the prompts served (routing tests: on how many nodes did one prompt land).
+        self._prompts: set[int] = set()
         self._rng = random.Random(self.options.seed)
         self._slots = asyncio.Semaphore(self.options.max_num_seqs)
         self._stopping = asyncio.Event()
@@ -232,6 +238,10 @@ class EmulatedBackend:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        # vLLM's tokenizer endpoints, which vllm-router's cache-aware policy calls per request
+        app.router.add_post("/v1/chat/completions/render", self._render_chat)
+        app.router.add_post("/v1/completions/render", self._render_completion)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -283,6 +293,7 @@ class EmulatedBackend:
         running, waiting = self.stats.running, self.stats.waiting
         self.stats = _Stats(running=running, waiting=waiting)
         self._peers.clear()
+        self._prompts.clear()
 
     def stats_dict(self) -> dict[str, Any]:
         s = self.stats
@@ -300,6 +311,8 @@ class EmulatedBackend:
             "failures_injected": s.failures_injected,
             "errors": s.errors,
             "connections_seen": self.connections_seen,
+            "distinct_prompts": len(self._prompts),
+            "tokenizer_calls": s.tokenizer_calls,
             "kv_cache_usage": min(1.0, s.kv_tokens / self.options.kv_capacity_tokens),
         }
 
@@ -397,6 +410,8 @@ class EmulatedBackend:
             prompts = parsed.prompts()
             max_tokens = parsed.max_tokens or self.options.default_max_tokens
         prompt_pieces = [split_pieces(p) for p in prompts]
+        if len(self._prompts) < 1_000_000:
+            self._prompts.update(zlib.crc32(p.encode()) for p in prompts)
         try:
             for pieces in prompt_pieces:
                 self._check_context(len(pieces), max_tokens)
@@ -495,6 +510,9 @@ class EmulatedBackend:
                 if die_after is not None and sent >= die_after:
                     self._drop(request)
                     return response
+                if self.options.stall_after_chunks is not None and sent >= self.options.stall_after_chunks:
+                    await self._stopping.wait()
+                    return response
                 await response.write(b"".join(parts))
                 sent += 1
             completion_tokens = sum(len(o[0]) for o in outputs)
@@ -569,6 +587,61 @@ class EmulatedBackend:
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         })
 
+    # ---------------------------------------------------------------- vLLM tokenizer endpoints
+
+    @staticmethod
+    def _token_ids(text: str) -> list[int]:
+        """Deterministic ids of the text's pieces (the same pieces the prefix cache counts)."""
+        return [zlib.crc32(piece.encode()) % 151_936 for piece in split_pieces(text)]
+
+    @staticmethod
+    def _chat_prompt(messages: Any) -> str:
+        """The emulated chat template (as ``_serve`` renders it) over plain JSON messages."""
+        parts = []
+        for message in messages if isinstance(messages, list) else []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(f"{message.get('role')}: {content or ''}\n")
+        return "".join(parts) + "assistant:"
+
+    async def _read_json(self, request: web.Request) -> dict[str, Any] | None:
+        self.stats.tokenizer_calls += 1
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def _render_chat(self, request: web.Request) -> web.Response:
+        """``POST /v1/chat/completions/render``: the prompt's token ids, no generation."""
+        body = await self._read_json(request)
+        if body is None or not isinstance(body.get("messages"), list):
+            return _error_response(400, "messages required", "invalid_request_error", "bad_request")
+        prompt = self._chat_prompt(body["messages"])
+        return web.json_response({"model": body.get("model", self.options.model), "prompt": prompt,
+                                  "token_ids": self._token_ids(prompt), "features": None})
+
+    async def _render_completion(self, request: web.Request) -> web.Response:
+        body = await self._read_json(request)
+        prompt = body.get("prompt") if body is not None else None
+        if not isinstance(prompt, str):
+            return _error_response(400, "a string prompt required", "invalid_request_error", "bad_request")
+        return web.json_response({"model": body.get("model", self.options.model),  # type: ignore[union-attr]
+                                  "prompt": prompt, "token_ids": self._token_ids(prompt), "features": None})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """``POST /tokenize`` (vLLM's shape): ``prompt`` or chat ``messages`` in, ``tokens`` out."""
+        body = await self._read_json(request)
+        if body is None:
+            return _error_response(400, "a JSON object required", "invalid_request_error", "bad_request")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            prompt = self._chat_prompt(body.get("messages"))
+        tokens = self._token_ids(prompt)
+        return web.json_response({"count": len(tokens), "max_model_len": self.options.max_model_len,
+                                  "tokens": tokens, "token_strs": None})
+
     async def _models(self, request: web.Request) -> web.Response:
         opts = self.options
         return web.json_response({"object": "list", "data": [{
@@ -629,7 +702,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default = getattr(defaults, field.name)
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=default)
-        elif field.name == "die_after_chunks":
+        elif field.name in ("die_after_chunks", "stall_after_chunks"):
             parser.add_argument(flag, type=int, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)

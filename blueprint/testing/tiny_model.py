@@ -20,11 +20,17 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>")
 SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS)
 
 #: A jinja chat template in the tokenizer (the engine's primary path): role tokens around each
-#: message, the assistant header when a generation prompt is asked for.
+#: message, the assistant header when a generation prompt is asked for; tools (when given) in a
+#: first system turn, an assistant's calls as Hermes-style ``<tool_call>`` blocks.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>\nYou may call these tools, one block per call: "
+    "<tool_call>\n{\"name\": ..., \"arguments\": {...}}\n</tool_call>\n"
+    "{{ tools | tojson }}<|end|>\n{% endif %}"
     "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{% for call in message.tool_calls or [] %}<tool_call>\n{\"name\": {{ call.function.name | tojson }}, "
+    "\"arguments\": {{ call.function.arguments | tojson }}}\n</tool_call>{% endfor %}<|end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

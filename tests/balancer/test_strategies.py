@@ -217,3 +217,22 @@ def test_cache_aware_tree_bound_forgets_evicted_prefixes() -> None:
         strategy.record("n0", f"unrelated prompt {i} " * 4)
     assert strategy.select(nodes(0, 0, 0), RoutingRequest(model="m", prompt_text=SYSTEM + "again")).name \
         != "n0"
+
+
+def test_cache_aware_prefix_hash_agrees_across_independent_instances() -> None:
+    """Two server workers, each with its own trees and its own view of load, send every new
+    prefix to the same node (least_loaded placement would not: each sees different loads)."""
+    first, second = _cache(placement="prefix_hash"), _cache(placement="prefix_hash")
+    homes = []
+    for group in range(16):
+        prompt = f"system prompt number {group} " * 12
+        a = first.select(nodes(group % 3, 1, 2, 0), RoutingRequest(model="m", prompt_text=prompt + "q1"))
+        b = second.select(nodes(2, 0, 1, group % 2), RoutingRequest(model="m", prompt_text=prompt + "q2"))
+        assert a.name == b.name
+        homes.append(a.name)
+    assert len(set(homes)) >= 3  # the hash spreads prefixes over the nodes
+    # an overloaded home still sheds to the least loaded node
+    prompt = "another system prompt " * 12
+    home = first.home(nodes(0, 0, 0, 0), prompt).name
+    loads = [20 if f"n{i}" == home else 0 for i in range(4)]
+    assert first.select(nodes(*loads), RoutingRequest(model="m", prompt_text=prompt)).name != home

@@ -135,3 +135,10 @@ def test_run_with_a_key_that_is_not_an_operator_of_the_service(anvil: Anvil, tmp
                     "--data-dir", str(tmp_path / "data"), "--http-rpc-url", anvil.http_url)
     event = failed_event(ran, 2)
     assert event["error"].endswith("is not an operator of service 0 (blueprint 0)")
+
+
+def test_a_request_that_is_not_json() -> None:
+    ran = blueprint("submit", "--service-id", "0", "--model", "m", "--request", '{"messages":',
+                    "--private-key-env", "OWNER_KEY", "--http-rpc-url", "http://127.0.0.1:9", env=OWNER)
+    assert_short(ran, "--request is not valid JSON: Expecting value", code=2)
+

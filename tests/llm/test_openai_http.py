@@ -411,3 +411,32 @@ async def test_refresh_models_picks_up_backend_changes(backend: EmulatedBackend,
     backend.options.max_model_len = 4096
     await client.refresh_models()
     assert client.models()[0].context_length == 4096
+
+
+async def test_a_relayed_answer_is_the_backends_bytes_with_our_model_name(backend: EmulatedBackend,
+                                                                         make_client: ClientFactory) -> None:
+    """The HTTP server sets RELAY_RAW for its requests: the answer is relayed, not re-encoded;
+    other callers (job handlers) still get a pydantic answer."""
+    from blueprint.llm.raw import RELAY_RAW, RawChunk
+    from blueprint.llm.types import ChatCompletion
+
+    client = await make_client(backend.base_url)
+    plain = await client.chat(chat_request())
+    assert isinstance(plain, ChatCompletion) and plain.model == OUR_MODEL
+    RELAY_RAW.set(True)
+    relayed = await client.chat(chat_request())
+    assert isinstance(relayed, RawChunk)
+    assert b'"model":"our-model"' in relayed.payload and BACKEND_MODEL.encode() not in relayed.payload
+    assert relayed.usage is not None and relayed.usage.completion_tokens == 12
+    assert relayed.choices[0].message.content == plain.choices[0].message.content
+    assert client.metrics().completion_tokens_total == 24
+
+
+def test_sse_reader_cuts_events_across_reads_and_line_endings() -> None:
+    from blueprint.llm.engines.openai_http import _SseReader
+
+    reader = _SseReader()
+    assert reader.feed(b"data: a\n\n: keep-alive\n\ndata: b\ndata: c\n\nda") == [b"a", b"b\nc"]
+    assert reader.feed(b"ta: d\r") == []  # half of a CRLF held back
+    assert reader.feed(b"\n\r\ndata: e\r\n\r\n") == [b"d", b"e"]
+    assert reader.feed(b"data: [DONE]") == [] and reader.flush() == [b"[DONE]"]

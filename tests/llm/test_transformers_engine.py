@@ -220,7 +220,8 @@ async def test_bad_requests_fail_cleanly_and_the_engine_keeps_serving(engine: Tr
     with pytest.raises(InvalidRequestError):
         await engine.chat(chat_request(logit_bias={"abc": 1}))
     with pytest.raises(InvalidRequestError):
-        await engine.chat(chat_request(tools=[{"type": "function", "function": {"name": "f"}}]))
+        await engine.chat(chat_request(tools=[{"type": "function", "function": {"name": "f"}}],
+                                       tool_choice={"type": "function", "function": {"name": "g"}}))
     answer = await engine.chat(chat_request())
     assert answer.usage.completion_tokens >= 1
 

@@ -64,7 +64,7 @@ async def test_openapi_document_matches_the_router() -> None:
     assert {"400", "401", "404", "413", "429", "503"} <= set(chat["responses"])
     assert "text/event-stream" in chat["responses"]["200"]["content"]
     assert doc["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] \
-        == {"$ref": "#/components/schemas/ModelList"}
+        == {"$ref": "#/components/schemas/ProviderModelList"}
 
 
 @pytest.mark.slow

@@ -142,7 +142,7 @@ def test_timeouts_answer_504_and_sse_error(emulated_server: Callable[..., LiveSe
 def test_model_catalog_extras_in_models(emulated_server: Callable[..., LiveServer]) -> None:
     extras = {"description": "An emulated model.", "capacity_tpm": 90000, "quantization": "bf16",
               "pricing": {"prompt": "0.0000001"}}
-    live = emulated_server(model_catalog={"emu": extras})
+    live = emulated_server(model_catalog={"emu": extras}, models_document="legacy")
     data = httpx.get(live.url + "/v1/models", headers=AUTH).json()
     assert data["object"] == "list"
     (entry,) = data["data"]

@@ -202,3 +202,24 @@ async def test_runs_as_a_subprocess(http: aiohttp.ClientSession) -> None:
         if proc.returncode is None:
             proc.terminate()
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_vllm_render_and_tokenize_endpoints(http: aiohttp.ClientSession) -> None:
+    """vllm-router's cache-aware policy calls these per request (vLLM's shapes)."""
+    async with EmulatedBackend(EmulatedOptions(model=MODEL, trivial=True)) as eb:
+        messages = [{"role": "system", "content": "shared system prompt"}, {"role": "user", "content": "hi"}]
+        async with http.post(eb.base_url + "/chat/completions/render",
+                             json={"model": MODEL, "messages": messages}) as resp:
+            rendered = await resp.json()
+        assert resp.status == 200
+        assert rendered["prompt"] == "system: shared system prompt\nuser: hi\nassistant:"
+        assert len(rendered["token_ids"]) == len(split_pieces(rendered["prompt"]))
+        async with http.post(eb.root_url + "/tokenize", json={"model": MODEL, "messages": messages}) as resp:
+            tokens = await resp.json()
+        assert tokens["tokens"] == rendered["token_ids"] and tokens["count"] == len(tokens["tokens"])
+        body = {"model": MODEL, "prompt": "abc"}
+        async with http.post(eb.base_url + "/completions/render", json=body) as resp:
+            assert (await resp.json())["token_ids"] == EmulatedBackend._token_ids("abc")
+        async with http.post(eb.root_url + "/tokenize", data=b"not json") as resp:
+            assert resp.status == 400
+        assert eb.stats_dict()["tokenizer_calls"] == 4

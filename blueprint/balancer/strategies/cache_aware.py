@@ -9,6 +9,11 @@ candidate's and more than ``balance_rel_threshold`` times it. Only then does the
 node take the request (the emptiest cache among equally loaded ones) and become a second home
 of the hot prefix.
 
+With ``placement = "prefix_hash"`` a prefix no node holds goes to the node a rendezvous hash of
+its first ``hash_prefix_chars`` characters names (unless that node is overloaded), instead of the
+least loaded one: several server processes, each with its own trees, then agree on every prefix's
+home without sharing state (``server.workers`` turns it on).
+
 Judging the holder's load rather than the whole pool's (SGLang switches every request to least
 loaded while any node is overloaded) matters: one slow, busy node must not send the traffic of
 prefixes cached on idle nodes to nodes that do not hold them, where each request pays a full
@@ -17,6 +22,7 @@ prefill and, by spreading every prefix everywhere, evicts the others from the ba
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 
@@ -70,6 +76,10 @@ class CacheAware(Strategy):
             pick = least_loaded_fair(holders, self._turn)
             if self.overloaded(pick, ordered):
                 pick = None
+        if pick is None and self.settings.cache_aware.placement == "prefix_hash" and text:
+            pick = self.home(ordered, text)
+            if self.overloaded(pick, ordered):
+                pick = None
         if pick is None:
             # The least loaded node; among equally loaded ones, the one holding the least (so
             # distinct prefixes spread evenly over the caches). A partial match below the
@@ -83,6 +93,13 @@ class CacheAware(Strategy):
                                      self._turn)
         self.record(pick.name, text)
         return pick
+
+    def home(self, candidates: Sequence[NodeView], text: str) -> NodeView:
+        """The candidate a rendezvous hash of the prompt's start names: the same in every process
+        (no per-process salt), and only 1/n of the prefixes move when a node comes or goes."""
+        key = text[:self.settings.cache_aware.hash_prefix_chars].encode()
+        return max(candidates, key=lambda view: hashlib.blake2b(
+            key, digest_size=8, key=view.name.encode()[:64]).digest())
 
     def chosen_alone(self, node: str, request: RoutingRequest) -> None:
         self.record(node, request.prompt_text)

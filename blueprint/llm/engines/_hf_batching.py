@@ -18,6 +18,11 @@ text alone or batched, text-level stop sequences and cancellation, so we run the
   slow the others down.
 * Every row samples with its **own** ``torch.Generator`` (seeded from the request's seed), so a
   seeded request draws the same random numbers whatever it is batched with.
+* **Grammars** (a sequence with ``grammar`` set, see :mod:`blueprint.llm.grammar`): before
+  sampling, the tokens its grammar forbids get ``-inf`` (masks for all constrained rows are
+  computed in one pass, off the GIL); the sampled token advances the grammar; a complete grammar
+  ends the sequence with ``stop``, and so does the budget's end where the grammar may end there.
+  Stop sequences do not apply to constrained sequences (they would cut a valid answer short).
 * **Logprobs** (a sequence with ``logprobs`` set) come from the same step's logits, for the rows
   that asked only: a step where no row asked computes no log-softmax over the vocabulary (see
   :func:`sample_step` for which distribution they describe).
@@ -47,6 +52,7 @@ from transformers import DynamicCache
 
 from blueprint.errors import BackendError, BlueprintError, InvalidRequestError
 from blueprint.llm.engines._hf_text import TextAssembler, TokenPieces, decode_windows
+from blueprint.llm.grammar import GrammarState, apply_masks
 from blueprint.llm.logprobs import LOGPROB_FLOOR, TokenLogprob, TopLogprob
 from blueprint.llm.sampling import SamplingParams
 
@@ -72,6 +78,8 @@ class SeqEvent:
     completion_tokens: int = 0
     error: BaseException | None = None
     logprobs: list[TokenLogprob] | None = None
+    #: Tokens generated since the previous event (text may lag behind its tokens).
+    tokens: int = 0
 
 
 #: One row's logprobs of one step as :func:`sample_step` returns them: (the sampled token's
@@ -95,6 +103,10 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
+    #: Tokens already accounted for in an event.
+    reported: int = 0
+    #: The sequence's grammar (``blueprint.llm.grammar.GrammarState``); None: free text.
+    grammar: Any = None
     # Set by the worker when the sequence is admitted.
     assembler: TextAssembler | None = None
     generator: torch.Generator | None = None
@@ -114,6 +126,10 @@ class ContinuousBatcher:
         self._last_logits_only: dict[str, Any] = (
             {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         )
+        # transformers 5.x renamed forward's ``past_key_values`` to ``cache`` (and the output's
+        # field with it); the old name still works there but warns on every step.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+            else "past_key_values"
         self._tokenizer = tokenizer
         self._device = model.device
         self._max_batch = max_batch_size
@@ -296,7 +312,8 @@ class ContinuousBatcher:
         tokens, logprobs, failed = self._sample(out.logits[:, -1, :], new)
         keep = self._advance_all(new, tokens, logprobs, failed)
         if keep:
-            self._merge(out.past_key_values, mask, [new[r] for r in keep], [tokens[r] for r in keep], keep)
+            self._merge(getattr(out, self._cache_arg), mask, [new[r] for r in keep],
+                        [tokens[r] for r in keep], keep)
         self._admitting = []
         self.peak_batch_size = max(self.peak_batch_size, len(self._running))
 
@@ -361,9 +378,9 @@ class ContinuousBatcher:
         assert self._mask is not None and self._positions is not None
         mask = F.pad(self._mask, (0, 1), value=1)
         out = self._model(input_ids=self._next_tokens, attention_mask=mask,
-                          position_ids=self._positions.unsqueeze(1), past_key_values=self._cache,
-                          use_cache=True)
-        self._cache, self._mask = out.past_key_values, mask
+                          position_ids=self._positions.unsqueeze(1), use_cache=True,
+                          **{self._cache_arg: self._cache})
+        self._cache, self._mask = getattr(out, self._cache_arg), mask
         self.decode_steps += 1
         tokens, logprobs, failed = self._sample(out.logits[:, -1, :], self._running)
         self._positions = self._positions + 1
@@ -385,7 +402,10 @@ class ContinuousBatcher:
         for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             if row in failed:
                 continue
-            if token not in self._eos or seq.params.ignore_eos:
+            if seq.grammar is not None and not seq.grammar.consume(token):
+                log.error("grammar_rejected_token", token=token, error=seq.grammar.error[:200])
+                seq.grammar = _BROKEN
+            if token not in self._eos or (seq.params.ignore_eos and seq.grammar is None):
                 assert seq.assembler is not None
                 staged[row] = len(windows)
                 windows.extend(seq.assembler.stage(token))
@@ -425,10 +445,17 @@ class ContinuousBatcher:
         finish: str | None = None
         if decoded is None:
             text, _ = seq.assembler.finish()
-            finish = "stop"
+            finish = "length" if seq.grammar is _BROKEN else "stop"
         else:
             text, stopped = seq.assembler.accept(*decoded)
+            grammar = seq.grammar
             if stopped:
+                finish = "stop"
+            elif grammar is not None and (grammar.done or (len(seq.generated) >= seq.max_new_tokens
+                                                           and grammar.accepting)):
+                # The grammar is complete (or may end here and the budget is spent): a valid end.
+                tail, _ = seq.assembler.finish()
+                text += tail
                 finish = "stop"
             elif len(seq.generated) >= seq.max_new_tokens:
                 tail, stopped = seq.assembler.finish()
@@ -439,11 +466,17 @@ class ContinuousBatcher:
         if finish is not None:
             seq.done = True
             seq.emit(SeqEvent(seq.index, text, finish, len(seq.generated),
-                              logprobs=self._take_logprobs(seq)))
+                              logprobs=self._take_logprobs(seq), tokens=self._take_tokens(seq)))
             return False
         if text:
-            seq.emit(SeqEvent(seq.index, text, logprobs=self._take_logprobs(seq)))
+            seq.emit(SeqEvent(seq.index, text, logprobs=self._take_logprobs(seq),
+                              tokens=self._take_tokens(seq)))
         return True
+
+    @staticmethod
+    def _take_tokens(seq: Sequence) -> int:
+        count, seq.reported = len(seq.generated) - seq.reported, len(seq.generated)
+        return count
 
     def _keep_rows(self, rows: list[int]) -> None:
         """Keep only ``rows`` of the running batch; trim columns that are padding everywhere."""
@@ -483,6 +516,20 @@ def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(tensor, (0, 0, missing, 0)) if missing else tensor
 
 
+class _BrokenGrammar:
+    """Stands in for a grammar that rejected a sampled token (a bug): the sequence then ends at
+    its budget with ``length``, never as a complete answer."""
+
+    done = False
+    accepting = False
+
+    def consume(self, token: int) -> bool:
+        return True
+
+
+_BROKEN = _BrokenGrammar()
+
+
 def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """The next token of each row, each with its own sampling parameters and generator
     (:func:`sample_step` without the logprobs)."""
@@ -508,10 +555,15 @@ def sample_step(logits: torch.Tensor,
     the batch, no log-softmax runs at all.
     """
     logits = logits.float()
+    cloned = False
     if any(s.params.has_penalties or s.params.logit_bias for s in seqs):
-        logits = logits.clone()
+        logits, cloned = logits.clone(), True
         for row, seq in enumerate(seqs):
             _apply_penalties(logits[row], seq)
+    constrained = [row for row, seq in enumerate(seqs) if isinstance(seq.grammar, GrammarState)]
+    if constrained:
+        logits = logits if cloned else logits.clone()
+        apply_masks(logits, constrained, [seqs[row].grammar for row in constrained])
     tokens = _pick(logits, seqs)
     wanted = [row for row, seq in enumerate(seqs) if seq.logprobs is not None]
     if not wanted:

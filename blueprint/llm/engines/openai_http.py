@@ -6,18 +6,22 @@ Why it looks the way it does:
 * **aiohttp with one pooled session** (keep-alive connections, bounded by ``max_connections``):
   the proxy hop must add well under a millisecond, so no connection is opened per request and no
   request body is validated twice (requests are already validated wire types; they are dumped once
-  with ``model_dump_json``, and every streamed chunk is parsed once with ``model_validate_json``).
-* **SSE is relayed as it arrives**: bytes are split into lines incrementally, ``data:`` payloads
-  are parsed as they complete, comments (``: keep-alive``) are ignored, ``[DONE]`` ends the stream.
-* **A hung backend never hangs us**: a connect timeout (``connect_timeout_s``), a first-chunk
-  timeout for streams (from sending the request to the first SSE event) and a total timeout
-  (``timeout_s``, which also bounds a non-streamed answer) bound every request.
+  with ``model_dump_json``).
+* **SSE is relayed as it arrives, as the upstream's bytes**: bytes are split into lines
+  incrementally, each ``data:`` payload is forwarded as a :class:`~blueprint.llm.raw.RawChunk`
+  (no parse and re-serialisation per chunk; usage is read from the one event that carries it, and
+  the model name is swapped in the bytes), comments (``: keep-alive``) are ignored, ``[DONE]`` ends
+  the stream. Error events are recognised (they have no ``choices``) and become our errors.
+* **A hung backend never hangs us, a long stream is never cut**: ``connect_timeout_s`` bounds the
+  connect; ``timeout_s`` bounds a non-streamed answer, and for a stream the wait for its first
+  event and each silence between two reads after it, never the whole stream (a ten-minute stream
+  that keeps producing runs to its end).
 * **Errors become our types** so the balancer can retry what is retryable (5xx, connection errors,
   429) and report the rest; once a stream has yielded its first chunk, a failure is a
   :class:`StreamInterruptedError` (never retried: the client already has tokens).
 
-Engine options (``NodeConfig.options``): ``first_chunk_timeout_s`` (default: the smaller of
-``timeout_s`` and 60), ``read_timeout_s`` (longest silence between two reads; default none),
+Engine options (``NodeConfig.options``): ``first_chunk_timeout_s`` (default ``timeout_s``),
+``read_timeout_s`` (longest silence between two reads of a stream; default ``timeout_s``),
 ``max_connections`` (default ``max_batch_size + max_queue``), ``keepalive_s`` (default 4, below
 uvicorn's 5 s so we never reuse a connection the server is closing), ``health_timeout_s`` (2),
 ``health_path`` (``/health``), ``metrics_path`` (``/metrics``), ``metrics_max_age_s`` (30: older
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -52,6 +57,8 @@ from blueprint.errors import (
 )
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
+from blueprint.llm.engines._http1 import Http1Pool
+from blueprint.llm.raw import RELAY_RAW, RawChunk
 from blueprint.llm.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -76,6 +83,9 @@ _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too ma
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+#: vLLM's prefix-cache counters (tokens), current and V0 spelling.
+_PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+_PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -161,43 +171,42 @@ def parse_prometheus(text: str, names: set[str]) -> dict[str, list[float]]:
 
 class _SseReader:
     """Incremental SSE parser: feed bytes, get complete ``data`` payloads (multi-line data joined
-    by newlines as the SSE spec says; comments and other fields ignored)."""
+    by newlines as the SSE spec says; comments and other fields ignored). Events are cut at blank
+    lines with one ``split`` per read, the common one-line ``data:`` event taking no further work."""
 
-    __slots__ = ("_buffer", "_data")
+    __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        events: list[bytes] = []
-        buffer = self._buffer + chunk
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[5:].lstrip(b" "))
-            # ":" comments, "event:", "id:", "retry:" carry nothing we use
-        self._buffer = buffer[start:]
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            held = b"\r" if buffer.endswith(b"\r") else b""  # maybe half of a CRLF
+            buffer = buffer[:len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
+        blocks = buffer.split(b"\n\n")
+        self._buffer = blocks.pop()  # what follows the last blank line: an event still arriving
+        events = []
+        for block in blocks:
+            if block.startswith(b"data:") and b"\n" not in block:
+                events.append(block[5:].lstrip(b" "))
+            elif block:
+                event = _event_data(block)
+                if event is not None:
+                    events.append(event)
         return events
 
     def flush(self) -> list[bytes]:
         """Whatever a server left without the final blank line."""
-        events = self.feed(b"\n\n") if self._buffer else []
-        if self._data:
-            events.append(b"\n".join(self._data))
-            self._data = []
-        return events
+        buffer, self._buffer = self._buffer, b""
+        event = _event_data(buffer.replace(b"\r\n", b"\n").strip(b"\n")) if buffer else None
+        return [event] if event is not None else []
+
+
+def _event_data(block: bytes) -> bytes | None:
+    """The data of one event block (its ``data:`` lines joined by newlines), None without any."""
+    data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(data) if data else None
 
 
 # ------------------------------------------------------------------------------------ client
@@ -216,12 +225,16 @@ class OpenAIHttpClient(LlmClient):
         self.base_url = config.base_url.rstrip("/")
         self.root_url = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
         self._served_model = config.served_model or config.model
-        self._first_chunk_timeout_s = float(opts.get("first_chunk_timeout_s", min(config.timeout_s, 60.0)))
-        read_timeout = opts.get("read_timeout_s")
-        self._timeout = aiohttp.ClientTimeout(
-            total=config.timeout_s, sock_connect=config.connect_timeout_s,
-            sock_read=float(read_timeout) if read_timeout is not None else None,
-        )
+        #: How the model is named in a compact JSON chunk: ours, and the backend's.
+        self._model_bytes = b'"model":' + json.dumps(config.model).encode()
+        self._served_bytes = b'"model":' + json.dumps(self._served_model).encode()
+        # timeout_s bounds a non-streamed answer, and for a stream the wait for its first event
+        # and every silence after it; never a whole stream (one that keeps producing runs on).
+        self._first_chunk_timeout_s = float(opts.get("first_chunk_timeout_s", config.timeout_s))
+        read_timeout = float(opts.get("read_timeout_s", config.timeout_s))
+        self._timeout_s = config.timeout_s
+        self._read_timeout_s = read_timeout
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=config.connect_timeout_s)
         self._health_timeout = aiohttp.ClientTimeout(total=float(opts.get("health_timeout_s", 2.0)))
         self._health_path = str(opts.get("health_path", "/health"))
         self._metrics_path = str(opts.get("metrics_path", "/metrics"))
@@ -238,13 +251,17 @@ class OpenAIHttpClient(LlmClient):
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # probes: health, models, metrics
+        #: The hot path (chat and completion POSTs): lean keep-alive connections.
+        self._pool = Http1Pool(self.base_url, headers=self._headers, keepalive_s=self._keepalive_s,
+                               connect_timeout_s=config.connect_timeout_s)
         self._tracker = MetricsTracker()
         self._backend_info: dict[str, Any] = {}
         self._ready = False
         self._backend_running = 0
         self._backend_waiting = 0
         self._backend_kv: float | None = None
+        self._backend_prefix: tuple[float, float] | None = None
         self._backend_metrics_at: float | None = None
         self._model_info = self._build_model_info()
 
@@ -260,6 +277,7 @@ class OpenAIHttpClient(LlmClient):
             log.warning("openai_backend_models_unreadable", node=self.name, error=str(exc))
 
     async def close(self) -> None:
+        self._pool.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -306,6 +324,8 @@ class OpenAIHttpClient(LlmClient):
             snap.in_flight = max(snap.in_flight, self._backend_running)
             snap.queued = self._backend_waiting
             snap.kv_cache_usage = self._backend_kv
+            if self._backend_prefix is not None:
+                snap.prefix_cache_hits, snap.prefix_cache_queries = self._backend_prefix
         return snap
 
     # -------------------------------------------------------------------------- backend probes
@@ -369,13 +389,16 @@ class OpenAIHttpClient(LlmClient):
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError):
             return False
-        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE})
+        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE, *_PREFIX_HITS, *_PREFIX_QUERIES})
         if not samples:
             return False
         self._backend_running = int(sum(samples.get(_RUNNING, ())))
         self._backend_waiting = int(sum(samples.get(_WAITING, ())))
         kv = samples.get(_KV_USAGE[0]) or samples.get(_KV_USAGE[1])
         self._backend_kv = max(kv) if kv else None
+        hits = samples.get(_PREFIX_HITS[0]) or samples.get(_PREFIX_HITS[1])
+        queries = samples.get(_PREFIX_QUERIES[0]) or samples.get(_PREFIX_QUERIES[1])
+        self._backend_prefix = (sum(hits), sum(queries)) if hits and queries else None
         self._backend_metrics_at = time.monotonic()
         return True
 
@@ -424,16 +447,24 @@ class OpenAIHttpClient(LlmClient):
         return BackendError(f"Backend {self.name!r} unreachable: {exc!r}")
 
     async def _post(self, path: str, body: bytes, response_type: type[ResponseT]) -> ResponseT:
-        """One non-streamed request: the whole answer within the total timeout."""
-        session = self._ensure_session()
+        """One non-streamed request: the whole answer within ``timeout_s``."""
+        pool = self._pool
         try:
-            async with session.post(self.base_url + path, data=body) as resp:
-                payload = await resp.read()
-                if resp.status >= 300:
-                    raise map_http_error(resp.status, payload, resp.headers.get("Retry-After"),
-                                         self.config.model)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            conn = await pool.post(path, body, self._timeout_s)  # armed: the answer's bound
+            try:
+                payload = await conn.read_all()
+            finally:
+                pool.release(conn)
+        except (TimeoutError, OSError) as exc:
             raise self._connection_error(exc, streamed=False) from exc
+        if conn.status >= 300:
+            raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), self.config.model)
+        if RELAY_RAW.get() and b'"choices"' in payload:  # relayed as is, our model name swapped in
+            if self._model_bytes in payload:
+                return RawChunk(payload, response_type)  # type: ignore[return-value]
+            if self._served_bytes in payload:
+                return RawChunk(payload.replace(self._served_bytes, self._model_bytes, 1),  # type: ignore[return-value]
+                                response_type)
         try:
             return response_type.model_validate_json(payload)
         except ValidationError as exc:
@@ -457,62 +488,70 @@ class OpenAIHttpClient(LlmClient):
         completion = getattr(usage, "completion_tokens", 0) if usage is not None else 0
         tracker.first_token(started)
         tracker.finished(started, prompt_tokens=prompt, completion_tokens=completion)
-        result.model = self.config.model  # type: ignore[attr-defined]
+        if not isinstance(result, RawChunk):  # a relayed answer already names our model
+            result.model = self.config.model  # type: ignore[attr-defined]
         return result
 
     async def _stream(self, path: str, request: Any, chunk_type: type[ChunkT]) -> AsyncIterator[ChunkT]:
-        """Relay the backend's SSE stream chunk by chunk as it arrives."""
+        """Relay the backend's SSE stream event by event as it arrives, as :class:`RawChunk`
+        (the upstream's bytes, parsed only where routing, usage or metrics need a field)."""
         body, wants_usage = self._prepare(request, stream=True)
-        session = self._ensure_session()
         tracker = self._tracker
         started = tracker.started()
         first_at: float | None = None
         prompt_tokens = completion_tokens = 0
         saw_usage = done = False
         failed = True
-        our_model = self.config.model
+        our_model, model_bytes = self.config.model, self._model_bytes
         reader = _SseReader()
-        response: aiohttp.ClientResponse | None = None
+        pool = self._pool
+        conn = None
         try:
             # Until the first event: bounded by the first-chunk timeout; errors here are
             # retryable. No yield happens inside this window, so the deadline never hits the
-            # consumer's code.
+            # consumer's code. After it, only the silence between two reads is bounded
+            # (``read_timeout_s``): a stream that keeps producing is never cut.
             try:
-                async with asyncio.timeout(self._first_chunk_timeout_s):
-                    response = await session.post(self.base_url + path, data=body)
-                    if response.status >= 300:
-                        payload = await response.read()
-                        raise map_http_error(response.status, payload, response.headers.get("Retry-After"),
-                                             our_model)
-                    content = response.content
-                    pending = await self._next_events(content, reader)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                conn = await pool.post(path, body, self._first_chunk_timeout_s)  # armed until...
+                if conn.status >= 300:
+                    payload = await conn.read_all()
+                    raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), our_model)
+                pending = await self._next_events(conn, reader)
+                conn.disarm()  # ...the first event
+            except (TimeoutError, OSError) as exc:
                 raise self._connection_error(exc, streamed=False) from exc
+            gap_s = self._read_timeout_s
             try:
                 while pending:
                     for payload in pending:
                         if payload == b"[DONE]":
                             done = True
                             break
-                        chunk = self._parse_chunk(payload, chunk_type, streamed=first_at is not None)
+                        chunk = self._raw_chunk(payload, chunk_type, model_bytes,
+                                                streamed=first_at is not None)
                         usage = chunk.usage
                         if usage is not None:
                             saw_usage = True
                             prompt_tokens = usage.prompt_tokens
                             completion_tokens = usage.completion_tokens
-                            if not chunk.choices and not wants_usage:
+                            if not wants_usage and not chunk.has_choices:
                                 continue  # we asked for usage only to count tokens
-                        elif chunk.choices and not saw_usage:
+                        elif not saw_usage and chunk.has_choices:
                             completion_tokens += 1
                         if first_at is None:
                             first_at = time.perf_counter()
                             tracker.first_token(started)
-                        chunk.model = our_model
-                        yield chunk
+                        yield chunk  # type: ignore[misc]  # a RawChunk reads like ChunkT
                     if done:
                         break
-                    pending = await self._next_events(content, reader)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                    conn.arm(gap_s)  # bounds our read only, never the consumer's time
+                    pending = await self._next_events(conn, reader)
+                    conn.disarm()
+                if done and not conn.complete:  # the end of the chunked body, for reuse
+                    conn.arm(gap_s)
+                    await conn.read_all()
+                    conn.disarm()
+            except (TimeoutError, OSError) as exc:
                 raise self._connection_error(exc, streamed=first_at is not None) from exc
             if not done:
                 raise self._connection_error(ConnectionError("the stream ended without [DONE]"),
@@ -522,19 +561,31 @@ class OpenAIHttpClient(LlmClient):
             failed = False  # the consumer stopped listening: not the backend's fault
             raise
         finally:
-            if response is not None:
-                if done:
-                    response.release()
-                else:
-                    response.close()  # unread data left: this connection cannot be reused
+            if conn is not None:
+                pool.release(conn)  # reused only when read to its end
             tracker.finished(started, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                              first_token_at=first_at, error=failed)
 
+    def _raw_chunk(self, payload: bytes, chunk_type: type[ChunkT], model_bytes: bytes, *,
+                   streamed: bool) -> RawChunk:
+        """The event as a RawChunk naming our model id; an error event (or garbage) raises."""
+        if b'"choices"' not in payload:
+            self._parse_chunk(payload, chunk_type, streamed=streamed)  # raises unless a chunk
+        if model_bytes not in payload:
+            served = self._served_bytes
+            if served in payload:  # the backend's name for the model: ours goes out instead
+                return RawChunk(payload.replace(served, model_bytes, 1), chunk_type)
+            # The backend named another model (or spaced its JSON): rewrite it the slow way.
+            parsed = self._parse_chunk(payload, chunk_type, streamed=streamed)
+            parsed.model = self.config.model
+            payload = parsed.model_dump_json(exclude_none=True).encode()
+        return RawChunk(payload, chunk_type)
+
     @staticmethod
-    async def _next_events(content: aiohttp.StreamReader, reader: _SseReader) -> list[bytes]:
+    async def _next_events(conn: Any, reader: _SseReader) -> list[bytes]:
         """Read until at least one complete SSE event is available; [] at the end of the body."""
         while True:
-            data = await content.readany()
+            data = await conn.read_some()
             if not data:
                 return reader.flush()
             events = reader.feed(data)

@@ -53,12 +53,14 @@ from blueprint.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
+from blueprint.llm.chat_output import ChatOutputShaper
 from blueprint.llm.chat_template import render_chat
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.logprobs import TokenLogprob, chat_logprobs, completion_logprobs
 from blueprint.llm.model_files import config_context_length
 from blueprint.llm.sampling import SamplingParams, sampling_params
+from blueprint.llm.structured import grammar_spec, plan_output
 from blueprint.llm.types import (
     DEFAULT_SAMPLING_PARAMETERS,
     ChatChoice,
@@ -83,6 +85,8 @@ from blueprint.llm.types import (
 )
 
 log = structlog.get_logger(__name__)
+#: Serialises the first import of torch/transformers across node start-up threads.
+_IMPORT_LOCK = threading.Lock()
 
 _QUANTIZATION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _DEFAULT_CONTEXT = 2048
@@ -98,6 +102,14 @@ class _Prepared:
     prompt_texts: list[str]
     #: Alternatives per token in the logprobs; None: no logprobs asked for.
     logprobs: int | None = None
+    #: One grammar state per sequence (constrained requests), in sequence order.
+    grammars: list[Any] | None = None
+    #: Chat only: parse tool-call blocks; split ``<think>`` reasoning (and whether the prompt
+    #: already opened it); drop the reasoning from the answer.
+    parse_tools: bool = False
+    reasoning: bool = False
+    reasoning_open: bool = False
+    exclude_reasoning: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -131,6 +143,9 @@ class TransformersClient(LlmClient):
         self._dtype_name = "float32"
         self._context_length = config.context_length or config_context_length(self._path) or _DEFAULT_CONTEXT
         self._ignore_eos = bool(config.options.get("ignore_eos", False))
+        self._grammars: Any = None  # GrammarCompiler once loaded, where the tokenizer allows
+        self._created = _model_created(self._path)
+        self._thinks = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,8 +159,9 @@ class TransformersClient(LlmClient):
                  context_length=self._context_length, max_batch_size=self.config.max_batch_size)
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        with _IMPORT_LOCK:  # nodes start in parallel threads; transformers' lazy import is not thread-safe
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from blueprint.llm.engines._hf_batching import ContinuousBatcher
         from blueprint.logging import route_library_logging
@@ -186,6 +202,10 @@ class TransformersClient(LlmClient):
             prefill_token_budget=int(self.config.options.get("prefill_token_budget", 8192)),
         )
         self._batcher.start()
+        self._grammars = _grammar_compiler(decoder, eos, model.get_output_embeddings().weight.shape[0])
+        setting = str(self.config.options.get("reasoning", "auto"))
+        vocab = decoder.get_vocab()
+        self._thinks = setting == "on" or (setting == "auto" and "<think>" in vocab and "</think>" in vocab)
 
     async def close(self) -> None:
         if self._batcher is not None:
@@ -204,11 +224,14 @@ class TransformersClient(LlmClient):
                                            "top_logprobs"],
             supported_features=self.capabilities().features(),
             is_ready=self._started,
+            created=self._created,
         )]
 
     def capabilities(self) -> Capabilities:
+        grammars = self._grammars is not None
         return Capabilities(chat=True, completion=True, embeddings=True, streaming=True,
-                            logprobs=True, json_mode=False, tools=False,
+                            logprobs=True, json_mode=grammars, tools=grammars,
+                            structured_outputs=grammars, reasoning=self._thinks,
                             max_concurrency=self.config.max_batch_size)
 
     def metrics(self) -> NodeMetrics:
@@ -228,14 +251,28 @@ class TransformersClient(LlmClient):
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         prepared = await self._prepare_chat(request)
         outputs = await self._collect(prepared)
-        return ChatCompletion(
-            model=request.model,
-            choices=[ChatChoice(index=i, message=ChatMessage(role="assistant", content=out.text),
-                                finish_reason=out.finish_reason,  # type: ignore[arg-type]
-                                logprobs=None if out.logprobs is None else chat_logprobs(out.logprobs))
-                     for i, out in enumerate(outputs)],
-            usage=Usage.of(prepared.prompt_tokens, sum(out.completion_tokens for out in outputs)),
-        )
+        choices, reasoning_tokens = [], 0
+        for i, out in enumerate(outputs):
+            shaper = self._shaper(prepared)
+            shaper.feed(out.text, out.completion_tokens)
+            _, finish = shaper.finish(out.finish_reason)
+            reasoning_tokens += shaper.reasoning_tokens
+            choices.append(ChatChoice(index=i, message=shaper.collected.message(),
+                                      finish_reason=finish,  # type: ignore[arg-type]
+                                      logprobs=None if out.logprobs is None else chat_logprobs(out.logprobs)))
+        return ChatCompletion(model=request.model, choices=choices,
+                              usage=self._usage(prepared, sum(out.completion_tokens for out in outputs),
+                                                reasoning_tokens))
+
+    def _shaper(self, prepared: _Prepared) -> ChatOutputShaper:
+        return ChatOutputShaper(parse_tools=prepared.parse_tools, reasoning=prepared.reasoning,
+                                reasoning_open=prepared.reasoning_open,
+                                exclude_reasoning=prepared.exclude_reasoning)
+
+    def _usage(self, prepared: _Prepared, completion_tokens: int, reasoning_tokens: int = 0) -> Usage:
+        """No prefix cache here: ``cached_tokens`` is 0."""
+        return Usage.of(prepared.prompt_tokens, completion_tokens,
+                        reasoning_tokens=reasoning_tokens if self._thinks else None)
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         prepared = await self._prepare_chat(request)
@@ -246,42 +283,77 @@ class TransformersClient(LlmClient):
                                        choices=choices, usage=usage)
 
         completion_tokens = 0
-        announced: set[int] = set()
+        shapers: dict[int, ChatOutputShaper] = {}
         async with aclosing(self._generate(prepared)) as stream:
             async for event in stream:
-                delta = ChatDelta(content=event.text)
-                if event.index not in announced:
-                    announced.add(event.index)
-                    delta.role = "assistant"
+                shaper = shapers.get(event.index)
+                announce = shaper is None
+                if shaper is None:
+                    shaper = shapers[event.index] = self._shaper(prepared)
+                delta = shaper.feed(event.text, event.tokens)
+                finish = None
                 if event.finish_reason is not None:
                     completion_tokens += event.completion_tokens
+                    tail, finish = shaper.finish(event.finish_reason)
+                    delta = _merge_deltas(delta, tail)
                 logprobs = None if event.logprobs is None else chat_logprobs(event.logprobs)
+                if delta is None and not announce and logprobs is None and finish is None:
+                    continue
+                delta = delta or ChatDelta(content="")
+                if announce:
+                    delta.role = "assistant"
                 yield chunk([ChatChunkChoice(index=event.index, delta=delta, logprobs=logprobs,
-                                             finish_reason=event.finish_reason)])  # type: ignore[arg-type]
+                                             finish_reason=finish)])  # type: ignore[arg-type]
         if request.wants_usage_in_stream():
-            yield chunk([], Usage.of(prepared.prompt_tokens, completion_tokens))
+            reasoning_tokens = sum(s.reasoning_tokens for s in shapers.values())
+            yield chunk([], self._usage(prepared, completion_tokens, reasoning_tokens))
 
     async def _prepare_chat(self, request: ChatCompletionRequest) -> _Prepared:
         self._check_model(request.model)
         self._require_started()
-        if request.tools:
-            raise InvalidRequestError("This node does not support tool calls.", param="tools")
-        if request.response_format is not None and request.response_format.type != "text":
-            raise InvalidRequestError("This node supports only response_format 'text'.",
-                                      param="response_format")
+        plan = plan_output(request)
+        if (plan.constrained or plan.parse_tools) and self._grammars is None:
+            raise InvalidRequestError("This node cannot enforce tools or response_format: its tokenizer "
+                                      "is not a fast (Rust) tokenizer.", param="tools" if plan.tools else
+                                      "response_format")
         if request.top_logprobs and not request.logprobs:
             raise InvalidRequestError("top_logprobs needs logprobs set to true.", param="top_logprobs")
         if any(m.has_non_text_parts() for m in request.messages):
             raise InvalidRequestError("This node accepts text content only.", param="messages")
         params = sampling_params(request, ignore_eos=self._ignore_eos)
-        prompt_ids = await asyncio.to_thread(self._encode_chat, request.messages)
-        return self._prepared([prompt_ids], params, [""], param="messages",
-                              logprobs=(request.top_logprobs or 0) if request.logprobs else None)
+        if plan.constrained:
+            params = replace(params, stop=())
+        tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []]
+        thinking = request.reasoning is None or (request.reasoning.enabled is not False
+                                                 and request.reasoning.effort != "none")
+        prompt_text, prompt_ids = await asyncio.to_thread(self._render_chat, request.messages, tools,
+                                                          thinking)
+        prepared = self._prepared([prompt_ids], params, [""], param="messages",
+                                  logprobs=(request.top_logprobs or 0) if request.logprobs else None)
+        prepared.parse_tools = plan.parse_tools
+        prepared.reasoning = self._thinks and not plan.constrained
+        prepared.reasoning_open = prompt_text.rstrip().endswith("<think>")
+        prepared.exclude_reasoning = bool(request.reasoning and request.reasoning.exclude)
+        spec = grammar_spec(plan, prepared.max_new_tokens)
+        if spec is not None:
+            if not spec.fits:
+                log.info("grammar_exceeds_budget", node=self.name, max_bytes=spec.max_bytes,
+                         budget=prepared.max_new_tokens)
+            prepared.grammars = await asyncio.to_thread(
+                lambda: [self._grammars.state(spec) for _ in range(params.n)])
+        return prepared
 
     def _encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        return self._render_chat(messages)[1]
+
+    def _render_chat(self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None,
+                     thinking: bool = True) -> tuple[str, list[int]]:
+        """The prompt text (the template given the tools; ``enable_thinking`` false when the
+        request turned reasoning off, for templates that read it) and its token ids."""
+        extra = {} if thinking else {"enable_thinking": False}
         with self._encode_lock:
-            text = render_chat(self._encoder, messages)
-            return list(self._encoder(text, add_special_tokens=False).input_ids)
+            text = render_chat(self._encoder, messages, tools=tools, **extra)
+            return text, list(self._encoder(text, add_special_tokens=False).input_ids)
 
     # ------------------------------------------------------------------ text completions
 
@@ -486,7 +558,8 @@ class TransformersClient(LlmClient):
                 seed = None if params.seed is None else params.seed + index
                 seq_params = params if seed == params.seed else replace(params, seed=seed)
                 seqs.append(Sequence(index, prompt, prepared.max_new_tokens, seq_params, emit,
-                                     logprobs=prepared.logprobs))
+                                     logprobs=prepared.logprobs,
+                                     grammar=None if prepared.grammars is None else prepared.grammars[index]))
         self._outstanding += count
         started_at = self._tracker.started()
         first_token_at: float | None = None
@@ -515,3 +588,39 @@ class TransformersClient(LlmClient):
             self._tracker.finished(started_at, prompt_tokens=prepared.prompt_tokens,
                                    completion_tokens=completion_tokens, first_token_at=first_token_at,
                                    error=failed)
+
+
+def _merge_deltas(first: ChatDelta | None, second: ChatDelta | None) -> ChatDelta | None:
+    """Two deltas of one step as one (text joined, tool-call pieces in order)."""
+    if first is None or second is None:
+        return first or second
+    return ChatDelta(
+        content=None if first.content is None and second.content is None
+        else (first.content or "") + (second.content or ""),
+        reasoning=None if first.reasoning is None and second.reasoning is None
+        else (first.reasoning or "") + (second.reasoning or ""),
+        tool_calls=(first.tool_calls or []) + (second.tool_calls or []) or None,
+    )
+
+
+def _grammar_compiler(tokenizer: Any, eos: set[int], vocab_size: int) -> Any:
+    """The engine's llguidance compiler; None (tools and structured outputs off) where the
+    library is missing or the tokenizer is not a fast one."""
+    try:
+        from blueprint.llm.grammar import GrammarCompiler
+    except ImportError:
+        log.warning("grammar_library_missing", hint="pip install llguidance for tools and JSON output")
+        return None
+    if not GrammarCompiler.supports(tokenizer):
+        log.warning("grammar_unsupported_tokenizer", hint="tools and JSON output need a fast tokenizer")
+        return None
+    return GrammarCompiler(tokenizer, eos_token_ids=eos, vocab_size=vocab_size)
+
+
+def _model_created(path: Path) -> int:
+    """When the model's files were written (``config.json``'s mtime): a ``created`` that stays the
+    same across calls and restarts; the start time where there is no such file."""
+    try:
+        return int((path / "config.json").stat().st_mtime)
+    except OSError:
+        return now()

@@ -15,8 +15,16 @@ own, laid out by :mod:`blueprint.llm.logprobs` exactly as the transformers engin
 own (:func:`output_logprobs` says which distribution they describe and where texts and bytes come
 from). Like the rest of this engine they are tested here only through the pure mapping.
 
-Engine options (``NodeConfig.options``): ``engine_args`` (a dict passed to ``AsyncEngineArgs``
-as is: ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enable_prefix_caching``...).
+Engine settings: the typed ``[nodes.vllm]`` table (:class:`~blueprint.llm.config.VllmSettings`:
+GPU memory share, tensor and pipeline parallel sizes, the distributed executor, quantization,
+prefix caching...), ``context_length`` as ``max_model_len`` and ``max_batch_size`` as
+``max_num_seqs``; ``options.engine_args`` passes anything else to ``AsyncEngineArgs`` as is
+(:func:`engine_args` builds the whole set). The engine is built in a worker thread (loading
+weights takes minutes and must not stall the event loop: vLLM's ``AsyncLLM`` starts its output
+handler on the first request when built outside the loop). vLLM's request-validation errors
+(``ValueError``/``TypeError``) become 400s and never count against the node's breaker
+(:func:`map_engine_error`); ``scripts/check_vllm_signatures.py`` checks these calls against an
+installed vLLM.
 """
 
 from __future__ import annotations
@@ -229,6 +237,40 @@ def render_chat_fallback(messages: list[ChatMessage]) -> str:
     return "".join(f"{m.role}: {m.text()}\n" for m in messages) + "assistant:"
 
 
+def engine_args(config: NodeConfig) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.AsyncEngineArgs`` for a node (pure, tested without vLLM):
+    the model and limits from the node, the typed ``[nodes.vllm]`` values that are set, then
+    ``options.engine_args`` as is."""
+    args: dict[str, Any] = {"model": config.path or config.model, "served_model_name": config.model,
+                            "dtype": config.dtype, "max_num_seqs": config.max_batch_size}
+    if config.context_length:
+        args["max_model_len"] = config.context_length
+    args.update(config.vllm.model_dump(exclude_none=True))
+    args.update(config.options.get("engine_args", {}))
+    return args
+
+
+#: Substrings of vLLM's messages for a prompt longer than the model's context.
+_CONTEXT_MESSAGES = ("maximum context length", "maximum model length", "longer than the maximum",
+                     "max_model_len")
+
+
+def map_engine_error(exc: BaseException, node: str) -> BlueprintError:
+    """One of our errors for an exception vLLM raised on a request. Validation errors
+    (``ValueError`` and ``TypeError``, vLLM's way to refuse a request's parameters) are the
+    client's: 400, or 413 for a prompt past the context, never retried or counted against the
+    node's breaker. Anything else (``EngineDeadError``, ``EngineGenerateError``...) is the node's:
+    a 502 the balancer may retry elsewhere."""
+    if isinstance(exc, BlueprintError):
+        return exc
+    if isinstance(exc, (ValueError, TypeError)):
+        message = str(exc) or type(exc).__name__
+        if any(text in message.lower() for text in _CONTEXT_MESSAGES):
+            return ContextLengthExceededError(message)
+        return InvalidRequestError(message)
+    return BackendError(f"vLLM node {node!r} failed: {exc!r}")
+
+
 def map_finish_reason(reason: str | None) -> str | None:
     """vLLM's finish reasons in OpenAI's vocabulary (``abort`` is an error to the client)."""
     if reason is None:
@@ -260,14 +302,13 @@ class VllmClient(LlmClient):
         """Build the engine (loads weights onto the GPU, minutes for a large model)."""
         if self._engine is not None:
             return
-        cfg = self.config
-        args: dict[str, Any] = {"model": cfg.path or cfg.model, "served_model_name": cfg.model,
-                                "dtype": cfg.dtype, "max_num_seqs": cfg.max_batch_size}
-        if cfg.context_length:
-            args["max_model_len"] = cfg.context_length
-        args.update(cfg.options.get("engine_args", {}))
-        engine_args = self._vllm.AsyncEngineArgs(**args)
-        self._engine = self._vllm.AsyncLLMEngine.from_engine_args(engine_args)
+        try:
+            built_args = self._vllm.AsyncEngineArgs(**engine_args(self.config))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"vLLM node {self.name!r}: bad engine arguments: {exc}",
+                                      code="bad_engine_args") from exc
+        # minutes of weight loading: in a worker thread, so the event loop keeps serving
+        self._engine = await asyncio.to_thread(self._vllm.AsyncLLMEngine.from_engine_args, built_args)
         model_config = getattr(self._engine, "model_config", None)
         if model_config is None:  # older engines expose it through a coroutine
             model_config = await _maybe_await(self._engine.get_model_config)
@@ -369,10 +410,8 @@ class VllmClient(LlmClient):
                 yield output
         except BlueprintError:
             raise
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from exc
-        except Exception as exc:  # vLLM's engine errors (EngineDeadError...)
-            raise BackendError(f"vLLM node {self.name!r} failed: {exc!r}") from exc
+        except Exception as exc:  # validation errors -> 400/413; engine errors -> 502
+            raise map_engine_error(exc, self.name) from exc
         finally:
             if not finished:
                 await engine.abort(request_id)
@@ -545,6 +584,8 @@ class VllmClient(LlmClient):
             params = self._vllm.PoolingParams(task="embed", dimensions=request.dimensions)
         except TypeError:  # older vLLM: no task field
             params = self._vllm.PoolingParams()
+        except ValueError as exc:
+            raise map_engine_error(exc, self.name) from exc
         data, total = [], 0
         for index, ids in enumerate(token_lists):
             if len(ids) > self._max_model_len:
@@ -555,8 +596,8 @@ class VllmClient(LlmClient):
             try:
                 async for output in engine.encode({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
                     final = output
-            except Exception as exc:
-                raise BackendError(f"vLLM node {self.name!r} failed to embed: {exc!r}") from exc
+            except Exception as exc:  # validation errors -> 400/413; engine errors -> 502
+                raise map_engine_error(exc, self.name) from exc
             assert final is not None
             vector = EmbeddingRequestOutput.from_base(final).outputs.embedding
             data.append(Embedding(index=index, embedding=list(vector)))

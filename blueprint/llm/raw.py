@@ -1,0 +1,68 @@
+"""Streamed chunks relayed as the upstream's own bytes.
+
+A proxy node (the ``openai`` engine) does not need to understand a chunk to forward it: parsing
+every SSE event into a pydantic model and serialising it again cost more CPU than the rest of the
+gateway's per-chunk work together. A :class:`RawChunk` keeps the upstream's JSON and reads only
+what routing, usage accounting and metrics need, straight from the bytes:
+
+* ``usage`` is parsed only from the one event that carries a non-null ``usage`` (the last one);
+* ``has_choices`` is a byte test (a usage-only event has ``"choices":[]``);
+* anything else (``choices[0].delta``, ``model_dump``) parses the payload once, on first use, into
+  the engine's chunk type, so code written for pydantic chunks keeps working unchanged.
+
+The SSE writer sends :attr:`RawChunk.payload` as is (see ``blueprint.server.sse``). A whole
+non-streamed answer is relayed the same way when the caller says it can take one
+(:data:`RELAY_RAW`, set by the HTTP server for its request's task): the job handlers keep getting
+pydantic answers, the HTTP path skips a parse and a serialisation per request.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+from pydantic import BaseModel
+
+from blueprint import safejson
+from blueprint.llm.types import Usage
+
+#: Whether the current task's caller takes relayed answers (``model_response`` sends their bytes).
+RELAY_RAW: ContextVar[bool] = ContextVar("relay_raw", default=False)
+
+_USAGE = b'"usage":'
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
+
+
+class RawChunk:
+    """One upstream SSE ``data`` payload (a chat or text-completion chunk), kept as bytes."""
+
+    __slots__ = ("_parsed", "_type", "has_choices", "payload", "usage")
+
+    def __init__(self, payload: bytes, chunk_type: type[BaseModel]) -> None:
+        self.payload = payload
+        self._type = chunk_type
+        self._parsed: BaseModel | None = None
+        #: The chunk's usage, read from the bytes only when they name a non-null one (the last
+        #: event of a stream); plain attributes, as every layer reads them for every chunk.
+        self.usage: Usage | None = None
+        at = payload.find(_USAGE)
+        if at >= 0 and not payload[at + 8:at + 14].lstrip().startswith(b"null"):
+            data = safejson.loads(payload).get("usage")  # untrusted: depth-bounded
+            self.usage = Usage.model_validate(data) if isinstance(data, dict) else None
+        #: False for a usage-only event (``"choices":[]``).
+        self.has_choices = _NO_CHOICES[0] not in payload and _NO_CHOICES[1] not in payload
+
+    def parsed(self) -> Any:
+        """The payload as the engine's pydantic chunk type (parsed once)."""
+        if self._parsed is None:
+            self._parsed = self._type.model_validate_json(self.payload)
+        return self._parsed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parsed(), name)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        return str(self.parsed().model_dump_json(**kwargs))
+
+    def __repr__(self) -> str:
+        return f"RawChunk({self.payload[:120]!r})"

@@ -1,0 +1,123 @@
+"""The lean upstream HTTP/1.1 client against raw loopback servers that answer byte by byte:
+chunked bodies split anywhere, Content-Length, close-delimited bodies, keep-alive reuse, a stale
+idle connection, and garbage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from blueprint.llm.engines._http1 import Http1Error, Http1Pool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    return await reader.readexactly(length)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Http1Pool, list[int]]]]]:
+    servers: list[asyncio.Server] = []
+    pools: list[Http1Pool] = []
+
+    async def start(handler: Handler) -> tuple[Http1Pool, list[int]]:
+        connections: list[int] = []
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            try:
+                await handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        pool = Http1Pool(f"http://127.0.0.1:{port}/v1", headers={"Content-Type": "application/json"},
+                         keepalive_s=5, connect_timeout_s=2)
+        pools.append(pool)
+        return pool, connections
+
+    yield start
+    for pool in pools:
+        pool.close()
+    for server in servers:
+        server.close()
+
+
+async def test_chunked_answers_split_at_every_byte_are_read_and_the_connection_reused(serve) -> None:  # type: ignore[no-untyped-def]
+    body = b"data: one\n\ndata: two\n\n"
+    wire = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Thing: 1\r\n\r\n"
+            + b"%x;ext=1\r\n" % 9 + body[:9] + b"\r\n" + b"%x\r\n" % (len(body) - 9) + body[9:]
+            + b"\r\n0\r\nTrailer: x\r\n\r\n")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_request(reader)
+            for i in range(len(wire)):  # one byte per write: every boundary is exercised
+                writer.write(wire[i:i + 1])
+                await writer.drain()
+
+    pool, connections = await serve(handler)
+    for _ in range(3):
+        conn = await pool.post("/chat/completions", b"{}", 5)
+        assert conn.status == 200 and conn.headers["x-thing"] == "1"
+        assert await conn.read_all() == body
+        pool.release(conn)
+    assert len(connections) == 1
+
+
+async def test_content_length_and_close_delimited_bodies(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_request(reader)
+        if request == b"length":
+            writer.write(b"HTTP/1.1 429 Too Many\r\nContent-Length: 5\r\nRetry-After: 3\r\n\r\nhello")
+            await writer.drain()
+            await _read_request(reader)  # kept alive: a second request on the same connection
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+        await writer.drain()
+
+    pool, connections = await serve(handler)
+    conn = await pool.post("/x", b"length", 5)
+    assert (conn.status, await conn.read_all(), conn.headers["retry-after"]) == (429, b"hello", "3")
+    pool.release(conn)
+    conn = await pool.post("/x", b"again", 5)
+    assert await conn.read_all() == b"ok"
+    pool.release(conn)
+    assert len(connections) == 1
+    conn = await pool.post("/x", b"close", 5)
+    assert await conn.read_all() == b"until the end" and not conn.keep_alive
+    pool.release(conn)
+
+
+async def test_a_stale_idle_connection_is_replaced_and_garbage_is_an_error(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_request(reader)
+        if request == b"garbage":
+            writer.write(b"SMTP ready\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # then close: the pooled connection goes stale while idle
+
+    pool, connections = await serve(handler)
+    conn = await pool.post("/x", b"first", 5)
+    assert await conn.read_all() == b"ok"
+    pool.release(conn)
+    await asyncio.sleep(0.05)
+    conn = await pool.post("/x", b"second", 5)  # the idle one was closed by the server: a fresh one
+    assert await conn.read_all() == b"ok"
+    pool.release(conn)
+    assert len(connections) == 2
+    with pytest.raises(Http1Error):
+        conn = await pool.post("/x", b"garbage", 5)
