@@ -29,6 +29,8 @@ _GET_JOB_CALL = selector(fragment(TANGLE_ABI, "getJobCall"))
 _GET_QUOTED = selector(fragment(TANGLE_ABI, "getJobQuotedOperators"))
 #: Completed call ids remembered for waiters that arrive after the log was read.
 _REMEMBER = 50_000
+#: Most blocks one read covers.
+_MAX_RANGE = 2_000
 
 
 class CompletionWatch:
@@ -114,6 +116,9 @@ class CompletionWatch:
         first = self._next_block if self._next_block is not None else head
         if head < first:
             return
+        # a job resumed long after its block: older completions are not read (nodes bound the
+        # range of eth_getLogs); its turn still ends with the getJobCall check, which is exact
+        first = max(first, head - _MAX_RANGE)
         logs = await self.w3.eth.get_logs({
             "address": self.tangle, "fromBlock": first, "toBlock": head,
             "topics": [JOB_COMPLETED_TOPIC, uint_topic(self.service_id)],

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +64,14 @@ class Op:
     daemon: DaemonProcess
     backends: dict[str, BackendProcess]
     port: int
+    data: Path
+
+    def states(self, call_ids: list[int]) -> dict[int, str]:
+        """The job states in this operator's ledger."""
+        with sqlite3.connect(self.data / "ledger.sqlite3") as db:
+            marks = ",".join("?" * len(call_ids))
+            rows = db.execute(f"SELECT call_id, state FROM jobs WHERE call_id IN ({marks})", call_ids)
+            return dict(rows.fetchall())
 
     def served(self) -> int:
         return sum(stats(b)["requests"] for b in self.backends.values())
@@ -120,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 env["BLUEPRINT_CONFIG"] = str(config)
                 daemon = DaemonProcess(env, work / name / "daemon.log").start()
                 daemons.append(daemon)
-                ops.append(Op(name, models, daemon, mine, port))
+                ops.append(Op(name, models, daemon, mine, port, work / name / "data"))
             for daemon in daemons:
                 daemon.wait_ready(120)
             yield Stack(anvil, service, ops)
@@ -179,6 +189,18 @@ async def test_each_job_computed_once_by_an_operator_offering_its_model(stack: S
     assert stack.total_served() - before == 24
     counts = await results_per_call(stack)
     assert all(counts[c] == 1 for c, _, _ in answered)
+    # every ledger says what became of each job: ours, another's, or never ours
+    calls = [c for c, _, _ in answered]
+    states = {op.name: op.states(calls) for op in stack.ops}
+    for (_job, model), (call_id, operator, _) in zip(jobs, answered, strict=True):
+        for view, op in zip(stack.service.operators, stack.ops, strict=True):
+            if view.operator.address == operator:
+                expected = "confirmed"
+            elif model in op.models:
+                expected = "answered_by_another"  # it stood by, then saw the result land
+            else:
+                expected = "skipped"
+            assert states[op.name][call_id] == expected, (op.name, call_id, model)
     # both operators of m1 took a share of its 16 jobs: the work is spread, not duplicated
     m1_answerers = {op for (_, model), (_, op, _) in zip(jobs, answered, strict=True) if model == "m1"}
     assert len(m1_answerers) == 2
