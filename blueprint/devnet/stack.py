@@ -153,6 +153,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, dict):  # an inline table (a node's options)
+        return "{ " + ", ".join(f"{toml_string(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return toml_string(str(value))
 
 

@@ -99,3 +99,16 @@ class ChatOutputShaper:
         if delta.content is None and delta.reasoning is None and delta.tool_calls is None:
             return None
         return delta
+
+
+def merge_deltas(first: ChatDelta | None, second: ChatDelta | None) -> ChatDelta | None:
+    """Two deltas of one step as one (text joined, tool-call pieces in order)."""
+    if first is None or second is None:
+        return first or second
+    return ChatDelta(
+        content=None if first.content is None and second.content is None
+        else (first.content or "") + (second.content or ""),
+        reasoning=None if first.reasoning is None and second.reasoning is None
+        else (first.reasoning or "") + (second.reasoning or ""),
+        tool_calls=(first.tool_calls or []) + (second.tool_calls or []) or None,
+    )

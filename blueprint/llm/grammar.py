@@ -16,6 +16,7 @@ vocabulary's bytes) and caches a pristine matcher per grammar; each sequence get
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -91,13 +92,16 @@ def _first_line(text: str) -> str:
 
 
 class GrammarState:
-    """One sequence's position in its grammar (used by the batching thread only)."""
+    """One sequence's position in its grammar (used by the batching thread, and by the mask
+    prefetcher between a step's sampling and the next step's)."""
 
-    __slots__ = ("matcher", "spec")
+    __slots__ = ("matcher", "pending", "spec")
 
     def __init__(self, matcher: Any, spec: GrammarSpec) -> None:
         self.matcher = matcher
         self.spec = spec
+        #: A mask being computed ahead for the next step: (future, bitmask, row).
+        self.pending: tuple[concurrent.futures.Future[None], torch.Tensor, int] | None = None
 
     def consume(self, token: int) -> bool:
         return bool(self.matcher.consume_token(token))
@@ -119,18 +123,59 @@ class GrammarState:
 _SHIFTS: dict[torch.device, torch.Tensor] = {}
 
 
-def apply_masks(logits: torch.Tensor, rows: list[int], states: list[GrammarState],
-                executor: Any = None) -> None:
-    """Set to ``-inf``, in place, the logits of tokens each row's grammar forbids now."""
-    words = (logits.shape[-1] + 31) // 32
-    bitmask = torch.zeros((len(rows), words), dtype=torch.int32)
-    # Row by row on this thread: llguidance's parallel executor spins worker threads that fight
-    # torch's for the cores (a 50x slowdown on a busy 2-core CPU), while one row's mask costs
-    # 20-200 µs. (Not ``llguidance.torch``'s helpers either: that module runs ``torch.compile``
-    # at import, seconds on CPU.)
-    base, row_bytes = bitmask.data_ptr(), words * 4
+def _fill(states: list[GrammarState], bitmask: torch.Tensor) -> None:
+    """Each state's allowed-token bits into its row of ``bitmask`` (int32 words, GIL released).
+
+    Row by row: llguidance's parallel executor spins worker threads that fight torch's for the
+    cores (a 50x slowdown on a busy 2-core CPU), while one row's mask costs 20-200 µs. (Not
+    ``llguidance.torch``'s helpers either: that module runs ``torch.compile`` at import, seconds
+    on CPU.)"""
+    row_bytes = bitmask.shape[1] * 4
+    base = bitmask.data_ptr()
     for i, state in enumerate(states):
         state.matcher.unsafe_compute_mask_ptr(base + i * row_bytes, row_bytes)
+
+
+class MaskPrefetcher:
+    """Computes the next step's masks on one helper thread while the model runs its forward
+    pass (a step's grammar state is known as soon as its token is sampled), so that constrained
+    rows cost the decode loop almost nothing beyond laying the mask on the logits."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
+
+    def prefetch(self, states: list[GrammarState], vocab_size: int) -> None:
+        if not states:
+            return
+        bitmask = torch.zeros((len(states), (vocab_size + 31) // 32), dtype=torch.int32)
+        future = self._pool.submit(_fill, states, bitmask)
+        for row, state in enumerate(states):
+            state.pending = (future, bitmask, row)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def apply_masks(logits: torch.Tensor, rows: list[int], states: list[GrammarState]) -> None:
+    """Set to ``-inf``, in place, the logits of tokens each row's grammar forbids now (masks
+    prefetched where they were, computed here for the others)."""
+    words = (logits.shape[-1] + 31) // 32
+    bitmask = torch.zeros((len(rows), words), dtype=torch.int32)
+    missing: list[GrammarState] = []
+    missing_rows: list[int] = []
+    for i, state in enumerate(states):
+        pending, state.pending = state.pending, None
+        if pending is not None and pending[1].shape[1] == words:
+            future, prefetched, row = pending
+            future.result()
+            bitmask[i] = prefetched[row]
+        else:
+            missing.append(state)
+            missing_rows.append(i)
+    if missing:
+        computed = torch.zeros((len(missing), words), dtype=torch.int32)
+        _fill(missing, computed)
+        bitmask[missing_rows] = computed
     device = logits.device
     shifts = _SHIFTS.get(device)
     if shifts is None:

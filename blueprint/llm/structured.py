@@ -132,8 +132,25 @@ class GrammarSpec:
         return f"{self.kind}:{self.source}"
 
 
+#: Specs already made, by plan and budget (bounding a schema costs up to a millisecond a request).
+_SPECS: dict[str, GrammarSpec | None] = {}
+_SPECS_LIMIT = 1024
+
+
 def grammar_spec(plan: OutputPlan, budget: int) -> GrammarSpec | None:
     """The bounded grammar of a constrained plan for ``budget`` tokens (None: unconstrained)."""
+    if not plan.constrained:
+        return None
+    key = json.dumps([plan.json_schema, plan.json_object, [[t.name, t.parameters] for t in plan.forced_tools],
+                      plan.max_calls, budget], sort_keys=True, default=str)
+    if key not in _SPECS:
+        if len(_SPECS) >= _SPECS_LIMIT:
+            _SPECS.clear()
+        _SPECS[key] = _make_spec(plan, budget)
+    return _SPECS[key]
+
+
+def _make_spec(plan: OutputPlan, budget: int) -> GrammarSpec | None:
     if plan.forced_tools:
         return _tools_spec(plan, budget)
     if plan.json_object:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import queue
 import sqlite3
 import threading
@@ -266,6 +267,24 @@ UPDATE meta SET value = '3' WHERE key = 'schema_version';
 }
 
 
+def _private_file(path: Path) -> None:
+    """Create the ledger's directory 0700 and its file 0600 before SQLite opens it (SQLite gives
+    the WAL and shared-memory files the database file's mode): it holds pending prompts. A
+    directory that already exists open to others is reported, not changed (it may be shared)."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+    elif path.parent.stat().st_mode & 0o077:
+        log.warning("ledger.directory_not_private", path=str(path.parent),
+                    note="it holds pending prompts: chmod 700 it")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists() and part.stat().st_mode & 0o077:
+            os.chmod(part, 0o600)
+
+
 def _record(row: Sequence[Any]) -> JobRecord:
     values = list(row)
     values[5] = bool(values[5])
@@ -418,7 +437,7 @@ class Ledger:
     # --- connection (ledger thread) -----------------------------------------------------------
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")

@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from pydantic import ValidationError
 
 from blueprint.errors import InvalidRequestError
 from blueprint.llm import json_bounds
@@ -138,8 +139,8 @@ def test_reasoning_splitter_split_anywhere() -> None:
 def test_plan_refuses_client_mistakes() -> None:
     with pytest.raises(InvalidRequestError, match="not among the tools"):
         plan_output(chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}))
-    with pytest.raises(InvalidRequestError, match="needs tools"):
-        plan_output(chat(tool_choice="required"))
+    with pytest.raises(ValidationError, match="needs tools"):  # refused by the wire type, for every engine
+        chat(tool_choice="required")
     with pytest.raises(InvalidRequestError, match="tool_choice must be"):
         plan_output(chat(tools=[WEATHER], tool_choice="sometimes"))
     plan = plan_output(chat(tools=[WEATHER, ADD], tool_choice="required", parallel_tool_calls=False))
@@ -280,3 +281,27 @@ async def test_a_template_that_rejects_the_conversation_is_a_client_error(
             await engine.chat(chat(max_tokens=1))
     finally:
         engine._encoder.chat_template = template
+
+
+async def test_thinking_goes_to_reasoning_with_its_token_count(engine: TransformersClient) -> None:
+    """A template that opens ``<think>`` in the generation prompt (Qwen3/DeepSeek-R1 style):
+    what the model writes until ``</think>`` is reasoning, streamed as ``delta.reasoning`` and
+    counted in ``reasoning_tokens``; ``reasoning.exclude`` drops it from the answer."""
+    from blueprint.testing.tiny_model import CHAT_TEMPLATE
+
+    template, thinks = engine._encoder.chat_template, engine._thinks
+    engine._encoder.chat_template, engine._thinks = CHAT_TEMPLATE + "<think>\n", True
+    try:
+        out = await engine.chat(chat(max_tokens=6, seed=5))
+        message, usage = out.choices[0].message, out.usage
+        assert message.reasoning and not message.content
+        assert usage is not None and usage.completion_tokens_details is not None
+        assert usage.completion_tokens_details.reasoning_tokens == usage.completion_tokens == 6
+        chunks = [c async for c in engine.chat_stream(chat(max_tokens=6, seed=5, stream=True))]
+        streamed = "".join(ch.delta.reasoning or "" for c in chunks for ch in c.choices)
+        assert streamed == message.reasoning
+        hidden = await engine.chat(chat(max_tokens=6, seed=5, reasoning={"exclude": True}))
+        assert hidden.choices[0].message.reasoning is None
+        assert "reasoning" in engine.capabilities().features()
+    finally:
+        engine._encoder.chat_template, engine._thinks = template, thinks

@@ -282,3 +282,22 @@ async def test_handler_starts_are_counted_for_the_poison_job_guard(ledger: Ledge
     assert (await ledger.mark_running(1, 1)).runs == 2
     await ledger.forget_run(1, 1)
     assert (await ledger.get(1, 1)).runs == 1  # type: ignore[union-attr]
+
+
+async def test_ledger_files_are_private(tmp_path: Path) -> None:
+    """Row 10: the ledger holds pending prompts; it was created 0644. Files are 0600 in a 0700
+    directory, whatever the umask."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        led = await Ledger.open(tmp_path / "data")
+        await led.record_seen([job(1)])
+        await led.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    files = list((tmp_path / "data").iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), \
+        {f.name: oct(f.stat().st_mode) for f in files}

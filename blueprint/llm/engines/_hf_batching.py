@@ -52,7 +52,7 @@ from transformers import DynamicCache
 
 from blueprint.errors import BackendError, BlueprintError, InvalidRequestError
 from blueprint.llm.engines._hf_text import TextAssembler, TokenPieces, decode_windows
-from blueprint.llm.grammar import GrammarState, apply_masks
+from blueprint.llm.grammar import GrammarState, MaskPrefetcher, apply_masks
 from blueprint.llm.logprobs import LOGPROB_FLOOR, TokenLogprob, TopLogprob
 from blueprint.llm.sampling import SamplingParams
 
@@ -147,6 +147,7 @@ class ContinuousBatcher:
         self._positions: torch.Tensor | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._masks: MaskPrefetcher | None = None
         #: Observability (read from other threads; plain ints are safe to read).
         self.peak_batch_size = 0
         self.decode_steps = 0
@@ -166,6 +167,8 @@ class ContinuousBatcher:
         self._inbox.put(("stop", None))
         self._thread.join(timeout)
         self._thread = None
+        if self._masks is not None:
+            self._masks.close()
 
     def submit(self, seq: Sequence) -> None:
         self._inbox.put(("add", seq))
@@ -315,6 +318,7 @@ class ContinuousBatcher:
             self._merge(getattr(out, self._cache_arg), mask, [new[r] for r in keep],
                         [tokens[r] for r in keep], keep)
         self._admitting = []
+        self._prefetch_masks()
         self.peak_batch_size = max(self.peak_batch_size, len(self._running))
 
     def _prepare(self, seq: Sequence) -> None:
@@ -388,6 +392,17 @@ class ContinuousBatcher:
         alive = self._advance_all(self._running, tokens, logprobs, failed)
         if len(alive) < len(self._running):
             self._keep_rows(alive)
+        self._prefetch_masks()
+
+    def _prefetch_masks(self) -> None:
+        """Start computing the next step's masks of the constrained rows (they overlap the
+        model's forward pass; see :class:`blueprint.llm.grammar.MaskPrefetcher`)."""
+        states = [seq.grammar for seq in self._running
+                  if isinstance(seq.grammar, GrammarState) and seq.grammar.pending is None]
+        if states:
+            if self._masks is None:
+                self._masks = MaskPrefetcher()
+            self._masks.prefetch(states, self._vocab)
 
     def _advance_all(self, seqs: list[Sequence], tokens: list[int], logprobs: list[RawLogprobs | None],
                      failed: dict[int, BaseException] | None = None) -> list[int]:

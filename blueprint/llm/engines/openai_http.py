@@ -27,8 +27,11 @@ uvicorn's 5 s so we never reuse a connection the server is closing), ``health_ti
 ``health_path`` (``/health``), ``metrics_path`` (``/metrics``), ``metrics_max_age_s`` (30: older
 backend metrics are ignored), ``stream_usage`` (true: always ask the backend for usage in streams
 so tokens can be counted; it is passed on only if the caller asked), and the feature flags
-``embeddings``, ``tools``, ``json_mode``, ``logprobs`` (default false: what the backend serves is
-not discoverable from ``/v1/models``).
+``embeddings``, ``tools``, ``json_mode``, ``structured_outputs``, ``reasoning``, ``logprobs``
+(default false: what the backend serves is not discoverable from ``/v1/models``; they decide what
+``/v1/models`` declares, while requests are passed on as they came: ``tools``, ``tool_choice``,
+``response_format``, ``reasoning``, and the backend's ``tool_calls``, ``reasoning`` and usage
+details back).
 """
 
 from __future__ import annotations
@@ -246,7 +249,8 @@ class OpenAIHttpClient(LlmClient):
         self._capabilities = Capabilities(
             embeddings=bool(opts.get("embeddings", False)), tools=bool(opts.get("tools", False)),
             json_mode=bool(opts.get("json_mode", False)), logprobs=bool(opts.get("logprobs", False)),
-            max_concurrency=config.max_batch_size,
+            structured_outputs=bool(opts.get("structured_outputs", False)),
+            reasoning=bool(opts.get("reasoning", False)), max_concurrency=config.max_batch_size,
         )
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.api_key:

@@ -53,7 +53,7 @@ from blueprint.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
-from blueprint.llm.chat_output import ChatOutputShaper
+from blueprint.llm.chat_output import ChatOutputShaper, merge_deltas
 from blueprint.llm.chat_template import render_chat
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
@@ -90,6 +90,8 @@ _IMPORT_LOCK = threading.Lock()
 
 _QUANTIZATION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _DEFAULT_CONTEXT = 2048
+#: Tokens one embeddings request may hold (``options.max_embedding_tokens``); 400 beyond.
+DEFAULT_MAX_EMBEDDING_TOKENS = 65_536
 
 
 @dataclass(slots=True)
@@ -295,7 +297,7 @@ class TransformersClient(LlmClient):
                 if event.finish_reason is not None:
                     completion_tokens += event.completion_tokens
                     tail, finish = shaper.finish(event.finish_reason)
-                    delta = _merge_deltas(delta, tail)
+                    delta = merge_deltas(delta, tail)
                 logprobs = None if event.logprobs is None else chat_logprobs(event.logprobs)
                 if delta is None and not announce and logprobs is None and finish is None:
                     continue
@@ -441,7 +443,18 @@ class TransformersClient(LlmClient):
             if len(ids) > self._context_length:
                 raise ContextLengthExceededError(
                     f"An input has {len(ids)} tokens; this model's context is {self._context_length}.")
-        vectors = await asyncio.wrap_future(self._batcher.call(lambda: self._embed_now(inputs)))
+        budget = int(self.config.options.get("max_embedding_tokens", DEFAULT_MAX_EMBEDDING_TOKENS))
+        total = sum(len(ids) for ids in inputs)
+        if total > budget:
+            raise InvalidRequestError(f"The inputs hold {total} tokens; this node embeds at most {budget} "
+                                      "per request: split them over several requests.", param="input")
+        # One slice per call on the worker thread: decode steps of running generations go on
+        # between two slices instead of waiting for the whole request.
+        size = int(self.config.options.get("embedding_batch_size", 16))
+        vectors: list[Any] = []
+        for start in range(0, len(inputs), size):
+            part = inputs[start:start + size]
+            vectors += await asyncio.wrap_future(self._batcher.call(lambda part=part: self._embed_now(part)))
         data = []
         for index, vector in enumerate(vectors):
             if request.dimensions is not None:
@@ -590,19 +603,6 @@ class TransformersClient(LlmClient):
                                    error=failed)
 
 
-def _merge_deltas(first: ChatDelta | None, second: ChatDelta | None) -> ChatDelta | None:
-    """Two deltas of one step as one (text joined, tool-call pieces in order)."""
-    if first is None or second is None:
-        return first or second
-    return ChatDelta(
-        content=None if first.content is None and second.content is None
-        else (first.content or "") + (second.content or ""),
-        reasoning=None if first.reasoning is None and second.reasoning is None
-        else (first.reasoning or "") + (second.reasoning or ""),
-        tool_calls=(first.tool_calls or []) + (second.tool_calls or []) or None,
-    )
-
-
 def _grammar_compiler(tokenizer: Any, eos: set[int], vocab_size: int) -> Any:
     """The engine's llguidance compiler; None (tools and structured outputs off) where the
     library is missing or the tokenizer is not a fast one."""
@@ -622,5 +622,5 @@ def _model_created(path: Path) -> int:
     same across calls and restarts; the start time where there is no such file."""
     try:
         return int((path / "config.json").stat().st_mtime)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path the OS cannot take
         return now()

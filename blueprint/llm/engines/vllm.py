@@ -25,12 +25,28 @@ handler on the first request when built outside the loop). vLLM's request-valida
 (``ValueError``/``TypeError``) become 400s and never count against the node's breaker
 (:func:`map_engine_error`); ``scripts/check_vllm_signatures.py`` checks these calls against an
 installed vLLM.
+
+Tools and structured outputs (**not run here**, like the rest of this engine): a request is
+planned as in the transformers engine (:mod:`blueprint.llm.structured`) and its bounded grammar
+goes to vLLM as ``SamplingParams.structured_outputs`` (``StructuredOutputsParams``: ``json`` for
+a response format, a Lark ``grammar`` with embedded ``%json`` for ``required``/named tool calls).
+Those grammars are llguidance's, so the engine starts vLLM with the ``guidance`` structured-output
+backend unless ``engine_args`` chooses another. The chat template gets the tools; the text vLLM
+returns goes through the same :class:`ChatOutputShaper` (tool-call blocks, ``<think>`` reasoning,
+``finish_reason: "tool_calls"``); ``num_cached_tokens`` becomes ``usage.prompt_tokens_details``.
+Because none of this has run on a GPU here, the node does not *declare* tools or structured
+outputs in ``/v1/models`` unless its options say so (``tools``, ``json_mode``,
+``structured_outputs``, ``reasoning``: set them once verified on your GPU).
+
+Feature flags in ``NodeConfig.options``: ``tools``, ``json_mode``, ``structured_outputs``,
+``reasoning`` (above).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -46,10 +62,13 @@ from blueprint.errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
+from blueprint.llm.chat_output import ChatOutputShaper, merge_deltas
+from blueprint.llm.chat_template import template_message
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines._hf_text import TokenPieces
 from blueprint.llm.logprobs import LOGPROB_FLOOR, TokenLogprob, TopLogprob, chat_logprobs, completion_logprobs
+from blueprint.llm.structured import OutputPlan, grammar_spec, plan_output
 from blueprint.llm.types import (
     DEFAULT_SAMPLING_PARAMETERS,
     ChatChoice,
@@ -65,6 +84,7 @@ from blueprint.llm.types import (
     CompletionChunk,
     CompletionLogprobs,
     CompletionRequest,
+    CompletionTokensDetails,
     Embedding,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -90,9 +110,24 @@ _SAMPLING_FIELDS = {
 _FALLBACK_TEMPLATE_NOTE = "role-prefixed lines ending in 'assistant:'"
 
 
-def sampling_kwargs(request: ChatCompletionRequest | CompletionRequest, max_tokens: int) -> dict[str, Any]:
+def structured_outputs_kwargs(plan: OutputPlan | None, max_tokens: int) -> dict[str, Any] | None:
+    """Keyword arguments for ``vllm.sampling_params.StructuredOutputsParams``: the same bounded
+    grammar the transformers engine enforces (finishes valid within ``max_tokens`` or not at
+    all), as ``json`` or as a Lark ``grammar`` (vLLM's ``guidance`` backend); None: free text."""
+    spec = None if plan is None else grammar_spec(plan, max_tokens)
+    if spec is None:
+        return None
+    if spec.kind == "json":
+        return {"json": json.loads(spec.source)}
+    return {"grammar": spec.source}
+
+
+def sampling_kwargs(request: ChatCompletionRequest | CompletionRequest, max_tokens: int,
+                    plan: OutputPlan | None = None) -> dict[str, Any]:
     """Keyword arguments for ``vllm.SamplingParams`` from one of our requests (pure, so it can
-    be tested without vLLM). Unset fields keep vLLM's defaults."""
+    be tested without vLLM). Unset fields keep vLLM's defaults. A constrained ``plan`` adds
+    ``structured_outputs`` (the kwargs of ``StructuredOutputsParams``) and drops stop strings
+    (they would cut a valid answer short)."""
     kwargs: dict[str, Any] = {"max_tokens": max_tokens}
     for ours, theirs in _SAMPLING_FIELDS.items():
         value = getattr(request, ours)
@@ -106,6 +141,10 @@ def sampling_kwargs(request: ChatCompletionRequest | CompletionRequest, max_toke
     wanted = requested_logprobs(request)
     if wanted is not None:
         kwargs["logprobs"] = wanted
+    structured = structured_outputs_kwargs(plan, max_tokens)
+    if structured is not None:
+        kwargs["structured_outputs"] = structured
+        kwargs.pop("stop", None)
     return kwargs
 
 
@@ -197,6 +236,8 @@ class StreamPiece:
     finish_reason: str | None
     first: bool
     logprobs: list[TokenLogprob] | None = None
+    #: Tokens generated since the choice's previous piece.
+    tokens: int = 0
 
 
 class DeltaAssembler:
@@ -212,12 +253,16 @@ class DeltaAssembler:
         self._top = top
         self._pending: dict[int, list[TokenLogprob]] = {}
         self._seen: set[int] = set()
+        self._unsent: dict[int, int] = {}
         #: Tokens generated so far over all choices.
         self.produced = 0
+        #: Prompt tokens vLLM reused from its prefix cache (``RequestOutput.num_cached_tokens``).
+        self.cached = 0
 
     def push(self, output: Any) -> StreamPiece | None:
         """Account for one ``CompletionOutput`` delta; the piece to send, or None for now."""
         self.produced += len(output.token_ids)
+        self._unsent[output.index] = self._unsent.get(output.index, 0) + len(output.token_ids)
         if self._top is not None:
             assert self._pieces is not None
             self._pending.setdefault(output.index, []).extend(
@@ -228,7 +273,7 @@ class DeltaAssembler:
         self._seen.add(output.index)
         logprobs = None if self._top is None else self._pending.pop(output.index, [])
         return StreamPiece(output.index, output.text, map_finish_reason(output.finish_reason), first,
-                           logprobs)
+                           logprobs, self._unsent.pop(output.index, 0))
 
 
 def render_chat_fallback(messages: list[ChatMessage]) -> str:
@@ -302,8 +347,17 @@ class VllmClient(LlmClient):
         """Build the engine (loads weights onto the GPU, minutes for a large model)."""
         if self._engine is not None:
             return
+        args = engine_args(self.config)
+        if "structured_outputs_config" not in args:
+            try:  # our grammars are llguidance's (see the module docstring)
+                from vllm.config import StructuredOutputsConfig
+            except ImportError:
+                log.warning("vllm_structured_outputs_config_missing",
+                            hint="this vLLM predates StructuredOutputsConfig; tools/JSON may fail")
+            else:
+                args["structured_outputs_config"] = StructuredOutputsConfig(backend="guidance")
         try:
-            built_args = self._vllm.AsyncEngineArgs(**engine_args(self.config))
+            built_args = self._vllm.AsyncEngineArgs(**args)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"vLLM node {self.name!r}: bad engine arguments: {exc}",
                                       code="bad_engine_args") from exc
@@ -337,8 +391,12 @@ class VllmClient(LlmClient):
         )]
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(chat=not self._pooling, completion=not self._pooling,
-                            embeddings=self._pooling, logprobs=True,
+        opts, chat = self.config.options, not self._pooling
+        return Capabilities(chat=chat, completion=chat, embeddings=self._pooling, logprobs=True,
+                            tools=chat and bool(opts.get("tools", False)),
+                            json_mode=chat and bool(opts.get("json_mode", False)),
+                            structured_outputs=chat and bool(opts.get("structured_outputs", False)),
+                            reasoning=chat and bool(opts.get("reasoning", False)),
                             max_concurrency=self.config.max_batch_size)
 
     def metrics(self) -> NodeMetrics:
@@ -366,13 +424,30 @@ class VllmClient(LlmClient):
         return list(self._tokenizer.encode(text, add_special_tokens=special))
 
     def _chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        # "developer" is OpenAI's newer name for "system", which chat templates know
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in request.messages]
+        return self._chat_prompt_text(request)[1]
+
+    def _chat_prompt_text(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+        """The prompt (the template given the tools, with assistant calls and tool answers) and
+        its token ids."""
         if getattr(self._tokenizer, "chat_template", None):
-            text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return self._encode(text, special=False)
-        return self._encode(render_chat_fallback(request.messages), special=True)
+            messages = []
+            for m in request.messages:
+                message = template_message(m)
+                if m.role == "developer":  # OpenAI's newer name for "system", which templates know
+                    message["role"] = "system"
+                messages.append(message)
+            tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []] or None
+            text = self._tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                       add_generation_prompt=True)
+            return text, self._encode(text, special=False)
+        text = render_chat_fallback(request.messages)
+        return text, self._encode(text, special=True)
+
+    def _shaper(self, request: ChatCompletionRequest, plan: OutputPlan, prompt_text: str) -> ChatOutputShaper:
+        thinks = bool(self.config.options.get("reasoning", False)) and not plan.constrained
+        return ChatOutputShaper(parse_tools=plan.parse_tools, reasoning=thinks,
+                                reasoning_open=prompt_text.rstrip().endswith("<think>"),
+                                exclude_reasoning=bool(request.reasoning and request.reasoning.exclude))
 
     def _budget(self, prompt_ids: list[int], asked: int | None) -> int:
         """Tokens this request may generate: what was asked (capped by the node), within the
@@ -389,12 +464,17 @@ class VllmClient(LlmClient):
         return wanted
 
     def _params(self, request: ChatCompletionRequest | CompletionRequest, max_tokens: int,
-                *, stream: bool) -> Any:
+                *, stream: bool, plan: OutputPlan | None = None) -> Any:
         from vllm.sampling_params import RequestOutputKind
 
         kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        kwargs = sampling_kwargs(request, max_tokens, plan)
         try:
-            return self._vllm.SamplingParams(output_kind=kind, **sampling_kwargs(request, max_tokens))
+            if "structured_outputs" in kwargs:
+                from vllm.sampling_params import StructuredOutputsParams
+
+                kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
+            return self._vllm.SamplingParams(output_kind=kind, **kwargs)
         except (ValueError, TypeError) as exc:
             raise InvalidRequestError(f"Invalid sampling parameters: {exc}") from exc
 
@@ -439,35 +519,62 @@ class VllmClient(LlmClient):
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         self._require(request.model)
         check_logprobs_request(request)
+        plan = plan_output(request)
         top = requested_logprobs(request)
-        prompt = self._chat_prompt(request)
-        params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=False)
+        prompt_text, prompt = self._chat_prompt_text(request)
+        params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=False,
+                              plan=plan)
         final, completion = await self._final(prompt, params)
-        return ChatCompletion(
-            model=self.config.model, usage=Usage.of(len(prompt), completion),
-            choices=[ChatChoice(index=o.index, message=ChatMessage(role="assistant", content=o.text),
-                                finish_reason=map_finish_reason(o.finish_reason),  # type: ignore[arg-type]
-                                logprobs=self._chat_logprobs(o, top))
-                     for o in final.outputs],
-        )
+        choices, reasoning_tokens = [], 0
+        for o in final.outputs:
+            shaper = self._shaper(request, plan, prompt_text)
+            shaper.feed(o.text, len(o.token_ids))
+            _, finish = shaper.finish(map_finish_reason(o.finish_reason))
+            reasoning_tokens += shaper.reasoning_tokens
+            choices.append(ChatChoice(index=o.index, message=shaper.collected.message(),
+                                      finish_reason=finish,  # type: ignore[arg-type]
+                                      logprobs=self._chat_logprobs(o, top)))
+        return ChatCompletion(model=self.config.model, choices=choices,
+                              usage=self._usage(len(prompt), completion, final, reasoning_tokens))
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int, output: Any,
+               reasoning_tokens: int = 0) -> Usage:
+        cached = getattr(output, "num_cached_tokens", None) or 0
+        return Usage.of(prompt_tokens, completion_tokens, cached_tokens=int(cached),
+                        reasoning_tokens=reasoning_tokens if self.config.options.get("reasoning") else None)
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         self._require(request.model)
         check_logprobs_request(request)
-        prompt = self._chat_prompt(request)
-        params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=True)
+        plan = plan_output(request)
+        prompt_text, prompt = self._chat_prompt_text(request)
+        params = self._params(request, self._budget(prompt, request.requested_max_tokens()), stream=True,
+                              plan=plan)
         chunk_id, created, model = new_id("chatcmpl"), now(), self.config.model
+        shapers: dict[int, ChatOutputShaper] = {}
         async for piece in self._stream(prompt, params, requested_logprobs(request)):
             if isinstance(piece, Usage):
                 if request.wants_usage_in_stream():
+                    if self.config.options.get("reasoning"):
+                        piece.completion_tokens_details = CompletionTokensDetails(
+                            reasoning_tokens=sum(s.reasoning_tokens for s in shapers.values()))
                     yield ChatCompletionChunk(id=chunk_id, created=created, model=model, usage=piece)
                 continue
-            text = piece.text
-            delta = ChatDelta(role="assistant", content=text) if piece.first else ChatDelta(content=text)
+            shaper = shapers.setdefault(piece.index, self._shaper(request, plan, prompt_text))
+            delta = shaper.feed(piece.text, piece.tokens)
+            finish = None
+            if piece.finish_reason is not None:
+                tail, finish = shaper.finish(piece.finish_reason)
+                delta = merge_deltas(delta, tail)
             logprobs = None if piece.logprobs is None else chat_logprobs(piece.logprobs)
+            if delta is None and not piece.first and logprobs is None and finish is None:
+                continue
+            delta = delta or ChatDelta(content="")
+            if piece.first:
+                delta.role = "assistant"
             yield ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[
                 ChatChunkChoice(index=piece.index, delta=delta, logprobs=logprobs,
-                                finish_reason=piece.finish_reason)])  # type: ignore[arg-type]
+                                finish_reason=finish)])  # type: ignore[arg-type]
 
     # -------------------------------------------------------------------------- completions
 
@@ -539,6 +646,7 @@ class VllmClient(LlmClient):
         failed = True
         try:
             async for output in self._generate(prompt, params):
+                assembler.cached = int(getattr(output, "num_cached_tokens", None) or assembler.cached)
                 for o in output.outputs:
                     piece = assembler.push(o)
                     if piece is None:
@@ -548,7 +656,7 @@ class VllmClient(LlmClient):
                         tracker.first_token(started)
                     yield piece
             failed = False
-            yield Usage.of(len(prompt), assembler.produced)
+            yield Usage.of(len(prompt), assembler.produced, cached_tokens=assembler.cached)
         finally:
             tracker.finished(started, prompt_tokens=len(prompt), completion_tokens=assembler.produced,
                              first_token_at=first_at, error=failed)
