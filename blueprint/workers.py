@@ -25,16 +25,19 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
-from blueprint.config import Settings
 from blueprint.errors import InvalidRequestError
+
+if TYPE_CHECKING:  # the server package must not import the daemon's settings (jobs, chain)
+    from blueprint.config import Settings
 
 log = structlog.get_logger(__name__)
 
 #: One worker's serving function: serve these settings, call ``ready`` once listening.
-ServeOne = Callable[[Settings, Callable[[], None]], None]
+ServeOne = Callable[["Settings", Callable[[], None]], None]
 
 
 def split_settings(settings: Settings, workers: int, port: int) -> Settings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import types
 import typing
 from typing import Any
@@ -97,5 +98,23 @@ def main(args: argparse.Namespace) -> int:
         print(reference_markdown())
         return 0
     settings = load_settings(args.config)
-    print(settings.model_dump_json(indent=2))  # SecretStr fields print as '**********'
+    # SecretStr fields dump as '**********'; plain-string secrets (a node's upstream api_key, a
+    # token in an engine's options) are masked by name.
+    print(json.dumps(_masked(settings.model_dump(mode="json")), indent=2))
     return 0
+
+
+#: Keys whose string values are secrets wherever they appear (``api_key``, ``hf_token``, ...).
+_SECRET_NAME = re.compile(r"(^|_)(api_key|key|password|passphrase|secret|token|private_key)$", re.I)
+MASK = "**********"
+
+
+def _masked(value: Any, name: str = "") -> Any:
+    """``value`` with every string under a secret-looking key replaced by :data:`MASK`."""
+    if isinstance(value, dict):
+        return {key: _masked(item, key) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, name) for item in value]
+    if isinstance(value, str) and value and _SECRET_NAME.search(name):
+        return MASK
+    return value

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from blueprint import safejson
 from blueprint.errors import InvalidRequestError
 from blueprint.llm.tool_calls import CALL_PREFIX, CALL_SUFFIX, render_call
 from blueprint.llm.types import ChatMessage
@@ -68,7 +69,7 @@ def template_message(message: ChatMessage) -> dict[str, Any]:
 
 def _arguments(text: str) -> Any:
     try:
-        return json.loads(text)
+        return safejson.loads(text)  # a client's text: depth-bounded
     except ValueError:
         return text
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blueprint.llm.types import ModelInfo, Pricing
+
+#: No file system path or hub id holds a control character; a NUL would reach ``os.stat``.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class VllmSettings(BaseModel):
@@ -66,6 +70,13 @@ class NodeConfig(BaseModel):
     pricing: Pricing = Field(default_factory=Pricing)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options.")
+
+    @field_validator("path")
+    @classmethod
+    def _printable_path(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("path holds a control character")
+        return value
 
     @property
     def node_name(self) -> str:

@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from blueprint import safejson
+
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 #: What a grammar-constrained call looks like around its JSON body.
@@ -223,7 +225,7 @@ class ToolCallStream:
 def _parse_block(block: str) -> tuple[str, str] | None:
     """A call block's (name, arguments JSON) when it is a JSON object with a string ``name``."""
     try:
-        data: Any = json.loads(block)
+        data: Any = safejson.loads(block)  # model output a prompt can steer: depth-bounded
     except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):

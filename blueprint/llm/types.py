@@ -104,6 +104,8 @@ MaxTokens = Annotated[StrictInt, Field(ge=1, le=INT32_MAX)]
 TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 #: Larger than any model's hidden size; an engine refuses more than its model has.
 MAX_DIMENSIONS = 65_536
+#: Inputs in one embeddings request (OpenAI's limit); engines bound the tokens too.
+MAX_EMBEDDING_INPUTS = 2048
 
 Temperature = Annotated[StrictFloat, Field(ge=0.0, le=2.0)]
 TopP = Annotated[StrictFloat, Field(gt=0.0, le=1.0)]
@@ -262,6 +264,12 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: StrictBool | None = None
     reasoning: ReasoningConfig | None = None
 
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> ChatCompletionRequest:
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        return self
+
     def requested_max_tokens(self) -> int | None:
         """``max_completion_tokens`` (the newer name) wins over ``max_tokens``."""
         if self.max_completion_tokens is not None:
@@ -392,6 +400,9 @@ class EmbeddingRequest(_Request):
     def _check_input(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("input must not be empty")
+        if isinstance(value, list) and value and isinstance(value[0], (str, list)) \
+                and len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request (OpenAI's limit)")
         return value
 
     def texts(self) -> list[str] | None:

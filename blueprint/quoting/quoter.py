@@ -11,9 +11,9 @@ in wei, with the prices of the operator's offer (each node's ``options.price_per
 ``maxTokens`` is the ceiling the daemon never exceeds, so the completion part is an upper bound
 paid up front. Prompt tokens are counted by a node of the model that has its tokenizer in
 process (:meth:`LlmClient.count_tokens`, the transformers engine); otherwise they are estimated
-as ``ceil(utf8_bytes / 3)`` of the prompt text (of the messages' JSON for chat), which is above
-the count of BPE tokenizers on ordinary text (about 4 bytes per token) and says so in the
-answer (``token_count: "estimate"``).
+as one token per UTF-8 byte of the prompt text (of the messages' JSON for chat) plus a few per
+message and prompt (:func:`estimate_tokens`): an upper bound whatever the text, so a caller
+cannot game it, and it says so in the answer (``token_count: "estimate"``).
 
 The answer is a tnt-core ``SignedJobQuote`` (EIP-712, :mod:`blueprint.tangle.quotes`) bound to
 the requester, the service, the job index, the price, ``keccak256(inputs)`` and an expiry; the
@@ -27,7 +27,6 @@ Without an operator key the route answers 503 ``quotes_disabled``: the daemon at
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -62,19 +61,24 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: Bytes per token of the fallback estimate (see the module docstring).
-ESTIMATE_BYTES_PER_TOKEN = 3
+#: Tokens the fallback estimate adds per message (role markers of a chat template) and per
+#: prompt (BOS/EOS, the assistant's header): over the count of the templates we know.
+ESTIMATE_TOKENS_PER_MESSAGE = 8
+ESTIMATE_TOKENS_PER_PROMPT = 16
 
 
 # --- pricing and signing ------------------------------------------------------------------------
 
 def estimate_tokens(prompt: str | Sequence[ChatMessage]) -> int:
-    """``ceil(utf8 bytes / 3)`` of the text (of the messages' JSON for chat), at least 1."""
+    """An upper bound of the prompt's tokens without its tokenizer, so that the estimate errs in
+    the operator's favour: one token per UTF-8 byte (byte-level BPE and SentencePiece with byte
+    fallback never make more), of the messages' JSON for chat plus a few tokens per message and
+    per prompt for the chat template and special tokens. (``bytes / 3`` was gamed: text of
+    3-byte characters or digits counted 2,010 where the tokenizer counted 3,005.)"""
     if isinstance(prompt, str):
-        size = len(prompt.encode())
-    else:
-        size = sum(len(m.model_dump_json(exclude_none=True).encode()) for m in prompt)
-    return max(1, math.ceil(size / ESTIMATE_BYTES_PER_TOKEN))
+        return len(prompt.encode()) + ESTIMATE_TOKENS_PER_PROMPT
+    size = sum(len(m.model_dump_json(exclude_none=True).encode()) for m in prompt)
+    return size + ESTIMATE_TOKENS_PER_MESSAGE * len(prompt) + ESTIMATE_TOKENS_PER_PROMPT
 
 
 @dataclass

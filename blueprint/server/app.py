@@ -25,6 +25,7 @@ from blueprint.errors import (
     AuthenticationError,
     BackendTimeoutError,
     BlueprintError,
+    InvalidRequestError,
     ModelNotFoundError,
     RequestTooLargeError,
 )
@@ -99,6 +100,8 @@ class Api:
         self.keys = KeyRing(settings.api_key_values())
         self.admin_keys = KeyRing(settings.admin_key_values())
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.quote_limiter = RateLimiter(settings.quote_rate_per_minute, settings.quote_burst,
+                                         what="/v1/quote from this address")
         self.telemetry = ServerMetrics(self.node_rows)
         #: Accepts a request on the admin routes without a Bearer key (the console's session).
         self.admin_session: Callable[[web.Request], bool] | None = None
@@ -176,18 +179,27 @@ class Api:
 
     # ---- inference --------------------------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _body(self, request: web.Request, limit: int | None = None) -> bytes:
+        limit = limit or self.settings.max_body_bytes
         length = request.content_length
-        if length is not None and length > self.settings.max_body_bytes:
-            raise RequestTooLargeError(f"Request body larger than {self.settings.max_body_bytes} bytes.")
+        if length is not None and length > limit:
+            raise RequestTooLargeError(f"Request body larger than {limit} bytes.")
         if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
-            return await request.read()
-        try:  # a client trickling its body (slowloris) must not hold a handler forever
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                return await request.read()
-        except TimeoutError:
-            raise HttpStatusError(408, f"The request body did not arrive within "
-                                       f"{self.settings.body_timeout_s:g} s.", "body_timeout") from None
+            body = await request.read()
+        else:
+            try:  # a client trickling its body (slowloris) must not hold a handler forever
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    body = await request.read()
+            except TimeoutError:
+                raise HttpStatusError(408, f"The request body did not arrive within "
+                                           f"{self.settings.body_timeout_s:g} s.", "body_timeout") from None
+        if len(body) > limit:
+            raise RequestTooLargeError(f"Request body larger than {limit} bytes.")
+        if request.content_type != "application/json":  # a form post or text is never a request body
+            raise InvalidRequestError(
+                f"Send the body as JSON with 'Content-Type: application/json' (got "
+                f"{request.headers.get('Content-Type', 'none')!r}).", code="unsupported_content_type")
+        return body
 
 
     async def _call(self, call: Awaitable[BaseModel]) -> BaseModel:
@@ -284,9 +296,11 @@ class Api:
         return web.Response(body=self._openapi, content_type=JSON)
 
     async def quote(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/quote`` (:mod:`blueprint.server.quote_route`; 503 until ``enable_quotes``)."""
-
-        return await handle_quote(request.app, await self._body(request))
+        """``POST /v1/quote`` (:mod:`blueprint.server.quote_route`; 503 until ``enable_quotes``).
+        It needs no key, so it is bounded per client address and by its own body size."""
+        if self.quote_limiter.enabled:
+            self.quote_limiter.check(request.remote or "unknown")
+        return await handle_quote(request.app, await self._body(request, self.settings.quote_max_body_bytes))
 
     # ---- admin ------------------------------------------------------------------------------
 

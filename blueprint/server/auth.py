@@ -12,7 +12,8 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 
 from blueprint.errors import AuthenticationError, OverloadedError
 
@@ -78,22 +79,31 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """One bucket per API key index; ``check`` raises a 429 OverloadedError when it is empty."""
+    """One bucket per key (an API key's index, or a client address); ``check`` raises a 429
+    OverloadedError when it is empty. At most ``max_keys`` buckets are kept (the least recently
+    used go first), so a flood of distinct addresses cannot grow memory without bound."""
 
-    def __init__(self, per_minute: float | None, burst: int | None) -> None:
+    def __init__(self, per_minute: float | None, burst: int | None, *, what: str = "this API key",
+                 max_keys: int = 65_536) -> None:
         self._rate = per_minute / 60.0 if per_minute else 0.0
         self._capacity = float(burst or max(1.0, per_minute or 1.0))
-        self._buckets: dict[int, TokenBucket] = {}
+        self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+        self._what = what
+        self._max_keys = max_keys
 
     @property
     def enabled(self) -> bool:
         return self._rate > 0
 
-    def check(self, key_index: int) -> None:
-        bucket = self._buckets.get(key_index)
+    def check(self, key: Hashable) -> None:
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key_index] = TokenBucket(self._rate, self._capacity)
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._capacity)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
         wait = bucket.take()
         if wait:
-            raise OverloadedError("Rate limit of this API key exceeded.", retry_after=wait,
+            raise OverloadedError(f"Rate limit of {self._what} exceeded.", retry_after=wait,
                                   code="rate_limit_exceeded")

@@ -64,7 +64,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "/v1/quote", "quote",
               "Price a job and sign a TNT Core SignedJobQuote for submitJobFromQuote (503 without an "
               "operator key).", auth="none", request=QuoteRequest, response=QuoteResponse,
-              errors=(400, 404, 413, 503)),
+              errors=(400, 404, 413, 429, 503)),
     RouteSpec("GET", "/health", "health", "Liveness: the process answers.", auth="none", tracked=False),
     RouteSpec("GET", "/ready", "ready", "Readiness: at least one node is loaded and healthy.",
               auth="none", errors=(503,), tracked=False),

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from blueprint.server.app import create_app
+from blueprint.server.connections import guard as guard_connections
 from blueprint.server.responses import UnsafeBindError
 from blueprint.server.settings import ServerSettings
 
@@ -59,8 +60,9 @@ async def start_server(balancer: Balancer, settings: ServerSettings,
     app = app if app is not None else create_app(balancer, settings)
     extra: dict[str, Any] = {} if settings.access_log else {"access_log": None}
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout_s,
-                           **extra)
+                           keepalive_timeout=settings.idle_timeout_s, **extra)
     await runner.setup()
+    guard_connections(runner, max_connections=settings.max_connections)
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True,
                        reuse_port=settings.workers > 1 or None)  # workers share the port
     await site.start()

@@ -110,6 +110,13 @@ class ServerSettings(BaseModel):
         default=None, ge=1, description="Bucket size; None: one minute's worth of requests."
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
+    quote_max_body_bytes: int = Field(default=1 << 18, ge=1024,
+                                      description="Largest /v1/quote body accepted (413).")
+    quote_rate_per_minute: float | None = Field(
+        default=60.0, gt=0,
+        description="/v1/quote requests per minute per client address (it needs no key); None: no limit.",
+    )
+    quote_burst: int = Field(default=10, ge=1, description="Bucket size of the /v1/quote rate limit.")
     request_timeout_s: float = Field(default=600.0, gt=0, description=(
         "Bound on a non-streamed request, and on each silence between two chunks of a stream."))
     first_token_timeout_s: float = Field(default=120.0, gt=0, description="Bound on the first token's wait.")
@@ -125,6 +132,16 @@ class ServerSettings(BaseModel):
         "error raised at once (429, 503) still gets its real status instead of an SSE error.",
     )
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="Bound on finishing in-flight work.")
+    idle_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A connection without a complete request head for this long (idle, or trickling "
+        "its headers) is closed.",
+    )
+    max_connections: int = Field(
+        default=2048, ge=1,
+        description="Open connections at most; more are answered 503 and closed, with a log line "
+        "(keep it under the process's file limit, `ulimit -n`).",
+    )
     access_log: bool = Field(default=False, description="aiohttp access log (costs throughput).")
     workers: int = Field(
         default=1, ge=1, le=64,

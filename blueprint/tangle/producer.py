@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from web3 import AsyncWeb3, WebSocketProvider
+from web3 import AsyncWeb3
 
 from blueprint.errors import BlueprintError
 from blueprint.tangle.events import (
@@ -48,7 +48,7 @@ from blueprint.tangle.events import (
     uint_topic,
 )
 from blueprint.tangle.ledger import Cursor, JobRecord, Ledger
-from blueprint.tangle.rpc import lean_web3
+from blueprint.tangle.rpc import SafeWebSocketProvider, lean_web3
 from blueprint.tangle.txmanager import fetch_receipt
 from blueprint.tangle.types import JobCall
 
@@ -401,7 +401,7 @@ class Producer:
         backoff = 0.5
         while not self._stopping:
             try:
-                async with lean_web3(WebSocketProvider(self.ws_url, max_connection_retries=1)) as w3:
+                async with lean_web3(SafeWebSocketProvider(self.ws_url, max_connection_retries=1)) as w3:
                     heads = await w3.eth.subscribe("newHeads")
                     logs = await w3.eth.subscribe("logs", {"address": self.tangle, "topics": self._topics})
                     self.ws_connected = True

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncHTTPProvider, AsyncWeb3, WebSocketProvider
 from web3._utils.http import DEFAULT_HTTP_TIMEOUT
-from web3.exceptions import Web3RPCError
+from web3.exceptions import ProviderConnectionError, Web3RPCError
 from web3.middleware import AttributeDictMiddleware
 from web3.providers.rpc.utils import check_if_retry_on_failure
 from web3.types import RPCEndpoint, RPCResponse
@@ -118,6 +118,16 @@ class PooledHTTPProvider(AsyncHTTPProvider):
         if session is not None and not session.closed:
             await session.close()
         await super().disconnect()
+
+
+class SafeWebSocketProvider(WebSocketProvider):
+    """web3's WebSocket provider with replies parsed by :mod:`blueprint.safejson` (web3 uses
+    ``json.loads``, which a reply nested deep enough turns into a segfault)."""
+
+    async def socket_recv(self) -> RPCResponse:
+        if self._ws is None:
+            raise ProviderConnectionError("Connection to websocket has not been initiated for the provider.")
+        return safejson.loads(await self._ws.recv())  # type: ignore[no-any-return]
 
 
 async def raw_request(w3: AsyncWeb3, method: str, params: list[Any]) -> Any:

@@ -53,11 +53,16 @@ async def _login(client: TestClient, key: str) -> str:
     return found.group(1)
 
 
-async def test_console_is_off_without_admin_keys() -> None:
-    client, balancer = await _client(None)
+@pytest.mark.parametrize("server", [{}, {"api_keys": [USER_KEY]},
+                                    {"admin_keys": [ADMIN_KEY], "console": {"enabled": False}},
+                                    {"admin_keys": [ADMIN_KEY], "workers": 2}])
+async def test_console_is_off_without_admin_keys_or_when_disabled(server: dict[str, object]) -> None:
+    client, balancer = await _client(None, **server)
     try:
         for path in ("/", "/console/api/state", "/console/static/console.js"):
             assert (await client.get(path)).status == 404, path
+        login = await client.post("/console/login", data={"key": ADMIN_KEY})
+        assert login.status in (404, 405)
     finally:
         await client.close()
         await balancer.close()

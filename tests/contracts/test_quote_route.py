@@ -7,7 +7,6 @@ signed, and an API without an operator key answers 503."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from blueprint.jobs.codec import JobInputs, encode_inputs
 from blueprint.jobs.handlers import prepare_chat
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.registry import create_client
-from blueprint.quoting.quoter import estimate_tokens, quotes_from_settings
+from blueprint.llm.types import ChatMessage
+from blueprint.quoting.quoter import ESTIMATE_TOKENS_PER_PROMPT, estimate_tokens, quotes_from_settings
 from blueprint.server import ServerSettings, create_app
 from blueprint.server.app import BALANCER_KEY
 from blueprint.server.quote_route import enable_quotes
@@ -42,13 +42,14 @@ PRICES = {"price_per_prompt_token_wei": TERMS.price_per_prompt_token,
 CHAT = {"messages": [{"role": "user", "content": "How much is a quote for this prompt?"}]}
 
 
-async def _quote_client(stack: Stack, client: ChainClient, node: NodeConfig) -> AsyncIterator[TestClient]:
+async def _quote_client(stack: Stack, client: ChainClient, node: NodeConfig,
+                        server: ServerSettings | None = None) -> AsyncIterator[TestClient]:
     settings = Settings(nodes=[node], service_id=stack.service_id, tangle_contract=TANGLE)
     balancer = Balancer([create_client(node)], settings.balancer,
                         node_configs={node.node_name: node})
     await balancer.start()
     try:
-        app = create_app(balancer, ServerSettings())
+        app = create_app(balancer, server or ServerSettings())
         quoter = quotes_from_settings(settings, balancer, stack.operators[0].account,
                                       await client.w3.eth.chain_id)
         assert quoter is not None
@@ -191,11 +192,12 @@ async def test_remote_node_prices_by_the_estimate(stack: Stack, client: ChainCli
                                                             request={"prompt": "x" * 100}, ttl_s=60))
             data = await resp.json()
     assert resp.status == 200, data
-    assert data["token_count"] == "estimate" and data["prompt_tokens"] == math.ceil(100 / 3)
+    assert data["token_count"] == "estimate" and data["prompt_tokens"] == 100 + ESTIMATE_TOKENS_PER_PROMPT
     details = data["quote"]["details"]
     assert details["expiry"] - details["timestamp"] == 60
-    assert int(details["price"]) == 34 * TERMS.price_per_prompt_token + 4 * TERMS.price_per_completion_token
-    assert estimate_tokens("é" * 3) == 2  # bytes, not characters
+    assert int(details["price"]) == (data["prompt_tokens"] * TERMS.price_per_prompt_token
+                                     + 4 * TERMS.price_per_completion_token)
+    assert estimate_tokens("é" * 3) == 6 + ESTIMATE_TOKENS_PER_PROMPT  # bytes, not characters
 
 
 async def test_without_an_operator_key_the_route_answers_503() -> None:
@@ -208,3 +210,40 @@ async def test_without_an_operator_key_the_route_answers_503() -> None:
     op = doc["paths"]["/v1/quote"]["post"]
     assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/QuoteRequest")
     assert {"200", "400", "404", "503"} <= set(op["responses"])
+
+
+async def test_quotes_are_rate_limited_per_client_and_size_bounded(stack: Stack, client: ChainClient) -> None:
+    """Row 6: ``/v1/quote`` needs no key, so 4 clients posting 900 KB bodies slowed every chat
+    from 0.055 s to 3.8 s. Quotes have their own body bound and a token bucket per client
+    address."""
+    async with EmulatedBackend(EmulatedOptions(model=MODEL, trivial=True)) as backend:
+        node = NodeConfig(name="remote", engine="openai", model=MODEL, base_url=backend.base_url,
+                          options=PRICES)
+        server = ServerSettings(quote_rate_per_minute=60, quote_burst=5, quote_max_body_bytes=16_384)
+        async for http in _quote_client(stack, client, node, server):
+            big = _body(stack, request={"messages": [{"role": "user", "content": "x" * 20_000}]})
+            too_big = await http.post("/v1/quote", json=big)
+            assert too_big.status == 413 and (await too_big.json())["error"]["code"] == "request_too_large"
+            statuses = [(await http.post("/v1/quote", json=_body(stack))).status for _ in range(8)]
+            assert statuses[:4] == [200] * 4 and statuses[-1] == 429, statuses
+            limited = await http.post("/v1/quote", json=_body(stack))
+            assert (await limited.json())["error"]["code"] == "rate_limit_exceeded"
+            assert "Retry-After" in limited.headers
+
+
+async def test_the_estimate_errs_in_the_operators_favour(stack: Stack, client: ChainClient,
+                                                        tiny_model_dir: Path) -> None:
+    """Row 6: for a node without a tokenizer the estimate (bytes / 3) was gamed: 2,010 tokens
+    quoted for 3,005 counted. Whatever the text, the estimate is at least the real count."""
+    node = NodeConfig(engine="transformers", model=MODEL, path=str(tiny_model_dir), device="cpu")
+    tokenizer_node = create_client(node)
+    await tokenizer_node.start()
+    try:
+        for text in ("\u4e00\u4e8c\u4e09\u56db" * 50, "0123456789" * 40, "\U0001f600" * 60, "a b " * 90,
+                     "".join(chr(c) for c in range(0x100, 0x300))):
+            messages = [ChatMessage(role="system", content="s"), ChatMessage(role="user", content=text)]
+            for prompt in (text, messages):
+                counted = await tokenizer_node.count_tokens(prompt)
+                assert counted is not None and estimate_tokens(prompt) >= counted, (text[:20], counted)
+    finally:
+        await tokenizer_node.close()

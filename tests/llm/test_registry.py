@@ -144,3 +144,11 @@ def test_bad_engine_names_are_configuration_errors(engine: str, message: str, pl
 def test_a_factory_that_is_not_an_llm_client_is_refused(plugin_dir: Path) -> None:
     with pytest.raises(InvalidRequestError, match="did not produce an LlmClient"):
         create_client(NodeConfig(engine=f"{_module(plugin_dir)}:NotAnEngine", model="m"))
+
+
+@pytest.mark.parametrize("path", ["models/\x00tiny", "a\nb", "\x7f"])
+def test_a_node_path_with_control_characters_is_refused_at_validation(path: str) -> None:
+    """The admin API fuzz found a NUL in ``path`` reaching ``os.stat`` (a ValueError, then a 500):
+    no file system path or hub id holds a control character, so it is a 400 at parse time."""
+    with pytest.raises(InvalidRequestError, match="path"):
+        parse_request(NodeConfig, {"engine": "transformers", "model": "m", "path": path})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,120 @@ def test_malformed_authorization_headers_are_401_in_openai_shape(
         assert status == 401, (header, status, body)
         assert json.loads(body)["error"]["type"] == "authentication_error", body
     assert server.alive()
+
+
+async def test_embeddings_are_bounded_and_never_starve_generation(
+        serve: Callable[..., ServeProcess], tiny_model_dir: Path) -> None:
+    """Row 9: 40,000 inputs in one request held the worker thread 23 s (every chat waited) and
+    answered 54 MB; now more than 2,048 inputs (or too many tokens) is a 400, and an allowed
+    large request is computed in slices between decode steps, so a chat sent meanwhile
+    finishes first."""
+    server = serve([{"name": "tiny", "engine": "transformers", "model": "tiny", "path": str(tiny_model_dir),
+                     "device": "cpu", "max_batch_size": 8, "options": {"max_embedding_tokens": 50_000}}])
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, headers=AUTH) as client:
+        huge = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["a b c"] * 40_000})
+        assert huge.status_code == 400 and huge.json()["error"]["param"] == "input", huge.text
+        many_tokens = {"model": "tiny", "input": ["word " * 100] * 200}  # ~60,000 tokens > 50,000
+        too_many_tokens = await client.post("/v1/embeddings", json=many_tokens)
+        assert too_many_tokens.status_code == 400, too_many_tokens.text
+        assert (await client.post("/v1/embeddings", json={"model": "tiny", "input": "x",
+                                                          "dimensions": 2**31})).status_code == 400
+        finished: dict[str, float] = {}
+
+        async def timed(name: str, path: str, body: dict[str, Any]) -> httpx.Response:
+            reply = await client.post(path, json=body)
+            finished[name] = asyncio.get_running_loop().time()
+            return reply
+
+        big = asyncio.create_task(timed("embeddings", "/v1/embeddings",
+                                        {"model": "tiny", "input": ["one two three four five"] * 300}))
+        await asyncio.sleep(0.05)
+        chat = await timed("chat", "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 8})
+        embedded = await big
+        assert chat.status_code == 200 and embedded.status_code == 200, (chat.text, embedded.text[:300])
+        assert len(embedded.json()["data"]) == 300
+        assert finished["chat"] < finished["embeddings"]
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (reading whatever it sends first)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+def test_idle_and_half_sent_connections_are_closed_and_connections_are_bounded(
+        serve: Callable[..., ServeProcess], backend_process: Callable[..., BackendProcess]) -> None:
+    """Row 7: ~21k idle sockets from one client without a key exhausted file descriptors and
+    nothing was logged. Real sockets held idle or trickling a header are closed after
+    ``idle_timeout_s``; connections beyond ``max_connections`` are shed at once, with a log line;
+    the server answers again as soon as they are gone."""
+    backend = backend_process("--trivial")
+    server = serve([{"name": "emu", "engine": "openai", "model": MODEL, "base_url": backend.base_url}],
+                   env={"SERVER__IDLE_TIMEOUT_S": "1", "SERVER__MAX_CONNECTIONS": "16"})
+    host, port = server.url.removeprefix("http://").split(":")
+    idle = socket.create_connection((host, int(port)))
+    partial = socket.create_connection((host, int(port)))
+    partial.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+    assert _closed_within(idle, 5) and _closed_within(partial, 5)
+    held = [socket.create_connection((host, int(port))) for _ in range(24)]
+    try:
+        shed = [sock for sock in held if _closed_within(sock, 0.3)]
+        assert len(shed) >= 8, len(shed)
+        time.sleep(1.5)  # the idle ones time out
+        assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert "connection_shed" in server.log_path.read_text()
+
+
+def test_low_level_errors_are_openai_shaped_and_echo_no_secret(
+        serve: Callable[..., ServeProcess], backend_process: Callable[..., BackendProcess]) -> None:
+    """Row 10: aiohttp's own 400 for a malformed header was plain text quoting the header (the
+    key included), and it logged that header with the key at error level."""
+    backend = backend_process("--trivial")
+    node = {"name": "emu", "engine": "openai", "model": MODEL, "base_url": backend.base_url}
+    server = serve([node], "-vvv")
+    host, port = server.url.removeprefix("http://").split(":")
+    key = API_KEY.encode()
+    for raw in (b"Authorization: Bearer " + key + b"\x00", b"Authorization : Bearer " + key):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + raw + b"\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400" and b"application/json" in head, data
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
+        assert API_KEY.encode() not in data
+    server.stop()
+    assert API_KEY not in server.log_path.read_text()
+
+
+def test_loose_requests_are_refused(serve: Callable[..., ServeProcess],
+                                    backend_process: Callable[..., BackendProcess]) -> None:
+    """Row 10: ``stream: "yes"``, a ``text/plain`` body and ``tool_choice`` without ``tools`` were
+    accepted."""
+    backend = backend_process("--trivial")
+    server = serve([{"name": "emu", "engine": "openai", "model": MODEL, "base_url": backend.base_url}])
+    with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
+        for body in ({**CHAT, "stream": "yes"}, {**CHAT, "tool_choice": "auto"},
+                     {**CHAT, "tool_choice": {"type": "function", "function": {"name": "f"}}}):
+            reply = client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 400, (body, reply.text)
+            assert reply.json()["error"]["type"] == "invalid_request_error"
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            reply = client.post("/v1/chat/completions", content=json.dumps(CHAT).encode(), headers=headers)
+            assert reply.status_code == 400 and "application/json" in reply.json()["error"]["message"], \
+                (content_type, reply.text)
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert client.post("/v1/chat/completions", content=json.dumps(CHAT).encode(),
+                           headers={"Content-Type": "application/json; charset=utf-8"}).status_code == 200

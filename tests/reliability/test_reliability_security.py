@@ -254,3 +254,19 @@ def test_daemon_keystore_failures_keep_secrets_out(tmp_path: Path) -> None:
     for text in outputs:
         for secret in (PASSWORD, OPERATOR_KEY[2:], API_KEY):
             assert secret not in text
+
+
+def test_config_command_hides_every_secret(tmp_path: Path) -> None:
+    """Row 10: ``blueprint config`` printed nodes' upstream ``api_key`` (and any secret in a
+    node's options) in clear."""
+    config = write_config(tmp_path / "config.toml", [
+        {"name": "emu", "engine": "openai", "model": MODEL, "base_url": "http://127.0.0.1:9/v1",
+         "api_key": UPSTREAM_KEY, "options": {"hf_token": "hf_secret_token_77", "embeddings": True}}])
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "API_KEYS": API_KEY, "KEYSTORE_PASSWORD": PASSWORD}
+    proc = subprocess.run([sys.executable, "-m", "blueprint", "config", "--config", str(config)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for secret in (UPSTREAM_KEY, "hf_secret_token_77", API_KEY, PASSWORD):
+        assert secret not in proc.stdout + proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["nodes"][0]["api_key"] == "**********" and shown["nodes"][0]["options"]["embeddings"] is True

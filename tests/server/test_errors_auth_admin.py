@@ -32,7 +32,8 @@ def _error(response: httpx.Response, status: int, code: str | None = None) -> di
 def test_error_shapes(tiny_server: LiveServer) -> None:
     url = tiny_server.url
     with httpx.Client(timeout=10, headers=AUTH) as client:
-        _error(client.post(url + "/v1/chat/completions", content=b"{not json"), 400, "invalid_request")
+        _error(client.post(url + "/v1/chat/completions", content=b"{not json",
+                           headers={"Content-Type": "application/json"}), 400, "invalid_request")
         err = _error(client.post(url + "/v1/chat/completions", json={"model": TINY, "messages": []}), 400)
         assert err["param"] == "messages"
         _error(client.post(url + "/v1/chat/completions",

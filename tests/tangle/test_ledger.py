@@ -72,6 +72,8 @@ async def test_every_illegal_transition_raises(tmp_path: Path, current: JobState
     paths = {  # how to reach each state from seen
         S.SEEN: [], S.RUNNING: [S.RUNNING], S.ANSWERED: [S.ANSWERED], S.SUBMITTED: [S.ANSWERED, S.SUBMITTED],
         S.CONFIRMED: [S.CONFIRMED], S.FAILED: [S.FAILED], S.ORPHANED: [S.ORPHANED],
+        S.STANDBY: [S.STANDBY], S.TAKEN_OVER: [S.STANDBY, S.TAKEN_OVER],
+        S.ANSWERED_BY_ANOTHER: [S.ANSWERED_BY_ANOTHER], S.SKIPPED: [S.SKIPPED],
     }
     async with await Ledger.open(tmp_path) as led:
         for n, target in enumerate(JobState):
@@ -253,6 +255,24 @@ async def test_the_answer_watch_reads_a_partial_index(ledger: Ledger) -> None:
     assert [r.call_id for r in await ledger.unanchored_answers(301)] == [1]
 
 
+async def test_multi_operator_states_resume_and_final_ones_drop_inputs(ledger: Ledger) -> None:
+    await ledger.record_seen([job(1), job(2), job(3), job(4)])
+    await ledger.transition(1, 1, S.STANDBY, reason="rank 1 of 3")
+    await ledger.transition(1, 2, S.STANDBY)
+    await ledger.transition(1, 2, S.TAKEN_OVER, reason="no result after 2.0s")
+    await ledger.transition(1, 3, S.ANSWERED_BY_ANOTHER, reason="JobCompleted")
+    await ledger.transition(1, 4, S.SKIPPED, reason="we do not offer 'm'")
+    pending = {r.call_id: r.state for r in await ledger.pending_on_start(1)}
+    assert pending == {1: S.STANDBY, 2: S.TAKEN_OVER}  # watched or owed after a restart
+    for call_id in (3, 4):
+        record = await ledger.get(1, call_id)
+        assert record is not None and record.inputs is None and record.reason
+    # a job we stood by for, then took over, runs like a fresh one
+    assert (await ledger.mark_running(1, 2)).state is S.RUNNING
+    # left at its deadline to the next operator: back to stand-by
+    assert (await ledger.transition(1, 2, S.STANDBY, reason="left")).state is S.STANDBY
+
+
 async def test_handler_starts_are_counted_for_the_poison_job_guard(ledger: Ledger) -> None:
     """Each ``running`` counts one handler start; a start cut short by a graceful stop is
     uncounted, so only runs the process died in count towards the guard."""
@@ -262,3 +282,22 @@ async def test_handler_starts_are_counted_for_the_poison_job_guard(ledger: Ledge
     assert (await ledger.mark_running(1, 1)).runs == 2
     await ledger.forget_run(1, 1)
     assert (await ledger.get(1, 1)).runs == 1  # type: ignore[union-attr]
+
+
+async def test_ledger_files_are_private(tmp_path: Path) -> None:
+    """Row 10: the ledger holds pending prompts; it was created 0644. Files are 0600 in a 0700
+    directory, whatever the umask."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        led = await Ledger.open(tmp_path / "data")
+        await led.record_seen([job(1)])
+        await led.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    files = list((tmp_path / "data").iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), \
+        {f.name: oct(f.stat().st_mode) for f in files}

@@ -128,3 +128,24 @@ def test_one_provider_serves_several_event_loops() -> None:
 
     assert asyncio.run(once()) > 0
     assert asyncio.run(once()) > 0
+
+
+def test_rpc_replies_are_parsed_with_the_depth_bound() -> None:
+    """Row 1 (RPC data): a node's reply nested 100,000 deep is an error from both providers the
+    daemon uses, not a crash of the process (web3 parses with ``json.loads``)."""
+    import asyncio as _asyncio
+
+    from blueprint.tangle.rpc import PooledHTTPProvider, SafeWebSocketProvider
+
+    deep = b'{"jsonrpc":"2.0","id":1,"result":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ValueError, match="nested deeper"):
+        PooledHTTPProvider("http://127.0.0.1:9").decode_rpc_response(deep)
+
+    class _Socket:
+        async def recv(self) -> bytes:
+            return deep
+
+    provider = SafeWebSocketProvider("ws://127.0.0.1:9")
+    provider._ws = _Socket()  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="nested deeper"):
+        _asyncio.run(provider.socket_recv())

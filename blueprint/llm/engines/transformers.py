@@ -90,6 +90,8 @@ _IMPORT_LOCK = threading.Lock()
 
 _QUANTIZATION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _DEFAULT_CONTEXT = 2048
+#: Tokens one embeddings request may hold (``options.max_embedding_tokens``); 400 beyond.
+DEFAULT_MAX_EMBEDDING_TOKENS = 65_536
 
 
 @dataclass(slots=True)
@@ -441,7 +443,18 @@ class TransformersClient(LlmClient):
             if len(ids) > self._context_length:
                 raise ContextLengthExceededError(
                     f"An input has {len(ids)} tokens; this model's context is {self._context_length}.")
-        vectors = await asyncio.wrap_future(self._batcher.call(lambda: self._embed_now(inputs)))
+        budget = int(self.config.options.get("max_embedding_tokens", DEFAULT_MAX_EMBEDDING_TOKENS))
+        total = sum(len(ids) for ids in inputs)
+        if total > budget:
+            raise InvalidRequestError(f"The inputs hold {total} tokens; this node embeds at most {budget} "
+                                      "per request: split them over several requests.", param="input")
+        # One slice per call on the worker thread: decode steps of running generations go on
+        # between two slices instead of waiting for the whole request.
+        size = int(self.config.options.get("embedding_batch_size", 16))
+        vectors: list[Any] = []
+        for start in range(0, len(inputs), size):
+            part = inputs[start:start + size]
+            vectors += await asyncio.wrap_future(self._batcher.call(lambda part=part: self._embed_now(part)))
         data = []
         for index, vector in enumerate(vectors):
             if request.dimensions is not None:
@@ -609,5 +622,5 @@ def _model_created(path: Path) -> int:
     same across calls and restarts; the start time where there is no such file."""
     try:
         return int((path / "config.json").stat().st_mtime)
-    except (OSError, ValueError):  # ValueError: a path the OS refuses (a NUL byte)
+    except (OSError, ValueError):  # ValueError: a path the OS cannot take
         return now()

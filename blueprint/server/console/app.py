@@ -222,6 +222,10 @@ def install_console(app: web.Application, api: Api) -> Console | None:
     settings: ConsoleSettings = api.settings.console
     if not settings.enabled or not api.admin_keys.enabled:
         return None
+    if api.settings.workers > 1:  # each worker would keep its own logins and figures
+        log.warning("console.off_with_workers", workers=api.settings.workers,
+                    note="the console needs server.workers = 1 (one process holds the sessions and charts)")
+        return None
     console = Console(admin_keys=api.admin_keys, settings=settings, node_rows=api.node_rows,
                       models=api.catalog, balancer_info=api.balancer.describe,
                       registry=api.telemetry.registry)
