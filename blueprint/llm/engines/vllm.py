@@ -37,9 +37,6 @@ returns goes through the same :class:`ChatOutputShaper` (tool-call blocks, ``<th
 Because none of this has run on a GPU here, the node does not *declare* tools or structured
 outputs in ``/v1/models`` unless its options say so (``tools``, ``json_mode``,
 ``structured_outputs``, ``reasoning``: set them once verified on your GPU).
-
-Feature flags in ``NodeConfig.options``: ``tools``, ``json_mode``, ``structured_outputs``,
-``reasoning`` (above).
 """
 
 from __future__ import annotations
@@ -292,6 +289,14 @@ def engine_args(config: NodeConfig) -> dict[str, Any]:
         args["max_model_len"] = config.context_length
     args.update(config.vllm.model_dump(exclude_none=True))
     args.update(config.options.get("engine_args", {}))
+    if "structured_outputs_config" not in args:
+        try:  # our grammars are llguidance's: vLLM's "guidance" backend (module docstring)
+            from vllm.config import StructuredOutputsConfig
+        except ImportError:
+            log.warning("vllm_structured_outputs_config_missing",
+                        hint="this vLLM predates StructuredOutputsConfig; tools and JSON output may fail")
+        else:
+            args["structured_outputs_config"] = StructuredOutputsConfig(backend="guidance")
     return args
 
 
@@ -347,17 +352,8 @@ class VllmClient(LlmClient):
         """Build the engine (loads weights onto the GPU, minutes for a large model)."""
         if self._engine is not None:
             return
-        args = engine_args(self.config)
-        if "structured_outputs_config" not in args:
-            try:  # our grammars are llguidance's (see the module docstring)
-                from vllm.config import StructuredOutputsConfig
-            except ImportError:
-                log.warning("vllm_structured_outputs_config_missing",
-                            hint="this vLLM predates StructuredOutputsConfig; tools/JSON may fail")
-            else:
-                args["structured_outputs_config"] = StructuredOutputsConfig(backend="guidance")
         try:
-            built_args = self._vllm.AsyncEngineArgs(**args)
+            built_args = self._vllm.AsyncEngineArgs(**engine_args(self.config))
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"vLLM node {self.name!r}: bad engine arguments: {exc}",
                                       code="bad_engine_args") from exc
