@@ -421,3 +421,27 @@ async def test_a_sampling_failure_of_one_row_spares_the_others(engine: Transform
     *answers, failed = await asyncio.gather(*innocents, bad, return_exceptions=True)
     assert all(not isinstance(answer, BaseException) for answer in answers), answers
     assert isinstance(failed, InvalidRequestError) and "kernel refused" in failed.message
+
+
+async def test_a_sampling_failure_admitted_alone_spares_the_running_sequences(
+        engine: TransformersClient, eos_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad request admitted by itself (its prefill samples one row) while others are decoding:
+    one row failing alone says nothing against the node, so it must not fail the whole batch."""
+    from blueprint.llm.engines import _hf_batching
+
+    real = _hf_batching.sample_step
+
+    def fragile(logits: torch.Tensor, seqs: list) -> tuple:
+        if any(seq.params.temperature == 1.5 for seq in seqs):
+            raise RuntimeError("a kernel refused these parameters")
+        return real(logits, seqs)
+
+    monkeypatch.setattr(_hf_batching, "sample_step", fragile)
+    innocents = [asyncio.ensure_future(engine.complete(_unchecked(
+        prompt=f"Tale {i}", max_tokens=400, logit_bias={str(eos_id): -100.0}))) for i in range(3)]
+    await asyncio.sleep(0.05)  # the innocents are admitted and decoding
+    assert not any(task.done() for task in innocents)
+    bad = engine.complete(_unchecked(temperature=1.5))
+    failed, *answers = await asyncio.gather(bad, *innocents, return_exceptions=True)
+    assert all(not isinstance(answer, BaseException) for answer in answers), answers
+    assert isinstance(failed, InvalidRequestError) and "kernel refused" in failed.message
