@@ -101,7 +101,7 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
     chain_view: LedgerChainView | None = None
     if settings.server.enabled:
         from blueprint.server.app import create_app, include_metrics
-        from blueprint.server.console import attach_chain_view
+        from blueprint.server.console import attach_chain_view, attach_quote_log
 
         app = create_app(ctx.balancer, settings.server)
         chain_metrics = ChainMetrics(ctx.ledger, producer=producer, txm=ctx.txm, w3=ctx.chain.w3)
@@ -116,6 +116,7 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
                                           await ctx.chain.w3.eth.chain_id)
             if quoter is not None:
                 enable_quotes(app, quoter)
+                attach_quote_log(app, quoter)
                 price_quotes_from_chain(book, quoter, ctx.operator.address)
         api = ApiService(ctx.balancer, settings.server, app)
         services += [api, chain_metrics]

@@ -18,7 +18,7 @@ import structlog
 
 from blueprint.jobs.codec import JobIndex, decode_inputs, decode_result
 from blueprint.tangle.abi import JOB_RESULT_SUBMITTED_TOPIC
-from blueprint.tangle.events import decode_job_log, decode_result_log
+from blueprint.tangle.events import decode_job_log, decode_result_log, uint_topic
 from blueprint.tangle.ledger import JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -47,14 +47,38 @@ PENDING_REWARDS_ABI: list[dict[str, Any]] = [{
 
 
 def answered_by(record: JobRecord) -> str | None:
-    """Who answered a job, as far as the ledger can tell: ``us`` when our answer's receipt is
-    recorded, ``another operator`` when the chain had it answered and no answer of ours was
-    found, None while it is still open (or orphaned / failed)."""
-    if record.state is not JobState.CONFIRMED:
-        return None
-    if record.submit_tx_hash or record.answer_block is not None:
+    """Who answered a job, from the ledger's explicit states: ``us`` when it is ``confirmed`` (our
+    result, or the chain said ``ResultAlreadySubmitted``: ours from an earlier attempt),
+    ``another operator`` when it is ``answered_by_another``, None while it is open, skipped,
+    orphaned or failed."""
+    if record.state is JobState.CONFIRMED:
         return "us"
-    return "another operator"
+    if record.state is JobState.ANSWERED_BY_ANOTHER:
+        return "another operator"
+    return None
+
+
+async def answering_operator(w3: AsyncWeb3 | None, tangle: str, service_id: int, call_id: int,
+                             from_block: int) -> str | None:
+    """The operator whose ``JobResultSubmitted`` for this call the chain holds (the first one), or
+    None when the node cannot say (no chain, pruned logs, a hiccup): the ledger does not keep who
+    answered a job another operator completed, so a job's detail asks the chain."""
+    if w3 is None:
+        return None
+    try:
+        logs = await w3.eth.get_logs({
+            "address": w3.to_checksum_address(tangle), "fromBlock": from_block, "toBlock": "latest",
+            "topics": [JOB_RESULT_SUBMITTED_TOPIC, uint_topic(service_id), uint_topic(call_id)],
+        })
+    except Exception as exc:
+        log.debug("console.answer_lookup_failed", call_id=call_id, error=str(exc))
+        return None
+    for entry in logs:
+        try:
+            return decode_result_log(entry).operator
+        except Exception:
+            continue
+    return None
 
 
 def _kind(job_index: int) -> str:
@@ -64,7 +88,8 @@ def _kind(job_index: int) -> str:
         return str(job_index)
 
 
-def _row(record: JobRecord) -> dict[str, Any]:
+def _row(record: JobRecord, operator: str | None) -> dict[str, Any]:
+    who = answered_by(record)
     return {
         "service_id": record.service_id, "call_id": record.call_id, "job_index": record.job_index,
         "job_kind": _kind(record.job_index), "state": str(record.state), "reason": record.reason,
@@ -72,7 +97,11 @@ def _row(record: JobRecord) -> dict[str, Any]:
         "submit_tx_hash": record.submit_tx_hash, "answer_block": record.answer_block,
         "attempts": record.attempts, "seen_at": record.seen_at, "started_at": record.started_at,
         "answered_at": record.answered_at, "submitted_at": record.submitted_at,
-        "confirmed_at": record.confirmed_at, "answered_by": answered_by(record),
+        "confirmed_at": record.confirmed_at, "answered_by": who,
+        # The answering operator's address: ours when we answered; another's is found on chain
+        # for a job's detail only (the ledger does not keep it).
+        "answered_by_operator": operator if who == "us" else None,
+        "taken_over": record.taken_over_at is not None, "taken_over_at": record.taken_over_at,
     }
 
 
@@ -124,6 +153,9 @@ class LedgerChainView:
             "txs_reverted": getattr(self.txm, "txs_reverted", None),
             "heartbeats_sent": self.heartbeat.beats_sent if self.heartbeat is not None else None,
             "heartbeat_failures": self.heartbeat.failures if self.heartbeat is not None else None,
+            # Jobs shared with the service's other operators (taken over by us, answered by
+            # another, skipped as not ours, standing by now), from the ledger's states.
+            "sharing": await self.ledger.sharing_counts(self.service_id),
         }
         out.update(await self._chain_reads())
         return out
@@ -152,14 +184,17 @@ class LedgerChainView:
         return reads
 
     async def recent_jobs(self, limit: int) -> list[dict[str, Any]]:
-        return [_row(record) for record in await self.ledger.recent(limit, self.service_id)]
+        return [_row(record, self.operator) for record in await self.ledger.recent(limit, self.service_id)]
 
     async def job(self, service_id: int, call_id: int) -> dict[str, Any] | None:
         record = await self.ledger.get(service_id, call_id)
         if record is None:
             return None
-        row = _row(record)
+        row = _row(record, self.operator)
         row["caller"] = record.caller
+        if record.state is JobState.ANSWERED_BY_ANOTHER:
+            row["answered_by_operator"] = await answering_operator(
+                self.w3, self.tangle_contract, record.service_id, record.call_id, record.block_number)
         # The ledger drops a job's inputs and result once it is confirmed; the chain keeps both
         # in the logs of the submitting and the answering transactions.
         inputs = record.inputs or await self._chain_inputs(record)

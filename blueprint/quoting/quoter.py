@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from eth_account.signers.local import LocalAccount
@@ -65,6 +65,24 @@ log = structlog.get_logger(__name__)
 #: prompt (BOS/EOS, the assistant's header): over the count of the templates we know.
 ESTIMATE_TOKENS_PER_MESSAGE = 8
 ESTIMATE_TOKENS_PER_PROMPT = 16
+#: Quotes the console lists (newest first); older ones fall off. In memory only: the chain keeps
+#: the quotes that were used (``submitJobFromQuote``), and the logs keep every ``quote.signed``.
+RECENT_QUOTES = 100
+
+
+class RecentQuotes:
+    """A bounded ring of the quotes this node signed, for the operator console (its
+    ``QuoteLog`` Protocol): what was priced, for whom, and until when."""
+
+    def __init__(self, size: int = RECENT_QUOTES) -> None:
+        self._ring: deque[dict[str, Any]] = deque(maxlen=size)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self._ring.append(entry)
+
+    def recent_quotes(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` quotes, newest first (plain JSON data)."""
+        return [dict(entry) for entry in list(reversed(self._ring))[:max(0, limit)]]
 
 
 # --- pricing and signing ------------------------------------------------------------------------
@@ -105,6 +123,8 @@ class Quoter:
     max_ttl_s: int = 3600
     clock: Callable[[], float] = time.time
     _issued: OrderedDict[bytes, None] = field(default_factory=OrderedDict, repr=False)
+    #: The quotes signed lately (the console's "quotes issued").
+    recent: RecentQuotes = field(default_factory=RecentQuotes, repr=False)
 
     async def quote(self, req: QuoteRequest) -> QuoteResponse:
         service_id = self._service(req.service_id)
@@ -131,6 +151,11 @@ class Quoter:
                                   inputs_hash=inputs_hash(inputs))
         details = self._unused(details)
         signed = sign_job_quote(self.account, details, chain_id=self.chain_id, tangle=self.tangle)
+        self.recent.add({
+            "time": self.clock(), "service_id": service_id, "job_index": req.job_index, "model": req.model,
+            "prompt_tokens": prompt_tokens, "max_tokens": req.max_tokens, "token_count": how,
+            "price_wei": str(price), "expiry": details.expiry, "requester": req.requester,
+        })
         log.info("quote.signed", service_id=service_id, job_index=req.job_index, model=req.model,
                  prompt_tokens=prompt_tokens, max_tokens=req.max_tokens, price_wei=price, token_count=how)
         return QuoteResponse(
@@ -138,6 +163,10 @@ class Quoter:
             prompt_tokens=prompt_tokens, completion_tokens=req.max_tokens, token_count=how,
             inputs="0x" + inputs.hex(),
         )
+
+    def recent_quotes(self, limit: int) -> list[dict[str, Any]]:
+        """The quotes this node signed lately, newest first (the console's ``QuoteLog``)."""
+        return self.recent.recent_quotes(limit)
 
     def _service(self, asked: int | None) -> int:
         if asked is None:

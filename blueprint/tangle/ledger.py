@@ -60,7 +60,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: How many recent (block number, hash) pairs the producer keeps for finding a reorg's ancestor.
 DEFAULT_BLOCK_HISTORY = 512
 
@@ -108,6 +108,7 @@ _STAMP = {
     S.ANSWERED: "answered_at",
     S.SUBMITTED: "submitted_at",
     S.CONFIRMED: "confirmed_at",
+    S.TAKEN_OVER: "taken_over_at",
 }
 
 
@@ -175,6 +176,9 @@ class JobRecord:
     #: How many times the handler was started on this job (the poison-job guard reads it: a job
     #: whose earlier runs never finished took the process down with it).
     runs: int = 0
+    #: When we took the job over from the operator ranked before us (None: never), kept through
+    #: the states that follow, so the console can count the jobs we took over.
+    taken_over_at: float | None = None
 
     def to_job_call(self) -> JobCall:
         """The job as the producer delivered it (inputs are kept until confirmed)."""
@@ -195,7 +199,8 @@ class JobRecord:
 _JOB_COLUMNS = (
     "service_id, call_id, job_index, caller, inputs, from_quote, block_number, block_hash, log_index, "
     "tx_hash, state, reason, result, result_hash, submit_tx_hash, attempts, seen_at, started_at, "
-    "answered_at, submitted_at, confirmed_at, answer_block, answer_hash, answer_anchored, runs"
+    "answered_at, submitted_at, confirmed_at, answer_block, answer_hash, answer_anchored, runs, "
+    "taken_over_at"
 )
 
 _SCHEMA = """
@@ -234,6 +239,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     answer_hash TEXT,
     answer_anchored INTEGER NOT NULL DEFAULT 0,
     runs INTEGER NOT NULL DEFAULT 0,
+    taken_over_at REAL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (service_id, call_id)
 );
@@ -263,6 +269,11 @@ UPDATE meta SET value = '2' WHERE key = 'schema_version';
     2: """
 ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;
 UPDATE meta SET value = '3' WHERE key = 'schema_version';
+""",
+    # 3 -> 4: when a job was taken over from another operator (the console counts them).
+    3: """
+ALTER TABLE jobs ADD COLUMN taken_over_at REAL;
+UPDATE meta SET value = '4' WHERE key = 'schema_version';
 """,
 }
 
@@ -571,7 +582,7 @@ class Ledger:
                     db.execute(
                         "UPDATE jobs SET state = ?, reason = NULL, job_index = ?, caller = ?, inputs = ?, "
                         "block_number = ?, block_hash = ?, log_index = ?, tx_hash = ?, seen_at = ?, "
-                        "updated_at = ? WHERE service_id = ? AND call_id = ?",
+                        "taken_over_at = NULL, updated_at = ? WHERE service_id = ? AND call_id = ?",
                         (S.SEEN.value, job.job_index, job.caller, job.inputs, job.block_number,
                          job.block_hash.lower(), job.log_index, job.tx_hash.lower(), now, now,
                          job.service_id, job.call_id),
@@ -919,6 +930,21 @@ class Ledger:
             out = dict.fromkeys(JobState, 0)
             out.update({JobState(s): int(n) for s, n in rows})
             return out
+
+        return await self._run(read)
+
+    async def sharing_counts(self, service_id: int | None = None) -> dict[str, int]:
+        """How this operator shared the jobs with the service's other operators: jobs we took over
+        (another operator was first and did not answer in time), jobs another operator answered,
+        jobs we skipped (not ours to answer) and jobs we stand by on now."""
+        where, args = ("WHERE service_id = ?", [service_id]) if service_id is not None else ("", [])
+        sql = (f"SELECT COUNT(taken_over_at), SUM(state = 'answered_by_another'), SUM(state = 'skipped'), "
+               f"SUM(state = 'standby') FROM jobs {where}")
+
+        def read() -> dict[str, int]:
+            row = self._db.execute(sql, args).fetchone()
+            keys = ("taken_over", "answered_by_another", "skipped", "standby")
+            return {key: int(value or 0) for key, value in zip(keys, row, strict=True)}
 
         return await self._run(read)
 

@@ -202,6 +202,13 @@ async def test_each_job_computed_once_by_an_operator_offering_its_model(stack: S
             else:
                 expected = "skipped"
             assert states[op.name][call_id] == expected, (op.name, call_id, model)
+    # the console's job detail names the operator that answered a job another operator took
+    from blueprint.context.console_chain import answering_operator
+
+    call_id, operator, _ = answered[0]
+    async with chain_client(stack.anvil) as client:
+        assert await answering_operator(client.w3, client.tangle_address, stack.service.service_id,
+                                        call_id, 0) == operator
     # both operators of m1 took a share of its 16 jobs: the work is spread, not duplicated
     m1_answerers = {op for (_, model), (_, op, _) in zip(jobs, answered, strict=True) if model == "m1"}
     assert len(m1_answerers) == 2

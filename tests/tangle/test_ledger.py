@@ -202,7 +202,8 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     from blueprint.tangle import ledger as ledger_module
 
     v1_schema = "\n".join(line for line in ledger_module._SCHEMA.splitlines()
-                           if "answer_" not in line and "runs INTEGER" not in line)
+                           if "answer_" not in line and "runs INTEGER" not in line
+                           and "taken_over_at" not in line)
     path = tmp_path / ledger_module.LEDGER_FILE
     db = sqlite3.connect(path)
     db.executescript(v1_schema)
@@ -301,3 +302,21 @@ async def test_ledger_files_are_private(tmp_path: Path) -> None:
     files = list((tmp_path / "data").iterdir())
     assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), \
         {f.name: oct(f.stat().st_mode) for f in files}
+
+
+async def test_sharing_counts_follow_the_multi_operator_states(ledger: Ledger) -> None:
+    """A job taken over stays counted as taken over after it runs and is answered; jobs another
+    operator answered, skipped jobs and jobs on standby are counted per service."""
+    await ledger.record_seen([job(call_id) for call_id in range(1, 6)])
+    for call_id in (1, 2, 3, 4):
+        await ledger.transition(1, call_id, S.STANDBY, reason="our turn in 5s")
+    await ledger.transition(1, 1, S.TAKEN_OVER, reason="no result after 5s")
+    await ledger.mark_running(1, 1)
+    await ledger.transition(1, 2, S.ANSWERED_BY_ANOTHER, reason="JobCompleted")
+    await ledger.transition(1, 3, S.SKIPPED, reason="model not offered")
+    await ledger.transition(1, 5, S.ANSWERED_BY_ANOTHER, reason="completed before we started")
+    counts = await ledger.sharing_counts(1)
+    assert counts == {"taken_over": 1, "answered_by_another": 2, "skipped": 1, "standby": 1}
+    record = await ledger.get(1, 1)
+    assert record is not None and record.state is S.RUNNING and record.taken_over_at is not None
+    assert await ledger.sharing_counts(2) == dict.fromkeys(counts, 0)

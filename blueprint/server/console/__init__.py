@@ -11,9 +11,15 @@ panel when ``run`` attached a :class:`ChainView`), and acts through the existing
 
 from __future__ import annotations
 
-from blueprint.server.console.app import CONSOLE_KEY, Console, attach_chain_view, install_console
+from blueprint.server.console.app import (
+    CONSOLE_KEY,
+    Console,
+    attach_chain_view,
+    attach_quote_log,
+    install_console,
+)
 from blueprint.server.console.settings import ConsoleSettings
-from blueprint.server.console.sources import ChainView, JsonObject
+from blueprint.server.console.sources import ChainView, JsonObject, QuoteLog
 
 __all__ = [
     "CONSOLE_KEY",
@@ -21,6 +27,8 @@ __all__ = [
     "Console",
     "ConsoleSettings",
     "JsonObject",
+    "QuoteLog",
     "attach_chain_view",
+    "attach_quote_log",
     "install_console",
 ]

@@ -18,7 +18,7 @@ from blueprint.server.auth import KeyRing
 from blueprint.server.console.sampler import MetricsSampler
 from blueprint.server.console.sessions import ConsoleSessions
 from blueprint.server.console.settings import ConsoleSettings
-from blueprint.server.console.sources import ChainView, JsonObject
+from blueprint.server.console.sources import ChainView, JsonObject, QuoteLog
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -47,6 +47,8 @@ _HEADERS = {
 }
 #: Seconds the chain panel waits for the chain view before sending the rest without it.
 CHAIN_TIMEOUT_S = 3.0
+#: Quotes the page lists (newest first).
+RECENT_QUOTES_SHOWN = 20
 
 
 def _engines() -> list[str]:
@@ -71,6 +73,7 @@ class Console:
         self.sampler = MetricsSampler(registry, node_rows, self._queue_depth, period_s=settings.refresh_s,
                                       points=settings.history_points)
         self.chain: ChainView | None = None
+        self.quote_log: QuoteLog | None = None
         self.engines = _engines()
         self._page = (STATIC / "console.html").read_text()
         self._login = (STATIC / "login.html").read_text()
@@ -170,10 +173,21 @@ class Console:
             "series": self.sampler.series(),
             "models": [model.model_dump(mode="json", exclude_none=True) for model in self.models()],
             "quotes": {"issued": int(self.sampler.totals.get("quotes_issued", 0)),
-                       "refused": int(self.sampler.totals.get("quotes_refused", 0))},
+                       "refused": int(self.sampler.totals.get("quotes_refused", 0)),
+                       "recent": self._recent_quotes()},
             "tx_url": self.settings.tx_url,
             "chain": chain,
         }
+
+    def _recent_quotes(self) -> list[JsonObject] | None:
+        """The newest quotes signed, or None when this node signs none (``serve``)."""
+        if self.quote_log is None:
+            return None
+        try:
+            return self.quote_log.recent_quotes(RECENT_QUOTES_SHOWN)
+        except Exception as exc:  # the page still loads without them
+            log.warning("console.quotes_failed", error=str(exc) or type(exc).__name__)
+            return None
 
     async def _chain_panel(self, chain: ChainView) -> JsonObject:
         try:
@@ -247,3 +261,10 @@ def attach_chain_view(app: web.Application, view: ChainView) -> None:
     console = app.get(CONSOLE_KEY)
     if isinstance(console, Console):
         console.chain = view
+
+
+def attach_quote_log(app: web.Application, quotes: QuoteLog) -> None:
+    """Let the console of ``app`` (if it has one) list the quotes signed (``run`` calls this)."""
+    console = app.get(CONSOLE_KEY)
+    if isinstance(console, Console):
+        console.quote_log = quotes

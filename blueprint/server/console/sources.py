@@ -29,3 +29,13 @@ class ChainView(Protocol):
     async def job(self, service_id: int, call_id: int) -> JsonObject | None:
         """One job in full (request and result previews included), or None if unknown."""
         ...
+
+
+@runtime_checkable
+class QuoteLog(Protocol):
+    """The quotes this node signed lately (:class:`blueprint.quoting.quoter.Quoter` in ``run``)."""
+
+    def recent_quotes(self, limit: int) -> list[JsonObject]:
+        """Up to ``limit`` quotes, newest first: time, model, prompt and max tokens, price (wei, as
+        a string), expiry (unix seconds) and requester."""
+        ...

@@ -214,14 +214,17 @@
       summary.replaceChildren(el("p", { class: "muted" }, "Chain data unavailable: " + chain.error));
       return;
     }
+    const sharing = chain.sharing || {};
     const counts = Object.entries(chain.ledger || {}).filter(([, n]) => n).map(([s, n]) => s + " " + n).join(", ");
     summary.replaceChildren(
       fact("service", chain.service_id), fact("operator", chain.operator || "-"),
       fact("cursor / head", (chain.cursor_block ?? "-") + " / " + (chain.head_block ?? "-")),
       fact("head lag", chain.head_lag_blocks === null || chain.head_lag_blocks === undefined ? "-" : chain.head_lag_blocks + " blocks"),
       fact("ledger", counts || "empty"),
-      fact("answered by other operators (recent jobs)",
-           (chain.jobs || []).filter((job) => job.answered_by === "another operator").length),
+      fact("taken over by us", sharing.taken_over ?? "-"),
+      fact("answered by another operator", sharing.answered_by_another ?? "-"),
+      fact("skipped (not ours)", sharing.skipped ?? "-"),
+      fact("standing by now", sharing.standby ?? "-"),
       fact("heartbeats sent", chain.heartbeats_sent === null || chain.heartbeats_sent === undefined ? "off" :
            chain.heartbeats_sent + (chain.heartbeat_failures ? " (" + chain.heartbeat_failures + " failed)" : "")),
       fact("transactions sent", chain.txs_sent ?? "-"),
@@ -233,10 +236,15 @@
         el("td", {}, job.call_id), el("td", {}, job.job_kind || job.job_index), el("td", {}, badge(job.state)),
         el("td", {}, fmtTime(job.seen_at)), el("td", {}, fmtDur(job.started_at, job.answered_at)),
         el("td", {}, fmtDur(job.answered_at, job.confirmed_at || job.submitted_at)),
-        el("td", {}, job.answered_by || "-"), el("td", {}, txNode(job.submit_tx_hash)));
+        el("td", {}, answeredBy(job)), el("td", {}, txNode(job.submit_tx_hash)));
       if (openJob === key) row.style.background = "#eef3ff";
       return row;
     }));
+  }
+
+  function answeredBy(job) {
+    const who = (job.answered_by || "-") + (job.answered_by_operator ? " (" + job.answered_by_operator + ")" : "");
+    return job.taken_over ? who + ", taken over" : who;
   }
 
   async function showJob(serviceId, callId) {
@@ -252,7 +260,7 @@
         el("p", {}, "caller ", el("code", {}, job.caller || "-"), ", submitted in ", txNode(job.tx_hash),
            ", answer ", txNode(job.submit_tx_hash), job.answer_block ? " in block " + job.answer_block : ""),
         job.reason ? el("p", {}, "reason: " + job.reason) : null,
-        el("p", {}, "answered by: " + (job.answered_by || "-") + "; attempts: " + job.attempts),
+        el("p", {}, "answered by: " + answeredBy(job) + "; attempts: " + job.attempts),
         el("h4", {}, "request"), el("pre", {}, job.request_preview || "-"),
         el("h4", {}, "result"), el("pre", {}, job.result_preview || "-"),
         el("button", { onclick: () => { box.hidden = true; openJob = null; } }, "Close")].filter(Boolean));
@@ -271,6 +279,11 @@
       el("td", { class: "wrap" }, (m.supported_features || []).join(", ")), el("td", {}, m.is_ready === false ? "no" : "yes"))));
     document.getElementById("quotes").textContent =
       "Quotes issued: " + quotes.issued + (quotes.refused ? " (refused: " + quotes.refused + ")" : "");
+    const recent = quotes.recent || [];
+    document.getElementById("recent-quotes").hidden = recent.length === 0;
+    document.querySelector("#recent-quotes tbody").replaceChildren(...recent.map((q) => el("tr", {},
+      el("td", {}, fmtTime(q.time)), el("td", {}, q.model), el("td", {}, q.prompt_tokens + " / " + q.max_tokens),
+      el("td", {}, q.price_wei), el("td", {}, fmtTime(q.expiry)), el("td", {}, el("code", {}, q.requester)))));
   }
 
   // --- the loop ----------------------------------------------------------------------------
