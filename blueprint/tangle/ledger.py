@@ -935,11 +935,13 @@ class Ledger:
 
     async def sharing_counts(self, service_id: int | None = None) -> dict[str, int]:
         """How this operator shared the jobs with the service's other operators: jobs we took over
-        (another operator was first and did not answer in time), jobs another operator answered,
-        jobs we skipped (not ours to answer) and jobs we stand by on now."""
+        (another operator was first and did not answer in time; one another operator answered
+        after all counts as answered by another, not here), jobs another operator answered, jobs
+        we skipped (not ours to answer) and jobs we stand by on now."""
         where, args = ("WHERE service_id = ?", [service_id]) if service_id is not None else ("", [])
-        sql = (f"SELECT COUNT(taken_over_at), SUM(state = 'answered_by_another'), SUM(state = 'skipped'), "
-               f"SUM(state = 'standby') FROM jobs {where}")
+        sql = ("SELECT SUM(taken_over_at IS NOT NULL AND state NOT IN ('answered_by_another', 'skipped')), "
+               "SUM(state = 'answered_by_another'), SUM(state = 'skipped'), SUM(state = 'standby') "
+               f"FROM jobs {where}")
 
         def read() -> dict[str, int]:
             row = self._db.execute(sql, args).fetchone()

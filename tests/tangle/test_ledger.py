@@ -314,7 +314,9 @@ async def test_sharing_counts_follow_the_multi_operator_states(ledger: Ledger) -
     await ledger.mark_running(1, 1)
     await ledger.transition(1, 2, S.ANSWERED_BY_ANOTHER, reason="JobCompleted")
     await ledger.transition(1, 3, S.SKIPPED, reason="model not offered")
-    await ledger.transition(1, 5, S.ANSWERED_BY_ANOTHER, reason="completed before we started")
+    await ledger.transition(1, 5, S.STANDBY, reason="our turn in 5s")
+    await ledger.transition(1, 5, S.TAKEN_OVER, reason="no result after 5s")
+    await ledger.transition(1, 5, S.ANSWERED_BY_ANOTHER, reason="JobCompleted")  # its result landed late
     counts = await ledger.sharing_counts(1)
     assert counts == {"taken_over": 1, "answered_by_another": 2, "skipped": 1, "standby": 1}
     record = await ledger.get(1, 1)
