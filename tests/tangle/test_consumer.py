@@ -203,3 +203,25 @@ async def test_resume_after_restart(
     for c in (answered, submitted, done_on_chain):
         assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
     assert await chain_client.result_logs(sid, running) == []
+
+
+async def test_simulated_batch_catches_a_revert_before_any_gas(
+    ledger: Ledger, w3: AsyncWeb3, txm: TxManager, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    """With simulation on (the daemon's default), fresh batches are simulated on ``latest``: a bad
+    job in a batch is found without a transaction reverting on chain."""
+    sid = dev_service.service_id
+    ids = await submit_jobs(chain_client, dev_service.owner, sid, [(1, inputs(i)) for i in range(2)])
+    await seen_jobs(ledger, w3, dev_service, ids)
+    zero = "0x" + "00" * 32
+    ghost = JobCall(sid, 10**9 + 1, 0, dev_service.owner.address, b"", 1, zero, 0, zero)
+    await ledger.record_seen([ghost])
+    reverted_before = txm.txs_reverted
+    async with Consumer(ledger, txm, dev_service.tangle_contract, batch_window=0.05, max_batch=16,
+                        presimulate=True) as simulated:
+        outcomes = await asyncio.gather(*(simulated.submit(JobResult(sid, c, output(c)))
+                                          for c in [ids[0], 10**9 + 1, ids[1]]))
+    assert [o.status for o in outcomes] == ["confirmed", "failed", "confirmed"]
+    assert txm.txs_reverted == reverted_before  # no reverted transaction was mined: no gas spent
+    for c in ids:
+        assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
