@@ -1,7 +1,9 @@
 """Benchmark of the daemon on anvil with the real TNT Core contracts.
 
-    python bench/chain.py                # 200 jobs at once, then 200 at a steady rate
+    python bench/chain.py                # 200 jobs at once, then 200 at a steady rate; then the
+                                         # same burst on a service of three operators, and a kill
     python bench/chain.py --long         # also the RSS growth from the 200th to the 2000th job
+    python bench/chain.py --no-multi     # the single-operator figures only
 
 The daemon runs as a subprocess (``python -m blueprint run``, the manager's environment) with a
 zero-cost engine (``bench/echo_engine.py``, loaded by dotted path), so the figures are the
@@ -9,6 +11,14 @@ daemon's own: chain intake, ledger, routing, encoding, submission. Overhead per 
 the daemon's ledger: ``submitted_at - seen_at`` (the log recorded as seen, to the result
 transaction sent), minus the handler's time (``answered_at - started_at``, near zero here).
 Results are read back from ``JobResultSubmitted`` logs to count duplicates and missing answers.
+
+The three-operator run (every operator offers the model, so every job has three candidates)
+counts *duplicated compute*: jobs whose handler ran in more than one daemon (from the daemons'
+``daemon.job_answered`` log lines; the assignment rule must keep it at 0). It reports the per-job
+overhead of the operator that computed each job, beside the single-operator figure of the same
+run, and then kills one daemon with SIGKILL and submits another burst: the jobs that operator was
+first for are taken over by the next in the ranking, and their *takeover latency* (seen to result
+sent, in the taker's ledger; ``[jobs] takeover_after_s`` of waiting included) is reported.
 """
 
 from __future__ import annotations
@@ -28,10 +38,18 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blueprint.contracts.offer import ModelOffer, Offer
 from blueprint.devnet.anvil import DEV_KEYS, start_anvil
 from blueprint.devnet.setup import submit_job, submit_jobs
-from blueprint.devnet.stack import DaemonProcess, chain_client, create_service, write_config
+from blueprint.devnet.stack import (
+    DaemonProcess,
+    chain_client,
+    create_multi_service,
+    create_service,
+    write_config,
+)
 from blueprint.jobs.codec import encode_inputs
+from blueprint.tangle.assignment import rank
 
 MODEL = "echo"
 #: The consumer's batching knobs ([jobs] table); None keeps the daemon defaults.
@@ -169,11 +187,117 @@ async def bench(args: argparse.Namespace) -> int:
         for text, met in checks:
             print(f"  target: {text}: {'met' if met else 'NOT met'}")
         print("targets met" if all(met for _, met in checks) else "TARGETS MISSED")
-        return 0 if duplicates == 0 and missing == 0 else 1
+        ok = duplicates == 0 and missing == 0
     finally:
         if daemon is not None:
             daemon.stop()
         anvil.stop()
+    if args.multi:
+        ok = await bench_multi(args, burst) and ok
+    return 0 if ok else 1
+
+
+def computed_per_call(daemons: list[DaemonProcess]) -> Counter[int]:
+    """How many daemons ran the handler of each call (``daemon.job_answered`` lines)."""
+    counts: Counter[int] = Counter()
+    for daemon in daemons:
+        counts.update(line["call_id"] for line in daemon.log_lines()
+                      if line.get("event") == "daemon.job_answered" and "call_id" in line)
+    return counts
+
+
+async def bench_multi(args: argparse.Namespace, single: dict[str, float]) -> bool:
+    """The burst on a service of three operators, then a kill -9 and the takeover latency."""
+    work = Path(tempfile.mkdtemp(prefix="bench-chain-multi-"))
+    anvil = start_anvil()
+    daemons: list[DaemonProcess] = []
+    try:
+        terms = (ModelOffer(MODEL, 4096, 64, 0, 0),)
+        offers = [Offer(f"http://127.0.0.1:{9300 + i}", terms) for i in range(3)]
+        async with chain_client(anvil) as client:
+            service = await create_multi_service(client, DEV_KEYS[0], offers,
+                                                 [work / f"op{i}" / "keystore" for i in range(3)])
+        for i, view in enumerate(service.operators):
+            folder = work / f"op{i}"
+            config = write_config(folder / "config.toml", [
+                {"engine": "bench.echo_engine:EchoClient", "model": MODEL, "max_batch_size": 256,
+                 "max_queue": 4096},
+            ], server_enabled=False, jobs={"poll_interval_s": 0.5, "max_concurrent": 64,
+                                           "takeover_after_s": args.takeover_after, **BATCHING})
+            env = view.manager_env(keystore_uri=str(folder / "keystore"), data_dir=str(folder / "data"),
+                                   ws_rpc_url=anvil.ws_url)
+            env["BLUEPRINT_CONFIG"] = str(config)
+            daemons.append(DaemonProcess(env, folder / "daemon.log").start())
+        for daemon in daemons:
+            daemon.wait_ready()
+        addresses = [view.operator.address for view in service.operators]
+        sid, owner = service.service_id, service.owner
+        datas = [work / f"op{i}" / "data" for i in range(3)]
+        async with chain_client(anvil) as client:
+            ids = await submit_jobs(client, owner, sid, [(0, INPUTS)] * args.burst)
+            await wait_answered(client, sid, ids, 300)
+            rows = await confirmed_rows(datas, ids, 60)
+            multi = report(f"three operators, burst ({args.burst} at once)", rows)
+            shares = Counter(rank(sid, c, addresses)[0] for c in ids)
+            print(f"   jobs per operator (the first of each ranking): {sorted(shares.values())}")
+            # kill the operator that was first for the most jobs of the next burst, then submit it
+            victim = 0
+            daemons[victim].process.kill()  # type: ignore[union-attr]
+            daemons[victim].process.wait()  # type: ignore[union-attr]
+            killed_at = time.monotonic()
+            after = await submit_jobs(client, owner, sid, [(0, INPUTS)] * args.after_kill)
+            await wait_answered(client, sid, after, 300 + 3 * args.takeover_after)
+            logs = await client.result_logs(sid)
+        every = ids + after
+        answers = Counter(entry.call_id for entry in logs)
+        computed = computed_per_call(daemons)
+        duplicated = sum(1 for c in every if computed[c] > 1)
+        twice = sum(1 for c in every if answers[c] > 1)
+        missing = sum(1 for c in every if answers[c] == 0)
+        taken = [c for c in after if rank(sid, c, addresses)[0] == addresses[victim]]
+        latency = []
+        for data in datas[1:]:
+            for row in ledger_rows(data, taken):
+                if row[1] == "confirmed" and row[2] and row[5]:
+                    latency.append(row[5] - row[2])
+        print(f"   after kill -9 of one operator ({time.monotonic() - killed_at:.1f}s): {len(after)} jobs, "
+              f"{len(taken)} taken over, takeover latency (seen -> result sent) p50 "
+              f"{statistics.median(latency):.2f} s, p99 {pct(latency, 0.99):.2f} s "
+              f"(takeover_after_s {args.takeover_after:g})" if latency else "   no job was taken over")
+        print(f"   duplicated compute {duplicated}, answered twice {twice}, missing {missing} "
+              f"(of {len(every)} jobs)")
+        m50, m99, s50, s99 = multi["p50_ms"], multi["p99_ms"], single["p50_ms"], single["p99_ms"]
+        print(f"   own overhead per job: three operators p50 {m50:.1f} ms / p99 {m99:.1f} ms vs one "
+              f"operator p50 {s50:.1f} ms / p99 {s99:.1f} ms "
+              f"(ratio p50 {m50 / s50:.2f}, p99 {m99 / s99:.2f})")
+        return duplicated == 0 and twice == 0 and missing == 0 and len(latency) == len(taken)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        anvil.stop()
+
+
+async def confirmed_rows(datas: list[Path], call_ids: list[int], timeout_s: float) -> list[tuple]:
+    """The ledger rows of the operators that answered, once each answer's receipt was recorded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = [row for data in datas for row in ledger_rows(data, call_ids) if row[1] == "confirmed"]
+        if len({row[0] for row in rows}) >= len(set(call_ids)) or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.2)
+
+
+async def wait_answered(client: object, service_id: int, call_ids: list[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    wanted = set(call_ids)
+    while True:
+        logs = await client.result_logs(service_id)  # type: ignore[attr-defined]
+        if wanted <= {entry.call_id for entry in logs}:
+            return
+        if time.monotonic() > deadline:
+            left = len(wanted - {e.call_id for e in logs})
+            raise TimeoutError(f"{left} jobs unanswered after {timeout_s}s")
+        await asyncio.sleep(0.25)
 
 
 def main() -> int:
@@ -187,6 +311,12 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=None, help="jobs.max_batch of the daemon.")
     parser.add_argument("--no-simulate", action="store_true",
                         help="jobs.simulate_before_send = false (to see what simulation costs).")
+    parser.add_argument("--no-multi", dest="multi", action="store_false",
+                        help="Skip the three-operator run.")
+    parser.add_argument("--takeover-after", type=float, default=20.0,
+                        help="jobs.takeover_after_s of the three-operator run (it must exceed the "
+                             "time a burst's answers take to be mined, or jobs are computed twice).")
+    parser.add_argument("--after-kill", type=int, default=60, help="Jobs submitted after the kill.")
     args = parser.parse_args()
     if args.batch_window is not None:
         BATCHING["batch_window_s"] = args.batch_window

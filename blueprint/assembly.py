@@ -3,7 +3,9 @@
 ``run`` (and ``dev``, which starts ``run`` the way the blueprint manager does) goes through
 :func:`run_daemon`: the shared context, the producer, the consumer, and as background services of
 the :class:`~blueprint.runner.Runner` the HTTP API (with the job and chain metrics and, with an
-operator key, signed quotes), the chain-metrics refresher and the heartbeat. ``serve`` goes
+operator key, signed quotes priced from the operator's on-chain offer), the chain-metrics
+refresher and the heartbeat; and the job gate of a service of several operators (the offers read
+from the manager, the completions watch, the assignment rule). ``serve`` goes
 through :func:`serve_api`: the same context without the chain, and the HTTP API alone. Nothing
 else wires these parts together.
 """
@@ -18,10 +20,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from blueprint import tracing
+from blueprint.assigner import Assigner
 from blueprint.context import Context
-from blueprint.daemon import JobConsumer, JobRouter, job_log_fields, job_trace
+from blueprint.daemon import JobConsumer, JobGate, JobRouter, job_log_fields, job_trace
 from blueprint.jobs.router import Router
-from blueprint.runner import BackgroundService, Runner
+from blueprint.runner import BackgroundService, Backlog, Runner
 from blueprint.tangle.types import JobCall, JobResult
 
 if TYPE_CHECKING:
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from blueprint.config import Settings
     from blueprint.context.console_chain import LedgerChainView
     from blueprint.context.metrics import ChainMetrics
+    from blueprint.contracts.offer_book import OfferBook
+    from blueprint.quoting.quoter import Quoter
     from blueprint.server.runner import RunningServer
     from blueprint.server.settings import ServerSettings
     from blueprint.tangle.chain import ChainClient
@@ -90,7 +95,8 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
         max_batch=jobs.max_batch, retry_for=jobs.submit_retry_s, dry_run=settings.dry_run,
         presimulate=jobs.simulate_before_send,
     ), ctx.ledger, ctx, service_id)
-    services: list[BackgroundService] = []
+    gate, book = await build_gate(settings, ctx)
+    services: list[BackgroundService] = [gate]
     api = None
     chain_view: LedgerChainView | None = None
     if settings.server.enabled:
@@ -110,6 +116,7 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
                                           await ctx.chain.w3.eth.chain_id)
             if quoter is not None:
                 enable_quotes(app, quoter)
+                price_quotes_from_chain(book, quoter, ctx.operator.address)
         api = ApiService(ctx.balancer, settings.server, app)
         services += [api, chain_metrics]
     if not settings.dry_run:  # keeps the operator online in the OperatorStatusRegistry
@@ -120,14 +127,62 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
         if chain_view is not None:
             chain_view.heartbeat = heartbeat
     job_router = JobRouter(ctx.ledger, Router(timeout_s=jobs.job_timeout_s), ctx,
-                           max_handler_runs=jobs.max_handler_runs)
+                           max_handler_runs=jobs.max_handler_runs, gate=gate)
+
+    async def backlog() -> Backlog[JobCall, JobResult]:
+        owed = await consumer.backlog()
+        gate.resumed(list(owed.rerun))
+        return owed
+
     runner: JobRunner = Runner(
-        producer, job_router, consumer,
-        services=services, backlog=consumer.backlog, log_fields=job_log_fields, scope=job_trace,
+        producer, job_router, consumer, admit=gate,
+        services=services, backlog=backlog, log_fields=job_log_fields, scope=job_trace,
         on_error=lambda _exc: ctx.metrics.jobs_failed.inc(),
         max_concurrent=jobs.max_concurrent, shutdown_timeout_s=jobs.shutdown_timeout_s,
     )
     return runner, api
+
+
+async def build_gate(settings: Settings, ctx: Context) -> tuple[JobGate, OfferBook]:
+    """The job gate of a service that may have other operators: the offers of the service (read
+    from the manager, refreshed on its events), the completions watch and the assignment rule."""
+    from blueprint.contracts.offer_book import OfferBook
+    from blueprint.tangle.completions import CompletionWatch
+
+    if ctx.chain is None or ctx.operator is None or ctx.ledger is None or settings.service_id is None:
+        raise ValueError("the job gate needs a context built with the chain and a service id")
+    jobs = settings.jobs
+    chain = ctx.chain
+    book = await OfferBook.for_service(chain, settings.service_id, blueprint_id=settings.blueprint_id,
+                                       poll_interval_s=jobs.poll_interval_s, refresh_s=jobs.offers_refresh_s)
+    watch = CompletionWatch(chain.w3, settings.tangle_contract, settings.service_id,
+                            poll_interval_s=jobs.poll_interval_s)
+    balancer = ctx.balancer
+    assigner = Assigner(
+        book, ctx.operator.address, quoted=watch,
+        serves=lambda model: any(info.id == model for info in balancer.models()),
+        takeover_after_s=jobs.takeover_after_s, last_patience_s=jobs.job_timeout_s,
+        weighting=jobs.assignment_weighting,
+    )
+
+    async def head() -> int:
+        return int(await chain.w3.eth.block_number)
+
+    gate = JobGate(ctx.ledger, ctx, assigner, watch, patience_s=jobs.job_timeout_s, head=head,
+                   services=(book,))
+    return gate, book
+
+
+def price_quotes_from_chain(book: OfferBook, quoter: Quoter, operator: str) -> None:
+    """Quotes are priced from our offer as the manager holds it (what a client can check with
+    ``quotePrice``), followed on every change; the configured prices only until it is read."""
+
+    def follow(current: OfferBook) -> None:
+        offer = current.offer_of(operator)
+        if offer is not None and offer.models:
+            quoter.offer = offer
+
+    book.on_change(follow)
 
 
 async def run_daemon(settings: Settings, *, stop: asyncio.Event | None = None,

@@ -9,9 +9,10 @@ states), never by where the runner happens to be.
 
 Order of a run: the consumer starts, then the background services (in order); ``on_ready`` is
 called; the ``backlog`` (what a previous run left owed) is taken up; the producer starts and jobs
-are taken until :meth:`Runner.request_stop`. Then intake stops at once, running jobs (and their
-submissions) get ``shutdown_timeout_s`` to finish, the rest are cancelled, the consumer closes,
-and the services stop in reverse order.
+are taken until :meth:`Runner.request_stop`. Then intake stops at once, calls still waiting in
+``admit`` are cancelled (they hold no work), running jobs (and their submissions) get
+``shutdown_timeout_s`` to finish, the rest are cancelled, the consumer closes, and the services
+stop in reverse order.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ class Runner(Generic[Call, Result]):
         self.shutdown_timeout_s = shutdown_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: calls waiting in ``admit`` (no work in hand): cancelled at once on stop
+        self._admitting: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self.jobs_started = 0
         self.jobs_done = 0
@@ -193,6 +196,8 @@ class Runner(Generic[Call, Result]):
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
+        for task in list(self._admitting):
+            task.cancel()  # waiting for its turn, no work in hand: its parts keep it owed
         if not self._tasks:
             return
         log.info("runner.draining", running=len(self._tasks), timeout_s=self.shutdown_timeout_s)
@@ -211,7 +216,7 @@ class Runner(Generic[Call, Result]):
         with structlog.contextvars.bound_contextvars(**self.log_fields(call)), self.scope(call):
             try:
                 if self.admit is not None:
-                    admitted = await self.admit(call)
+                    admitted = await self._admit(call)
                     if admitted is None:
                         return
                     call = admitted
@@ -233,6 +238,17 @@ class Runner(Generic[Call, Result]):
                 if holding:
                     self._slots.release()
                 self.jobs_done += 1
+
+    async def _admit(self, call: Call) -> Call | None:
+        assert self.admit is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._admitting.add(task)
+        try:
+            return await self.admit(call)
+        finally:
+            if task is not None:
+                self._admitting.discard(task)
 
     async def _resend(self, result: Result) -> None:
         with structlog.contextvars.bound_contextvars(**self.log_fields(result)):

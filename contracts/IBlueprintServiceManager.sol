@@ -119,8 +119,40 @@ interface IBlueprintServiceManager {
     function onOperatorBinaryAcked(uint64 serviceId, uint64 versionId, address operator) external;
 }
 
-/// @notice The few Tangle views the manager reads back (the source of truth for membership).
+/// @notice The few Tangle views the manager reads back (the source of truth for membership,
+///         payments and quotes). Struct layouts follow tnt-core `Types.sol`; enums are read as uint8.
 interface ITangleMembership {
+    /// @dev `Types.JobCall`.
+    struct JobCallView {
+        uint8 jobIndex;
+        address caller;
+        uint64 createdAt;
+        uint32 resultCount;
+        bool completed;
+        bool isRFQ;
+        uint256 payment;
+    }
+
+    /// @dev `Types.Service`.
+    struct ServiceView {
+        uint64 blueprintId;
+        address owner;
+        uint64 createdAt;
+        uint64 ttl;
+        uint64 terminatedAt;
+        uint64 lastPaymentAt;
+        uint32 operatorCount;
+        uint32 minOperators;
+        uint32 maxOperators;
+        uint8 membership;
+        uint8 pricing;
+        uint8 status;
+        uint8 confidentiality;
+    }
+
     function getServiceOperators(uint64 serviceId) external view returns (address[] memory);
     function isOperatorRegistered(uint64 blueprintId, address operator) external view returns (bool);
+    function getJobCall(uint64 serviceId, uint64 callId) external view returns (JobCallView memory);
+    function getJobQuotedOperators(uint64 serviceId, uint64 callId) external view returns (address[] memory);
+    function getService(uint64 serviceId) external view returns (ServiceView memory);
 }

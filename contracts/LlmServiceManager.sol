@@ -8,7 +8,11 @@ import { IBlueprintServiceManager, ITangleMembership } from "./IBlueprintService
 ///         models it serves with their limits and per-token prices, and its HTTP endpoint) and
 ///         rejects, in `onJobCall`, the jobs the chain can judge: an unknown job index, inputs that
 ///         are not `abi.encode(string model, uint32 maxTokens, string request)`, a model no operator
-///         of the service offers, and `maxTokens` above the largest limit those operators offer.
+///         of the service offers (for a quote-paid job: no quoted operator), `maxTokens` above the
+///         largest limit those operators offer, and a flat-rate job whose payment cannot cover
+///         `maxTokens` at the cheapest completion price among the operators able to serve it.
+///         Per-token prices (prompt and completion) are charged through signed quotes
+///         (`submitJobFromQuote`), priced from the quoting operator's offer (`quotePrice`).
 /// @dev Membership of a service is read back from the Tangle contract (`getServiceOperators`), the
 ///      source of truth, so no hook has to mirror joins and leaves. Every hook stays well within
 ///      the 500k gas stipend (measured in tests/contracts).
@@ -57,6 +61,8 @@ contract LlmServiceManager is IBlueprintServiceManager {
     uint8 public constant JOB_CHAT = 0;
     uint8 public constant JOB_COMPLETION = 1;
     uint8 public constant JOB_EMBEDDING = 2;
+    /// @notice tnt-core `Types.PricingModel.EventDriven`: a flat rate paid with each job.
+    uint8 public constant PRICING_EVENT_DRIVEN = 2;
     /// @notice Bounds on one offer. `onRegister` runs under the 500k hook stipend, which holds about
     ///         four models with short ids (see the gas tests); `updateOffer` is not bound by it.
     uint256 public constant MAX_MODELS = 16;
@@ -108,6 +114,9 @@ contract LlmServiceManager is IBlueprintServiceManager {
     error MalformedInputs();
     error ModelNotOffered(uint64 serviceId, string model);
     error MaxTokensAboveLimit(uint64 serviceId, uint32 maxTokens, uint32 limit);
+    error PaymentBelowFloor(uint64 serviceId, uint256 payment, uint256 required);
+    error ModelNotOfferedByQuotedOperators(uint64 serviceId, uint64 jobCallId, string model);
+    error OperatorDoesNotOffer(address operator, string model);
     error AggregationNotSupported();
 
     modifier onlyTangle() {
@@ -240,7 +249,24 @@ contract LlmServiceManager is IBlueprintServiceManager {
         payable
         onlyTangle
     {
-        (bytes32 modelKey, uint32 maxTokens) = _checkJob(serviceId, job, inputs);
+        (bytes32 modelKey, uint32 maxTokens, uint256 floor) = _checkJob(serviceId, job, inputs);
+        // The call record (with what was paid) exists before this hook runs.
+        ITangleMembership tangle = ITangleMembership(TANGLE);
+        ITangleMembership.JobCallView memory call = tangle.getJobCall(serviceId, jobCallId);
+        if (call.isRFQ) {
+            // Only quoted operators may answer: one of them must serve the model. The price was
+            // agreed in the quotes (each priced from its operator's offer), not checked here.
+            if (!_anyOffers(tangle.getJobQuotedOperators(serviceId, jobCallId), modelKey)) {
+                (bytes calldata model,) = _parseInputs(inputs);
+                revert ModelNotOfferedByQuotedOperators(serviceId, jobCallId, string(model));
+            }
+        } else if (call.payment < floor) {
+            // Nothing paid per job is fine when the service is paid otherwise (once, or by
+            // subscription); a flat-rate (event-driven) job must pay for what it asks.
+            if (call.payment > 0 || tangle.getService(serviceId).pricing == PRICING_EVENT_DRIVEN) {
+                revert PaymentBelowFloor(serviceId, call.payment, floor);
+            }
+        }
         emit JobAccepted(serviceId, jobCallId, modelKey, maxTokens);
     }
 
@@ -251,8 +277,33 @@ contract LlmServiceManager is IBlueprintServiceManager {
         view
         returns (bytes32 modelKey, uint32 limit)
     {
-        (modelKey,) = _checkJob(serviceId, job, inputs);
-        (, limit) = _serviceLimit(serviceId, modelKey);
+        uint32 maxTokens;
+        (modelKey, maxTokens,) = _checkJob(serviceId, job, inputs);
+        (, limit,) = _serviceTerms(serviceId, modelKey, maxTokens);
+    }
+
+    /// @notice The least flat-rate payment a job for `model` with `maxTokens` must carry:
+    ///         `maxTokens` x the cheapest completion price among the service's operators that
+    ///         offer the model with a limit of at least `maxTokens` (0 when none can serve it).
+    function jobPaymentFloor(uint64 serviceId, string calldata model, uint32 maxTokens)
+        external
+        view
+        returns (uint256)
+    {
+        (,, uint256 floor) = _serviceTerms(serviceId, keccak256(bytes(model)), maxTokens);
+        return floor;
+    }
+
+    /// @notice What `operator`'s offer charges for a request of `promptTokens` that may generate
+    ///         up to `maxTokens`: the price a quote from that operator is computed from.
+    function quotePrice(address operator, string calldata model, uint256 promptTokens, uint256 maxTokens)
+        external
+        view
+        returns (uint256)
+    {
+        uint256 packed = _terms[operator][keccak256(bytes(model))];
+        if (packed == 0) revert OperatorDoesNotOffer(operator, model);
+        return promptTokens * uint96(packed >> 64) + maxTokens * uint96(packed >> 160);
     }
 
     /// @inheritdoc IBlueprintServiceManager
@@ -400,7 +451,7 @@ contract LlmServiceManager is IBlueprintServiceManager {
         view
         returns (bool offered, uint32 maxOutputTokens)
     {
-        return _serviceLimit(serviceId, keccak256(bytes(model)));
+        (offered, maxOutputTokens,) = _serviceTerms(serviceId, keccak256(bytes(model)), 0);
     }
 
     /// @notice Decode an offer payload; used through an external self-call so that malformed bytes
@@ -540,28 +591,47 @@ contract LlmServiceManager is IBlueprintServiceManager {
         }
     }
 
-    function _serviceLimit(uint64 serviceId, bytes32 key) private view returns (bool offered, uint32 limit) {
+    /// @dev Over the service's operators offering `key`: whether any does, the largest output limit,
+    ///      and `maxTokens` x the cheapest completion price among those whose limit covers it.
+    function _serviceTerms(uint64 serviceId, bytes32 key, uint32 maxTokens)
+        private
+        view
+        returns (bool offered, uint32 limit, uint256 floor)
+    {
         address[] memory ops = ITangleMembership(TANGLE).getServiceOperators(serviceId);
+        uint256 cheapest = type(uint256).max;
         for (uint256 i = 0; i < ops.length; i++) {
             uint256 packed = _terms[ops[i]][key];
             if (packed != 0) {
                 offered = true;
                 uint32 opLimit = uint32(packed);
                 if (opLimit > limit) limit = opLimit;
+                uint256 price = uint96(packed >> 160);
+                if (opLimit >= maxTokens && price < cheapest) cheapest = price;
             }
         }
+        if (cheapest != type(uint256).max) floor = uint256(maxTokens) * cheapest;
+    }
+
+    function _anyOffers(address[] memory ops, bytes32 key) private view returns (bool) {
+        for (uint256 i = 0; i < ops.length; i++) {
+            if (_terms[ops[i]][key] != 0) return true;
+        }
+        return false;
     }
 
     function _checkJob(uint64 serviceId, uint8 job, bytes calldata inputs)
         private
         view
-        returns (bytes32 modelKey, uint32 maxTokens)
+        returns (bytes32 modelKey, uint32 maxTokens, uint256 floor)
     {
         if (job > JOB_EMBEDDING) revert UnknownJob(job);
         bytes calldata model;
         (model, maxTokens) = _parseInputs(inputs);
         modelKey = keccak256(model);
-        (bool offered, uint32 limit) = _serviceLimit(serviceId, modelKey);
+        bool offered;
+        uint32 limit;
+        (offered, limit, floor) = _serviceTerms(serviceId, modelKey, maxTokens);
         if (!offered) revert ModelNotOffered(serviceId, string(model));
         if (maxTokens > limit) revert MaxTokensAboveLimit(serviceId, maxTokens, limit);
     }

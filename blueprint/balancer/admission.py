@@ -6,6 +6,10 @@ at once (HTTP 429 with a ``Retry-After`` hint), never a long wait; ``queue_timeo
 wait when set. Freed slots go to waiters in FIFO order, and a waiter that cannot use any free slot
 (its free nodes were all tried) does not block those behind it.
 
+Chain jobs (requests made inside :func:`blueprint.balancer.priority.chain_job`) queue ahead of
+every HTTP request (behind earlier jobs), are never refused for a full queue, wait through a
+moment with no healthy node, and give up with :class:`OverloadedError` at their own deadline.
+
 The admission knows nodes only through the balancer's index (``serving``) and its strategy pick
 (``assign``, which reserves the slot); it never chooses a node itself.
 """
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 from blueprint.balancer.breaker import BreakerState
 from blueprint.balancer.node import NodeState
+from blueprint.balancer.priority import job_deadline, seconds_left
 from blueprint.balancer.strategies import RoutingRequest
 from blueprint.errors import BlueprintError, ModelNotFoundError, NoHealthyNodeError, OverloadedError
 
@@ -28,6 +33,8 @@ class _Waiter:
     request: RoutingRequest
     exclude: frozenset[str]
     future: asyncio.Future[NodeState]
+    #: a chain job's request: ahead of HTTP ones, patient through a moment with no healthy node
+    priority: bool = False
 
 
 class Admission:
@@ -35,14 +42,15 @@ class Admission:
 
     Args:
         serving: the nodes serving a model (the balancer's index; not mutated here).
-        assign: the strategy's pick among the free candidates, with a slot reserved; None when
-            no candidate has a free slot.
+        assign: the strategy's pick among the free candidates (all of a node's slots for a
+            chain job, the unreserved ones otherwise), with a slot reserved; None when no
+            candidate has a free slot.
         retry_after: the ``Retry-After`` hint for an overloaded model.
         queue_timeout_s: longest wait in a queue (None: until a slot frees up).
     """
 
     def __init__(self, serving: Callable[[str], list[NodeState]],
-                 assign: Callable[[RoutingRequest, frozenset[str]], NodeState | None],
+                 assign: Callable[[RoutingRequest, frozenset[str], bool], NodeState | None],
                  retry_after: Callable[[str], float], queue_timeout_s: float | None) -> None:
         self._serving = serving
         self._assign = assign
@@ -65,26 +73,36 @@ class Admission:
         serving = self._serving(model)
         if not serving:
             raise ModelNotFoundError(model)
-        if not any(node.selectable() and node.name not in exclude for node in serving):
+        deadline = job_deadline()
+        priority = deadline is not None
+        # a chain job outlasts a moment with no healthy node; once it has tried nodes, the
+        # failure goes back to its caller, which tries again from the start
+        healthy = any(node.selectable() and node.name not in exclude for node in serving)
+        if not healthy and (not priority or exclude):
             raise NoHealthyNodeError(f"No healthy node serves {model!r} right now.")
         queue = self._queues.setdefault(model, deque())
-        if not queue:
-            node = self._assign(request, exclude)
+        ahead = sum(1 for w in queue if w.priority) if priority else len(queue)
+        if not ahead:
+            node = self._assign(request, exclude, priority)
             if node is not None:
                 return node
-        if len(queue) >= self.capacity(model):
+        if not priority and len(queue) >= self.capacity(model):
             raise OverloadedError(
                 f"All nodes serving {model!r} are busy and the queue is full.",
                 retry_after=self._retry_after(model),
             )
-        waiter = _Waiter(request, exclude, asyncio.get_running_loop().create_future())
-        queue.append(waiter)
+        waiter = _Waiter(request, exclude, asyncio.get_running_loop().create_future(), priority)
+        if priority:
+            queue.insert(ahead, waiter)  # behind earlier jobs, ahead of every HTTP request
+        else:
+            queue.append(waiter)
+        wait_s = seconds_left(deadline) if deadline is not None else self.queue_timeout_s
         try:
-            async with asyncio.timeout(self.queue_timeout_s):
+            async with asyncio.timeout(wait_s):
                 return await waiter.future
         except TimeoutError:
             raise OverloadedError(
-                f"No node serving {model!r} freed up within {self.queue_timeout_s}s.",
+                f"No node serving {model!r} freed up within {wait_s}s.",
                 retry_after=self._retry_after(model),
             ) from None
         except asyncio.CancelledError:
@@ -117,10 +135,12 @@ class Admission:
             alive = [n for n in serving if not n.draining and n.breaker.state is not BreakerState.OPEN
                      and n.name not in waiter.exclude]
             if not alive:
+                if waiter.priority and not waiter.exclude:
+                    continue  # a chain job waits for a node to come back (or its deadline)
                 queue.remove(waiter)
                 waiter.future.set_exception(NoHealthyNodeError(f"No healthy node serves {model!r}."))
                 continue
-            node = self._assign(waiter.request, waiter.exclude)
+            node = self._assign(waiter.request, waiter.exclude, waiter.priority)
             if node is None:
                 if not any(n.has_slot() and n.selectable() for n in serving):
                     return

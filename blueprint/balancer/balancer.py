@@ -320,10 +320,18 @@ class Balancer:
     def _candidates(self, model: str, exclude: frozenset[str]) -> list[NodeState]:
         return [node for node in self._serving(model) if node.selectable() and node.name not in exclude]
 
-    def _try_assign(self, request: RoutingRequest, exclude: frozenset[str]) -> NodeState | None:
+    def _usable_slots(self, node: NodeState, priority: bool) -> int:
+        """A node's slots open to a request: all for a chain job, the unreserved ones for HTTP."""
+        if priority or not self.settings.reserved_job_share:
+            return node.limit
+        return node.limit - int(node.limit * self.settings.reserved_job_share)
+
+    def _try_assign(self, request: RoutingRequest, exclude: frozenset[str],
+                    priority: bool = False) -> NodeState | None:
         model = request.model
         free = [node for node in self._serving(model)
-                if node.in_flight < node.limit and node.selectable() and node.name not in exclude]
+                if node.in_flight < self._usable_slots(node, priority) and node.selectable()
+                and node.name not in exclude]
         if not free:
             return None
         strategy = self.strategy_for(model)

@@ -81,6 +81,10 @@ class BalancerSettings(_Table):
         default=None, gt=0, description="Longest wait in the queue before 429 (None: wait for a slot)."
     )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="Longest wait for in-flight on remove.")
+    reserved_job_share: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Share of each node's slots only chain jobs may use (HTTP gets the rest).",
+    )
     health: HealthSettings = Field(default_factory=HealthSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     cache_aware: CacheAwareSettings = Field(default_factory=CacheAwareSettings)

@@ -59,6 +59,13 @@ class JobMetrics:
             "blueprint_job_handler_seconds", "Time in the handler (inference included).", ["job_index"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.assignment = Counter(
+            "blueprint_jobs_assignment",
+            "Jobs by what the multi-operator rule made of them: computed (ours first), standby "
+            "(another is responsible), taken_over, answered_by_another, skipped (not ours to "
+            "answer), left (deadline passed: left to the next operator), retried (transient failure).",
+            ["outcome"], registry=self.registry,
+        )
         self.overhead_seconds = Histogram(
             "blueprint_job_overhead_seconds",
             "Daemon time from job seen to result sent, minus the handler time.",

@@ -14,15 +14,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from eth_account import Account
+
+from blueprint.contracts.manager import deploy_manager
+from blueprint.contracts.offer import Offer, encode_offer
+from blueprint.devnet import setup
 from blueprint.devnet.anvil import REPO_ROOT, Anvil
 from blueprint.devnet.setup import DevService, setup_dev_service
-from blueprint.tangle.chain import ChainClient
-from blueprint.tangle.keystore import write_sdk_key
+from blueprint.tangle.chain import ChainClient, ChainError
+from blueprint.tangle.keystore import Operator, write_sdk_key
 
 #: TNT Core LocalTestnet addresses (shared/tnt-core/README.md); also the Settings defaults.
 TANGLE = "0x0165878A594ca255338adfa4d48449f69242Eb8F"
@@ -46,13 +51,84 @@ async def create_service(client: ChainClient, owner_key: str, keystore: Path,
     return service
 
 
+@dataclass(frozen=True)
+class MultiService:
+    """One service of several operators, each with its own offer, under our service manager.
+
+    ``operators[i]`` is a :class:`DevService` seen from operator ``i`` (same blueprint and
+    service; its ``operator`` and ``manager_env`` are that operator's), so each daemon is started
+    exactly like a single operator's.
+    """
+
+    manager: str
+    operators: tuple[DevService, ...]
+    offers: tuple[Offer, ...]
+
+    @property
+    def service_id(self) -> int:
+        return self.operators[0].service_id
+
+    @property
+    def blueprint_id(self) -> int:
+        return self.operators[0].blueprint_id
+
+    @property
+    def owner(self) -> Operator:
+        return self.operators[0].owner
+
+
+async def create_multi_service(client: ChainClient, owner_key: str, offers: Sequence[Offer],
+                               keystores: Sequence[Path], *,
+                               job_event_rates: Mapping[int, int] | None = None) -> MultiService:
+    """Deploy our manager, create a blueprint with it, register one fresh operator per offer
+    (funded, bonded, its key written to the matching keystore), request a service with all of
+    them and have each approve it. ``job_event_rates`` switches to flat-rate (event-driven)
+    pricing with those per-job rates."""
+    if len(offers) != len(keystores):
+        raise ValueError("one keystore per offer")
+    owner = Operator.from_private_key(owner_key)
+    manager = await deploy_manager(client, owner.account)
+    pricing = setup.PRICING_EVENT_DRIVEN if job_event_rates else setup.PRICING_PAY_ONCE
+    blueprint_id = await setup.create_blueprint(client, owner, jobs=setup.DEFAULT_JOBS, manager=manager,
+                                                pricing=pricing)
+    if job_event_rates:
+        await setup.set_job_event_rates(client, owner, blueprint_id, job_event_rates)
+    operators: list[Operator] = []
+    for offer, keystore in zip(offers, keystores, strict=True):
+        operator = Operator.from_private_key(bytes(Account.create().key))
+        await setup.fund_account(client, owner.account, operator.address, eth=100 * 10**18,
+                                 tnt=1_000 * 10**18)
+        await setup.ensure_operator_bonded(client, operator)
+        await setup.register_operator(client, operator, blueprint_id, offer.endpoint, encode_offer(offer))
+        write_sdk_key(keystore, "0x" + bytes(operator.account.key).hex())
+        operators.append(operator)
+    request_id = await setup.request_service(client, owner, blueprint_id, [o.address for o in operators])
+    service_id = None
+    for operator in operators:
+        service_id = await setup.approve_service(client, operator, request_id) or service_id
+    if service_id is None:
+        raise ChainError(f"request {request_id} was approved by every operator but no service was activated")
+    views = tuple(
+        DevService(
+            http_rpc_url=str(client.w3.provider.endpoint_uri), blueprint_id=blueprint_id,
+            service_id=service_id, request_id=request_id, operator=operator, owner=owner,
+            tangle_contract=client.tangle_address, staking_contract=client.staking_address,
+            status_registry_contract=client.status_registry_address, rpc_address=offer.endpoint,
+        )
+        for operator, offer in zip(operators, offers, strict=True)
+    )
+    return MultiService(manager, views, tuple(offers))
+
+
 def toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
 def write_config(path: Path, nodes: list[Mapping[str, Any]], *, server_port: int | None = 0,
-                 server_enabled: bool = True, jobs: Mapping[str, Any] | None = None) -> Path:
-    """A TOML config with ``[[nodes]]`` tables, a ``[server]`` and an optional ``[jobs]`` table."""
+                 server_enabled: bool = True, jobs: Mapping[str, Any] | None = None,
+                 balancer: Mapping[str, Any] | None = None) -> Path:
+    """A TOML config with ``[[nodes]]`` tables, a ``[server]`` and optional ``[jobs]`` and
+    ``[balancer]`` tables."""
     lines: list[str] = []
     for node in nodes:
         lines.append("[[nodes]]")
@@ -64,11 +140,15 @@ def write_config(path: Path, nodes: list[Mapping[str, Any]], *, server_port: int
         lines.append(f"port = {server_port}")
     if jobs:
         lines += ["", "[jobs]"] + [f"{key} = {_toml_value(value)}" for key, value in jobs.items()]
+    if balancer:
+        lines += ["", "[balancer]"] + [f"{key} = {_toml_value(value)}" for key, value in balancer.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, Mapping):  # an inline table
+        return "{ " + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

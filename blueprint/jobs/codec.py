@@ -8,6 +8,17 @@ is what the Rust SDK's ``TangleArg``/``TangleResult`` produce, so any client can
 
 Clients (tests, ``dev``, the benchmark, other programs) use :func:`encode_inputs` and
 :func:`decode_result`; the daemon uses :func:`decode_inputs` and :func:`encode_result`.
+
+Who answers: in a service of several operators, one result completes a job, and it comes from the
+first operator of the job's ranking that can serve its ``model`` (the quoted operators only, for
+a job paid by quotes; see ``blueprint.tangle.assignment``), or from the next one when the first
+gives no result in time. An error object is final for the caller, so it answers only permanent
+problems (inputs that do not decode, bad JSON, an unknown model, too long a prompt, bad
+parameters); a passing one (busy or unhealthy nodes, an engine failure) is retried until the
+job's deadline, and the last operator of the ranking answers with the error only then. What was
+paid is read on chain: the manager refuses, in ``onJobCall``, a flat-rate job whose payment does
+not cover ``maxTokens`` at the cheapest able operator's completion price; per-token prices are
+charged through quotes (``submitJobFromQuote``).
 """
 
 from __future__ import annotations

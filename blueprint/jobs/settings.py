@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -34,3 +36,18 @@ class JobsSettings(BaseModel):
     max_batch: int = Field(default=32, ge=1, description="Most results in one submitResults.")
     submit_retry_s: float = Field(default=300.0, gt=0,
                                   description="Keep retrying a result this long on RPC errors.")
+    takeover_after_s: float = Field(
+        default=20.0, gt=0,
+        description="Several operators: the k-th in a job's ranking takes over after k x this many "
+                    "seconds without a result (and the one before it stops waiting for capacity).",
+    )
+    assignment_weighting: Literal["equal", "inverse_price"] = Field(
+        default="equal",
+        description="Rank operators by plain rendezvous hashing, or weighted by the inverse of "
+                    "their completion price (cheaper operators answer more jobs).",
+    )
+    offers_refresh_s: float = Field(
+        default=60.0, gt=0,
+        description="Re-read the service's offers this often (they are also re-read on every "
+                    "offer event of the manager).",
+    )

@@ -254,7 +254,9 @@ class ChainClient:
         what = fn.fn_name
         to = fn.address
         data = bytes.fromhex(fn._encode_transaction_data().removeprefix("0x"))
-        await txm.simulate(to, data, value=value, what=what)
+        # simulate with room to spare: a set-up call can need more than a result's default gas
+        # (activating a service of 16 operators takes about 5M)
+        await txm.simulate(to, data, value=value, what=what, gas=SIMULATION_GAS)
         if gas is None:
             estimate = await txm.estimate_gas(to, data, value=value, what=what)
             gas = int(estimate * gas_multiplier) + gas_headroom

@@ -69,7 +69,9 @@ _GET_JOB_CALL = selector(fragment(TANGLE_ABI, "getJobCall"))
 #: ``deferred``: the consumer was closed before this result went out (or before its receipt
 #: came); the job stays ``answered``/``submitted`` in the ledger and :meth:`Consumer.resume`
 #: finds it on the next start.
-Status = Literal["confirmed", "already_answered", "failed", "orphaned", "dry_run", "deferred"]
+#: ``answered_by_another``: another operator's result completed the job; nothing of ours is sent.
+Status = Literal["confirmed", "already_answered", "failed", "orphaned", "dry_run", "deferred",
+                 "answered_by_another"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,9 @@ class Consumer:
                                  tx_hash=record.submit_tx_hash, reason=record.reason)
         if record.state is JobState.FAILED:
             return SubmitOutcome(result.service_id, result.call_id, "failed", reason=record.reason)
+        if record.state is not JobState.ANSWERED:  # standing by, skipped, or answered by another
+            return SubmitOutcome(result.service_id, result.call_id, "answered_by_another",
+                                 reason=f"{record.state}: {record.reason}")
         if self.dry_run:
             return SubmitOutcome(result.service_id, result.call_id, "dry_run")
         if self._closed:
@@ -275,8 +280,11 @@ class Consumer:
                 "0x" + bytes(last["blockHash"]).hex())
 
     async def confirm_already_answered(self, keys: list[tuple[int, int]], note: str) -> None:
-        """Confirm jobs the chain says are answered, recording where our answer is when we find it
-        (``JobAlreadyCompleted`` may mean the job needed no result of ours at all)."""
+        """Confirm jobs the chain says are answered, recording where our answer is when we find it.
+
+        ``JobAlreadyCompleted`` with no result of ours means another operator answered: the job
+        is ``answered_by_another``, not ours to watch.
+        """
         for sid, cid in keys:
             record = await self.ledger.get(sid, cid)
             try:
@@ -284,8 +292,11 @@ class Consumer:
             except Exception as exc:  # the node hiccuped: it is answered all the same, just unwatched
                 log.warning("consumer.answer_lookup_failed", service_id=sid, call_id=cid,
                             error=str(exc) or type(exc).__name__)
-                found = None
-            if found is None:
+                await self._each([(sid, cid)], JobState.CONFIRMED, reason=note)
+                continue
+            if found is None and note != "ResultAlreadySubmitted":
+                await self._each([(sid, cid)], JobState.ANSWERED_BY_ANOTHER, reason=note)
+            elif found is None:
                 await self._each([(sid, cid)], JobState.CONFIRMED, reason=note)
             else:
                 await self._each([(sid, cid)], JobState.CONFIRMED, reason=note, tx_hash=found[0],

@@ -145,6 +145,7 @@ def decode_job_log(log: Mapping[str, Any] | RawLog) -> JobCall:
         types = JOB_SUBMITTED_FROM_QUOTE_DATA_TYPES if from_quote else JOB_SUBMITTED_DATA_TYPES
         values = _decode(types, raw.data, what)
         job_index, caller, inputs = values[0], values[1], values[-1]
+        quoted = values[2] if from_quote else ()
         if job_index > _UINT8_MAX:
             raise LogDecodeError(f"{what}: jobIndex {job_index} out of range")
     else:
@@ -152,6 +153,7 @@ def decode_job_log(log: Mapping[str, Any] | RawLog) -> JobCall:
         types = JOB_SUBMITTED_FROM_QUOTE_DATA_TYPES[1:] if from_quote else JOB_SUBMITTED_INDEXED_DATA_TYPES
         values = _decode(types, raw.data, what)
         caller, inputs = values[0], values[-1]
+        quoted = values[1] if from_quote else ()
     return JobCall(
         service_id=service_id,
         call_id=call_id,
@@ -163,6 +165,7 @@ def decode_job_log(log: Mapping[str, Any] | RawLog) -> JobCall:
         log_index=raw.log_index,
         tx_hash=raw.tx_hash,
         from_quote=from_quote,
+        quoted_operators=tuple(to_checksum_address(op) for op in quoted),
     )
 
 

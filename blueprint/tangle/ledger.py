@@ -24,6 +24,15 @@ State machine (``ALLOWED``; anything else raises :class:`IllegalTransitionError`
     any state -> orphaned (its block left the canonical chain); orphaned -> seen (it came back)
     running -> seen (requeued on restart); submitted -> answered (tx dropped, send again);
     failed -> seen (retry by hand)
+
+With several operators per service (see ``blueprint.tangle.assignment``)::
+
+    seen -> standby (another operator is responsible; we watch, and take over in turn)
+    standby -> taken_over (no result landed in time: ours now) -> running -> ...
+    running -> standby (no capacity before our deadline: left to the next operator)
+    seen | standby | running | answered | submitted -> answered_by_another (a result from
+        another operator completed the job)
+    seen | standby -> skipped (we may not answer it: we do not offer its model, or were not quoted)
 """
 
 from __future__ import annotations
@@ -64,20 +73,35 @@ class JobState(StrEnum):
     CONFIRMED = "confirmed"
     FAILED = "failed"
     ORPHANED = "orphaned"
+    STANDBY = "standby"
+    TAKEN_OVER = "taken_over"
+    ANSWERED_BY_ANOTHER = "answered_by_another"
+    SKIPPED = "skipped"
 
 
 S = JobState
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    S.SEEN: frozenset({S.RUNNING, S.ANSWERED, S.CONFIRMED, S.FAILED, S.ORPHANED}),
-    S.RUNNING: frozenset({S.ANSWERED, S.SEEN, S.CONFIRMED, S.FAILED, S.ORPHANED}),
-    S.ANSWERED: frozenset({S.SUBMITTED, S.CONFIRMED, S.FAILED, S.ORPHANED}),
-    S.SUBMITTED: frozenset({S.CONFIRMED, S.ANSWERED, S.FAILED, S.ORPHANED}),
+    S.SEEN: frozenset({S.RUNNING, S.ANSWERED, S.CONFIRMED, S.FAILED, S.ORPHANED, S.STANDBY,
+                       S.ANSWERED_BY_ANOTHER, S.SKIPPED}),
+    S.RUNNING: frozenset({S.ANSWERED, S.SEEN, S.CONFIRMED, S.FAILED, S.ORPHANED, S.STANDBY,
+                          S.ANSWERED_BY_ANOTHER}),
+    S.ANSWERED: frozenset({S.SUBMITTED, S.CONFIRMED, S.FAILED, S.ORPHANED, S.ANSWERED_BY_ANOTHER}),
+    S.SUBMITTED: frozenset({S.CONFIRMED, S.ANSWERED, S.FAILED, S.ORPHANED, S.ANSWERED_BY_ANOTHER}),
     S.CONFIRMED: frozenset({S.ORPHANED}),
     S.FAILED: frozenset({S.SEEN, S.ORPHANED}),
     S.ORPHANED: frozenset({S.SEEN}),
+    S.STANDBY: frozenset({S.TAKEN_OVER, S.ANSWERED_BY_ANOTHER, S.SKIPPED, S.FAILED, S.ORPHANED}),
+    S.TAKEN_OVER: frozenset({S.RUNNING, S.ANSWERED_BY_ANOTHER, S.CONFIRMED, S.FAILED, S.ORPHANED,
+                             S.SKIPPED}),
+    S.ANSWERED_BY_ANOTHER: frozenset({S.ORPHANED}),
+    S.SKIPPED: frozenset({S.ORPHANED}),
 }
-#: States of a job the daemon still owes an answer (resumed on start).
-PENDING_STATES: tuple[JobState, ...] = (S.SEEN, S.RUNNING, S.ANSWERED, S.SUBMITTED)
+#: States of a job the daemon still owes an answer, or a watch (resumed on start).
+PENDING_STATES: tuple[JobState, ...] = (S.SEEN, S.RUNNING, S.ANSWERED, S.SUBMITTED, S.STANDBY,
+                                        S.TAKEN_OVER)
+#: Final states re-opened when their job's log moves to another block (a reorg may have changed
+#: who answered, or what the call id holds).
+_REOPEN_WHEN_MOVED = frozenset({S.CONFIRMED, S.ANSWERED_BY_ANOTHER, S.SKIPPED})
 #: Which timing column a state stamps.
 _STAMP = {
     S.RUNNING: "started_at",
@@ -543,7 +567,7 @@ class Ledger:
                 moved = row[1] != job.block_hash.lower() or row[2] != job.log_index
                 # A confirmed job whose log now sits in another block went through a reorg that
                 # may have removed our answer (or put another job at this call id): answer anew.
-                if state is S.ORPHANED or (moved and state is S.CONFIRMED):
+                if state is S.ORPHANED or (moved and state in _REOPEN_WHEN_MOVED):
                     db.execute(
                         "UPDATE jobs SET state = ?, reason = NULL, job_index = ?, caller = ?, inputs = ?, "
                         "block_number = ?, block_hash = ?, log_index = ?, tx_hash = ?, seen_at = ?, "
@@ -738,7 +762,10 @@ class Ledger:
                 args += [int(answer[0]), answer[1].lower()]
             else:  # confirmed from the chain's word (already answered): nothing of ours to watch
                 sets += ["answer_block = NULL", "answer_hash = NULL", "answer_anchored = 1"]
-        elif target in (S.FAILED, S.ORPHANED, S.SEEN):
+        elif target in (S.ANSWERED_BY_ANOTHER, S.SKIPPED):  # final: nothing of ours to keep
+            sets += ["inputs = NULL", "result = NULL", "reason = ?"]
+            args.append(reason)
+        elif target in (S.FAILED, S.ORPHANED, S.SEEN, S.STANDBY, S.TAKEN_OVER):
             sets.append("reason = ?")
             args.append(reason)
         db.execute(

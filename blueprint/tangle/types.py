@@ -19,6 +19,10 @@ class JobCall:
     log_index: int
     tx_hash: str
     from_quote: bool = False
+    #: The operators whose quotes paid the job (``JobSubmittedFromQuote``): only they may answer.
+    #: Empty for a flat-rate job, and for a quote-paid job read back from the ledger (the chain
+    #: has them: ``getJobQuotedOperators``).
+    quoted_operators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

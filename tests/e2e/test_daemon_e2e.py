@@ -132,13 +132,14 @@ def test_run_without_service_id_explains_registration(tmp_path: Path) -> None:
 
 
 def test_dev_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The README's first command, in its CI form: the whole stack up, three jobs, exit 0."""
+    """The README's first command, in its CI form: the whole stack up (two operators), four jobs, exit 0."""
     proc = subprocess.run(
         [sys.executable, "-m", "blueprint", "dev", "--smoke", "--dir", str(tmp_path / "dev"),
          "--model", str(tiny_model_dir), "--model-id", "tiny", "--device", "cpu", "--timeout", "90"],
         capture_output=True, timeout=200, cwd=Path(__file__).resolve().parents[2], text=True,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "all three results arrived" in proc.stdout
-    for title in ("job 0: chat completion", "job 1: text completion", "job 2: embeddings"):
+    assert "all 4 results arrived, none is an error" in proc.stdout
+    for title in ("job 0: chat completion", "job 1: text completion", "job 2: embeddings", "only B offers"):
         assert title in proc.stdout
+    assert "answered by operator B" in proc.stdout  # tiny-b is B's alone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from eth_abi import encode
+from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 
 from blueprint.tangle.abi import (
@@ -77,11 +78,13 @@ def test_from_quote_both_layouts() -> None:
     data3 = encode(["uint8", "address", "address[]", "uint256", "bytes"], [1, CALLER, quoted, 10**18, b"q"])
     job = decode_job_log(rpc_log([JOB_SUBMITTED_FROM_QUOTE_TOPIC, uint_topic(5), uint_topic(6)], data3))
     assert (job.job_index, job.inputs, job.from_quote) == (1, b"q", True)
+    assert job.quoted_operators == (to_checksum_address(OPERATOR),)  # only they may answer
     data4 = encode(["address", "address[]", "uint256", "bytes"], [CALLER, quoted, 5, b"r"])
     job = decode_job_log(
         rpc_log([JOB_SUBMITTED_FROM_QUOTE_TOPIC, uint_topic(5), uint_topic(6), uint_topic(2)], data4)
     )
     assert (job.job_index, job.inputs, job.from_quote) == (2, b"r", True)
+    assert job.quoted_operators == (to_checksum_address(OPERATOR),)
 
 
 @pytest.mark.parametrize(

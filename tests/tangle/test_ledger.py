@@ -72,6 +72,8 @@ async def test_every_illegal_transition_raises(tmp_path: Path, current: JobState
     paths = {  # how to reach each state from seen
         S.SEEN: [], S.RUNNING: [S.RUNNING], S.ANSWERED: [S.ANSWERED], S.SUBMITTED: [S.ANSWERED, S.SUBMITTED],
         S.CONFIRMED: [S.CONFIRMED], S.FAILED: [S.FAILED], S.ORPHANED: [S.ORPHANED],
+        S.STANDBY: [S.STANDBY], S.TAKEN_OVER: [S.STANDBY, S.TAKEN_OVER],
+        S.ANSWERED_BY_ANOTHER: [S.ANSWERED_BY_ANOTHER], S.SKIPPED: [S.SKIPPED],
     }
     async with await Ledger.open(tmp_path) as led:
         for n, target in enumerate(JobState):
@@ -251,6 +253,24 @@ async def test_the_answer_watch_reads_a_partial_index(ledger: Ledger) -> None:
     await ledger.mark_answered(1, 1, b"r")
     await ledger.mark_confirmed(1, 1, tx_hash="0xaa", answer=(301, "0xcd"))
     assert [r.call_id for r in await ledger.unanchored_answers(301)] == [1]
+
+
+async def test_multi_operator_states_resume_and_final_ones_drop_inputs(ledger: Ledger) -> None:
+    await ledger.record_seen([job(1), job(2), job(3), job(4)])
+    await ledger.transition(1, 1, S.STANDBY, reason="rank 1 of 3")
+    await ledger.transition(1, 2, S.STANDBY)
+    await ledger.transition(1, 2, S.TAKEN_OVER, reason="no result after 2.0s")
+    await ledger.transition(1, 3, S.ANSWERED_BY_ANOTHER, reason="JobCompleted")
+    await ledger.transition(1, 4, S.SKIPPED, reason="we do not offer 'm'")
+    pending = {r.call_id: r.state for r in await ledger.pending_on_start(1)}
+    assert pending == {1: S.STANDBY, 2: S.TAKEN_OVER}  # watched or owed after a restart
+    for call_id in (3, 4):
+        record = await ledger.get(1, call_id)
+        assert record is not None and record.inputs is None and record.reason
+    # a job we stood by for, then took over, runs like a fresh one
+    assert (await ledger.mark_running(1, 2)).state is S.RUNNING
+    # left at its deadline to the next operator: back to stand-by
+    assert (await ledger.transition(1, 2, S.STANDBY, reason="left")).state is S.STANDBY
 
 
 async def test_handler_starts_are_counted_for_the_poison_job_guard(ledger: Ledger) -> None:

@@ -122,9 +122,12 @@ async def test_decode_slows_with_batch_size_and_slowdown(http: aiohttp.ClientSes
         await asyncio.gather(*(post(http, fast, "/chat/completions", chat_body(f"q{i}", max_tokens=10))
                                for i in range(4)))
         batched = time.perf_counter() - began
+    # lower bounds the cost model guarantees (a loaded machine only adds to each figure, so ratios
+    # of two measurements flake there): 10 steps of 10 ms, twice that slowed down, and 2.5x that
+    # for four sequences in one batch (each step costs 1 + 0.5 * 3)
     assert alone >= 0.1
-    assert doubled > 1.5 * alone
-    assert batched > 1.8 * alone  # four sequences: each step costs 1 + 0.5 * 3 = 2.5x
+    assert doubled >= 0.2
+    assert batched >= 0.25
 
 
 def _fields(options: EmulatedOptions) -> dict[str, Any]:
