@@ -33,6 +33,8 @@ def for_chat(request: ChatCompletionRequest, *, with_text: bool = True) -> Routi
         features.add("tools")
     if request.response_format is not None and request.response_format.type != "text":
         features.add("json_mode")
+        if request.response_format.type == "json_schema":
+            features.add("structured_outputs")
     if request.logprobs:
         features.add("logprobs")
     return RoutingRequest(model=request.model, prompt_text=text, prompt_tokens=tokens,

@@ -22,3 +22,12 @@ def test_chat_features() -> None:
     asked = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], logprobs=True,
                                   top_logprobs=2)
     assert for_chat(asked).features == frozenset({"logprobs"})
+
+
+def test_a_json_schema_needs_structured_outputs_not_only_json_mode() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    schema = ChatCompletionRequest(model="m", messages=messages, response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
+    assert for_chat(schema).features == frozenset({"json_mode", "structured_outputs"})
+    loose = ChatCompletionRequest(model="m", messages=messages, response_format={"type": "json_object"})
+    assert for_chat(loose).features == frozenset({"json_mode"})

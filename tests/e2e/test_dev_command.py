@@ -79,12 +79,21 @@ def test_printed_commands_work_against_the_running_stack(tmp_path: Path, tiny_mo
 
 
 def _free_pair() -> int:
+    """A port whose next one is free too (dev gives operator B the port after A's)."""
+    import socket
+
     from blueprint.devnet.anvil import free_port
 
     while True:
         port = free_port()
-        if port < 65000:
-            return port
+        if port >= 65000:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
 
 
 def _wait_for(path: Path, marker: str, proc: subprocess.Popen[str], timeout: float) -> str:

@@ -402,10 +402,10 @@ async def test_one_bad_sequence_fails_only_itself(engine: TransformersClient, po
         assert not isinstance(failed, BaseException), failed
 
 
-async def test_a_sampling_failure_of_one_row_spares_the_others(engine: TransformersClient,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever breaks while sampling one row (here: a row whose parameters make torch raise)
-    ends that sequence only; the step goes on for the others."""
+@pytest.fixture
+def fragile_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampling raises for any step holding a row with temperature 1.5 (a kernel refusing one
+    request's parameters), as the batcher must survive."""
     from blueprint.llm.engines import _hf_batching
 
     real = _hf_batching.sample_step
@@ -416,8 +416,29 @@ async def test_a_sampling_failure_of_one_row_spares_the_others(engine: Transform
         return real(logits, seqs)
 
     monkeypatch.setattr(_hf_batching, "sample_step", fragile)
+
+
+@pytest.mark.usefixtures("fragile_sampling")
+async def test_a_sampling_failure_of_one_row_spares_the_others(engine: TransformersClient) -> None:
+    """Whatever breaks while sampling one row (here: a row whose parameters make torch raise)
+    ends that sequence only; the step goes on for the others."""
     innocents = [engine.complete(_unchecked(prompt=f"Story {i}")) for i in range(3)]
     bad = engine.complete(_unchecked(temperature=1.5))
     *answers, failed = await asyncio.gather(*innocents, bad, return_exceptions=True)
+    assert all(not isinstance(answer, BaseException) for answer in answers), answers
+    assert isinstance(failed, InvalidRequestError) and "kernel refused" in failed.message
+
+
+@pytest.mark.usefixtures("fragile_sampling")
+async def test_a_sampling_failure_admitted_alone_spares_the_running_sequences(
+        engine: TransformersClient, eos_id: int) -> None:
+    """A bad request admitted by itself (its prefill samples one row) while others are decoding:
+    one row failing alone says nothing against the node, so it must not fail the whole batch."""
+    innocents = [asyncio.ensure_future(engine.complete(_unchecked(
+        prompt=f"Tale {i}", max_tokens=400, logit_bias={str(eos_id): -100.0}))) for i in range(3)]
+    await asyncio.sleep(0.05)  # the innocents are admitted and decoding
+    assert not any(task.done() for task in innocents)
+    bad = engine.complete(_unchecked(temperature=1.5))
+    failed, *answers = await asyncio.gather(bad, *innocents, return_exceptions=True)
     assert all(not isinstance(answer, BaseException) for answer in answers), answers
     assert isinstance(failed, InvalidRequestError) and "kernel refused" in failed.message

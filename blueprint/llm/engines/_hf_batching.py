@@ -255,8 +255,10 @@ class ContinuousBatcher:
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]
                 ) -> tuple[list[int], list[RawLogprobs | None], dict[int, BaseException]]:
         """:func:`sample_step` over the batch; if it fails, row by row, so that only the rows that
-        fail alone are lost (their errors, by row). Every row failing alone means the node is at
-        fault, not a request: that is raised (the whole batch fails)."""
+        fail alone are lost (their errors, by row). Every row of several failing alone means the
+        node is at fault, not a request: that is raised (the whole batch fails). A single row (a
+        request admitted by itself) failing proves nothing against the node: it fails alone, and
+        the sequences already decoding go on."""
         try:
             tokens, logprobs = sample_step(logits, seqs)
             return tokens, logprobs, {}
@@ -269,7 +271,7 @@ class ContinuousBatcher:
                     failed[row] = exc
                 else:
                     tokens[row], logprobs[row] = token, raw
-            if len(failed) == len(seqs):
+            if len(seqs) > 1 and len(failed) == len(seqs):
                 raise batch_error
             return tokens, logprobs, failed
 
