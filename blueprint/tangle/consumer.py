@@ -15,6 +15,12 @@ revert on chain the receipt says so and the split above handles it (one reverted
 gas is the price). After such a revert the consumer simulates everything for ``cautious_for``
 seconds, so a lasting cause (an unregistered operator, say) does not burn gas batch after batch.
 Resumed results (after a restart, possibly already answered) are always simulated first.
+With simulation on (the daemon's default, ``[jobs] simulate_before_send``) a fresh batch is
+simulated once, on ``latest``: none of our transactions can hold a result just computed, and a
+node answers that call in about half the time of a ``pending`` one under a burst (anvil builds
+the pending block for each). Resumed results and cautious periods simulate on ``pending``. A
+dispatch slot is freed as soon as the node has the transaction; the ledger write and the
+receipt wait follow in their own task.
 
 ``ResultAlreadySubmitted`` and ``JobAlreadyCompleted`` mean the chain already has what we wanted:
 the job is ``confirmed`` (with that note), not failed. Other reverts fail the job with the decoded
@@ -396,10 +402,17 @@ class Consumer:
         else:
             data = encode_submit_results(service_id, call_ids, [i.result.output for i in items])
         gas = self.gas_base + self.gas_per_result * len(items)
-        simulate = (self.presimulate or any(i.verify for i in items)
-                    or time.monotonic() < self._cautious_until)
+        verify = any(i.verify for i in items) or time.monotonic() < self._cautious_until
         try:
-            sent = await self.txm.send(self.tangle, data, gas=gas, simulate=simulate)
+            if verify or self.presimulate:
+                # Fresh results are in no transaction of ours yet, so ``latest`` tells what
+                # ``pending`` would, at half the node's time under a burst; resumed results (a
+                # transaction of ours may hold them) and cautious periods simulate on ``pending``.
+                # The fee refresh (every few seconds two round trips) overlaps the simulation.
+                await asyncio.gather(
+                    self.txm.simulate(self.tangle, data, gas=gas, block="pending" if verify else "latest"),
+                    self.txm.fees())
+            sent = await self.txm.send(self.tangle, data, gas=gas, simulate=False)
         except TxRevertedError as exc:
             if len(items) > 1:
                 log.info("consumer.batch_split", size=len(items), reason=str(exc.revert))
@@ -410,10 +423,20 @@ class Consumer:
             self._spawn(self._singles(items))
             return
         keys = [(service_id, c) for c in call_ids]
-        await self._mark_submitted(keys, sent)
-        self._spawn(self._finish(items, keys, sent))
+        self._spawn(self._finish(items, keys, sent))  # the slot is free once the node has the tx
 
     async def _finish(self, items: list[_Item], keys: list[tuple[int, int]], sent: SentTx) -> None:
+        try:
+            await self._mark_submitted(keys, sent)
+        except asyncio.CancelledError:
+            _defer(items)
+            raise
+        except Exception as exc:  # the ledger failed: the callers hear it, the receipt is not awaited
+            log.exception("consumer.mark_submitted_failed", size=len(items), tx_hash=sent.tx_hash)
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
         try:
             receipt = await self.txm.wait(sent)
         except asyncio.CancelledError:

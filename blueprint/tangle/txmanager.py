@@ -39,6 +39,7 @@ import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
+from web3.types import RPCEndpoint
 
 from blueprint.errors import BlueprintError
 from blueprint.tangle.abi import DecodedRevert, decode_revert
@@ -130,7 +131,10 @@ class Receipt:
 async def fetch_receipt(w3: AsyncWeb3, tx_hash: str) -> Receipt | None:
     """The receipt of a mined transaction (raw JSON-RPC, see :func:`raw_request`), None while it
     is unknown or pending."""
-    raw = await raw_request(w3, "eth_getTransactionReceipt", [tx_hash])
+    return _receipt_of(tx_hash, await raw_request(w3, "eth_getTransactionReceipt", [tx_hash]))
+
+
+def _receipt_of(tx_hash: str, raw: Any) -> Receipt | None:
     if not raw or raw.get("blockNumber") is None:
         return None
     return Receipt(
@@ -142,6 +146,77 @@ async def fetch_receipt(w3: AsyncWeb3, tx_hash: str) -> Receipt | None:
         logs=list(raw.get("logs") or []),
         contract_address=raw.get("contractAddress"),
     )
+
+
+class ReceiptBatcher:
+    """Receipt look-ups of many waiting transactions, sent as one JSON-RPC batch per round trip.
+
+    Why: under a burst a hundred transactions wait for their receipts at once, each polling on
+    its own schedule; those polls were five in six of the daemon's RPCs, each with its own HTTP
+    exchange competing with the simulations and broadcasts on the critical path. Look-ups made
+    while a batch is in flight go out together in the next one. A node that refuses batches
+    gets the look-ups one by one.
+    """
+
+    def __init__(self, w3: AsyncWeb3) -> None:
+        self.w3 = w3
+        self._waiting: dict[str, list[asyncio.Future[Receipt | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._batches = getattr(w3.provider, "make_batch_request", None) is not None
+
+    async def receipt(self, tx_hash: str) -> Receipt | None:
+        future: asyncio.Future[Receipt | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(tx_hash, []).append(future)
+        if self._task is None or self._task.done() or self._task.get_loop() is not future.get_loop():
+            self._task = asyncio.create_task(self._drain(), name="receipt-batcher")
+        return await future
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # look-ups made in the same tick share the first batch
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                found = await self._fetch(list(batch))
+            except asyncio.CancelledError:
+                for futures in batch.values():
+                    for future in futures:
+                        future.cancel()
+                raise
+            for tx_hash, futures in batch.items():
+                outcome = found[tx_hash]
+                for future in futures:
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+
+    async def _fetch(self, hashes: list[str]) -> dict[str, Receipt | BaseException | None]:
+        if len(hashes) > 1 and self._batches:
+            try:
+                replies = await self.w3.provider.make_batch_request(  # type: ignore[attr-defined]
+                    [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in hashes])
+            except Exception:  # the node is down, or refuses batches: this round one by one
+                replies = None
+            if isinstance(replies, list) and len(replies) == len(hashes):
+                return {h: self._reply(h, reply) for h, reply in zip(hashes, replies, strict=True)}
+            if replies is not None:  # an answer, but not to a batch: this node takes none
+                self._batches = False
+                log.info("tx.receipt_batches_off", reply=type(replies).__name__)
+        results = await asyncio.gather(*(fetch_receipt(self.w3, h) for h in hashes), return_exceptions=True)
+        return dict(zip(hashes, results, strict=True))
+
+    @staticmethod
+    def _reply(tx_hash: str, reply: Any) -> Receipt | BaseException | None:
+        error = reply.get("error") if isinstance(reply, Mapping) else "not an object"
+        if error is not None:
+            message = error.get("message") if isinstance(error, Mapping) else None
+            return Web3RPCError(str(message or error), rpc_response=reply)
+        try:
+            return _receipt_of(tx_hash, reply.get("result"))
+        except (KeyError, TypeError, ValueError) as exc:
+            return exc
 
 
 def _hex_bytes(item: Any) -> bytes | None:
@@ -225,6 +300,7 @@ class TxManager:
         self.txs_bumped = 0
         self.txs_reverted = 0
         self.nonce_resyncs = 0
+        self._receipts = ReceiptBatcher(w3)
 
     # --- reading the chain --------------------------------------------------------------------
 
@@ -264,11 +340,16 @@ class TxManager:
         return call
 
     async def simulate(self, to: str | None, data: bytes, *, gas: int | None = None, value: int = 0,
-                       what: str | None = None) -> bytes:
-        """``eth_call`` the transaction from the operator; TxRevertedError with the decoded reason."""
+                       what: str | None = None, block: str = "pending") -> bytes:
+        """``eth_call`` the transaction from the operator; TxRevertedError with the decoded reason.
+
+        ``block`` ``pending`` (the default) also sees our own transactions still in the mempool;
+        ``latest`` is enough for a call no transaction of ours can have touched yet, and costs a
+        node far less under load (anvil builds the pending block for every such call).
+        """
         call = self._call(to, data, gas=gas or self.gas_limit, value=value)
         try:
-            result = await raw_request(self.w3, "eth_call", [call, "pending"])
+            result = await raw_request(self.w3, "eth_call", [call, block])
         except Web3RPCError as exc:
             reverted = _reverted(exc, what)
             if reverted is not None:
@@ -354,8 +435,9 @@ class TxManager:
         sent.sent_at = time.monotonic()
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
-        """The receipt of a mined transaction, None while it is unknown or pending."""
-        return await fetch_receipt(self.w3, tx_hash)
+        """The receipt of a mined transaction, None while it is unknown or pending (concurrent
+        look-ups share one batch request, see :class:`ReceiptBatcher`)."""
+        return await self._receipts.receipt(tx_hash)
 
     async def _bump(self, sent: SentTx) -> bool:
         """Re-send ``sent`` with the same nonce and higher fees; False if the nonce is gone."""

@@ -17,7 +17,7 @@ from blueprint.devnet.setup import DevService, submit_job, submit_jobs
 from blueprint.tangle.chain import ChainClient
 from blueprint.tangle.consumer import Consumer, encode_submit_result
 from blueprint.tangle.ledger import JobState, Ledger
-from blueprint.tangle.txmanager import TxManager, TxRevertedError
+from blueprint.tangle.txmanager import TxManager, TxRevertedError, fetch_receipt
 from blueprint.tangle.types import JobCall, JobResult
 from tests.tangle.conftest import output, seen_jobs
 
@@ -203,3 +203,49 @@ async def test_resume_after_restart(
     for c in (answered, submitted, done_on_chain):
         assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
     assert await chain_client.result_logs(sid, running) == []
+
+
+async def test_simulated_batch_catches_a_revert_before_any_gas(
+    ledger: Ledger, w3: AsyncWeb3, txm: TxManager, chain_client: ChainClient, dev_service: DevService
+) -> None:
+    """With simulation on (the daemon's default), fresh batches are simulated on ``latest``: a bad
+    job in a batch is found without a transaction reverting on chain."""
+    sid = dev_service.service_id
+    ids = await submit_jobs(chain_client, dev_service.owner, sid, [(1, inputs(i)) for i in range(2)])
+    await seen_jobs(ledger, w3, dev_service, ids)
+    zero = "0x" + "00" * 32
+    ghost = JobCall(sid, 10**9 + 1, 0, dev_service.owner.address, b"", 1, zero, 0, zero)
+    await ledger.record_seen([ghost])
+    reverted_before = txm.txs_reverted
+    async with Consumer(ledger, txm, dev_service.tangle_contract, batch_window=0.05, max_batch=16,
+                        presimulate=True) as simulated:
+        outcomes = await asyncio.gather(*(simulated.submit(JobResult(sid, c, output(c)))
+                                          for c in [ids[0], 10**9 + 1, ids[1]]))
+    assert [o.status for o in outcomes] == ["confirmed", "failed", "confirmed"]
+    assert txm.txs_reverted == reverted_before  # no reverted transaction was mined: no gas spent
+    for c in ids:
+        assert len(await chain_client.result_logs(sid, c, dev_service.operator.address)) == 1
+
+
+async def test_concurrent_receipt_waits_share_batch_requests(
+    w3: AsyncWeb3, txm: TxManager, dev_service: DevService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transactions waited for at once are looked up in JSON-RPC batches, not one HTTP exchange
+    per transaction and poll; every wait still gets its own transaction's receipt."""
+    me = dev_service.operator.address
+    sent = [await txm.send(me, b"", gas=21_000, simulate=False) for _ in range(6)]
+    posts = 0
+    post = w3.provider._post  # type: ignore[attr-defined]
+
+    async def counted(data: bytes) -> bytes:
+        nonlocal posts
+        posts += 1
+        return await post(data)
+
+    monkeypatch.setattr(w3.provider, "_post", counted)
+    receipts = await asyncio.gather(*(txm.wait(s) for s in sent))
+    assert posts < len(sent)
+    monkeypatch.undo()
+    for s, receipt in zip(sent, receipts, strict=True):
+        assert receipt.tx_hash == s.tx_hash and receipt.status == 1
+        assert receipt == await fetch_receipt(w3, s.tx_hash)
