@@ -184,13 +184,15 @@ async def test_embeddings_are_bounded_and_never_starve_generation(
             finished[name] = asyncio.get_running_loop().time()
             return reply
 
+        # 2,000 inputs: 125 slices of 16, far more than the chat's prefill and 8 decode steps, so
+        # the chat finishes first even where slices are fast (300 inputs raced it on a quiet box)
         big = asyncio.create_task(timed("embeddings", "/v1/embeddings",
-                                        {"model": "tiny", "input": ["one two three four five"] * 300}))
+                                        {"model": "tiny", "input": ["one two three four five"] * 2000}))
         await asyncio.sleep(0.05)
         chat = await timed("chat", "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 8})
         embedded = await big
         assert chat.status_code == 200 and embedded.status_code == 200, (chat.text, embedded.text[:300])
-        assert len(embedded.json()["data"]) == 300
+        assert len(embedded.json()["data"]) == 2000
         assert finished["chat"] < finished["embeddings"]
 
 
