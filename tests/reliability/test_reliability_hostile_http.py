@@ -49,7 +49,10 @@ def test_upstream_error_body_nested_90000_deep_is_an_error_not_a_crash(
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["message"]
         streamed = client.post("/v1/chat/completions", headers=AUTH, json={**CHAT, "stream": True})
-        assert streamed.status_code == 400
+        if streamed.status_code == 200:  # the upstream answered after the header grace (a loaded box)
+            assert streamed.text.startswith("data: ") and '"error"' in streamed.text, streamed.text[:300]
+        else:
+            assert streamed.status_code == 400, streamed.text[:300]
         assert client.get("/health").status_code == 200
     assert server.alive()
 

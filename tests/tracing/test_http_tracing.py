@@ -135,4 +135,4 @@ async def test_tracing_off_costs_nothing(client: TestClient) -> None:
         with tracing.span("x"):
             pass
     per_call = (time.perf_counter() - started) / rounds
-    assert per_call < 2e-6, per_call  # ~0.1 us here; a real span costs tens of microseconds
+    assert per_call < 5e-6, per_call  # ~0.1-0.8 us here; a real span costs tens of microseconds
