@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -23,8 +24,10 @@ from tests.tracing.conftest import Spans
 CHAT = {"model": "emu", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 5}
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[TestClient]:
+@asynccontextmanager
+async def _served_app() -> AsyncIterator[TestClient]:
+    """The API over one emulated `openai` node, built now (tracing's middleware is installed, or
+    not, when the app is built)."""
     backend = EmulatedBackend(EmulatedOptions(model="emu"))
     await backend.start()
     config = NodeConfig(name="emu-node", engine="openai", model="emu", base_url=backend.base_url)
@@ -38,24 +41,19 @@ async def client() -> AsyncIterator[TestClient]:
         await test_client.close()
         await balancer.close()
         await backend.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient]:
+    async with _served_app() as test_client:
+        yield test_client
 
 
 @pytest.fixture
 async def traced_client(spans: Spans) -> AsyncIterator[TestClient]:
     """The app built while tracing is on (the middleware is installed at build time)."""
-    backend = EmulatedBackend(EmulatedOptions(model="emu"))
-    await backend.start()
-    config = NodeConfig(name="emu-node", engine="openai", model="emu", base_url=backend.base_url)
-    balancer = Balancer([create_client(config)], node_configs={config.node_name: config})
-    await balancer.start()
-    test_client = TestClient(TestServer(create_app(balancer, ServerSettings())))
-    await test_client.start_server()
-    try:
+    async with _served_app() as test_client:
         yield test_client
-    finally:
-        await test_client.close()
-        await balancer.close()
-        await backend.stop()
 
 
 async def test_streamed_chat_request_is_one_trace(traced_client: TestClient, spans: Spans) -> None:
