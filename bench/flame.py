@@ -45,6 +45,13 @@ def _record(pid: int, out: Path, fmt: str, seconds: float, rate: int) -> subproc
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process (from /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / gateway.CLOCK_TICKS, int(fields[12]) / gateway.CLOCK_TICKS
+
+
 def top_frames(collapsed: Path, limit: int = 30, *, inclusive: bool = False) -> list[tuple[str, float]]:
     """Time per frame as a share of all samples: self time (the leaf of each stack), or with
     ``inclusive`` the time of every stack the frame is on."""
@@ -87,10 +94,10 @@ async def run(args: argparse.Namespace) -> None:
             spies = [_record(ours.proc.pid, svg, "flamegraph", args.seconds, args.rate),
                      _record(ours.proc.pid, raw, "raw", args.seconds, args.rate)]
             await asyncio.sleep(0.5)  # let py-spy attach before the load starts
-            cpu0 = ours.cpu_seconds()
+            cpu0, split0 = ours.cpu_seconds(), user_system(ours.proc.pid)
             result = await gateway.run_level(session, "ours", base, mode, args.concurrency, 10**9,
                                              args.seconds - 1, args.chunks)
-            cpu = ours.cpu_seconds() - cpu0
+            cpu, split1 = ours.cpu_seconds() - cpu0, user_system(ours.proc.pid)
             for spy in spies:
                 _, err = spy.communicate(timeout=60)
                 if spy.returncode:
@@ -99,9 +106,11 @@ async def run(args: argparse.Namespace) -> None:
         for proc in reversed(procs):
             proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    per = 1e6 / max(1, result.requests)
     print(f"{mode} c={args.concurrency}: {result.rps:.0f} req/s, errors {result.errors}, "
-          f"gateway CPU {cpu / max(1, result.requests) * 1e6:.0f} us/request "
-          f"(sampled by py-spy at {args.rate} Hz, which costs the process a little)")
+          f"gateway CPU {cpu * per:.0f} us/request (user {(split1[0] - split0[0]) * per:.0f}, "
+          f"system {(split1[1] - split0[1]) * per:.0f}; sampled by py-spy at {args.rate} Hz, "
+          "which costs the process a little)")
     print(f"written: {svg}, {raw}")
     if raw.exists():
         for title, inclusive in (("self", False), ("inclusive", True)):
