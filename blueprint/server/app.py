@@ -42,6 +42,7 @@ from blueprint.llm.types import (
 )
 from blueprint.server.auth import KeyRing, RateLimiter
 from blueprint.server.console import install_console
+from blueprint.server.deadlines import Deadlines
 from blueprint.server.metrics import NO_MODEL, ServerMetrics
 from blueprint.server.openapi import build_openapi
 from blueprint.server.provider_document import model_document
@@ -103,6 +104,8 @@ class Api:
         self.quote_limiter = RateLimiter(settings.quote_rate_per_minute, settings.quote_burst,
                                          what="/v1/quote from this address")
         self.telemetry = ServerMetrics(self.node_rows)
+        #: ``request_timeout_s`` of non-streamed requests (coarse: :mod:`blueprint.server.deadlines`).
+        self._deadlines = Deadlines(settings.request_timeout_s)
         #: Accepts a request on the admin routes without a Bearer key (the console's session).
         self.admin_session: Callable[[web.Request], bool] | None = None
         self._openapi = json.dumps(build_openapi()).encode()
@@ -204,8 +207,7 @@ class Api:
 
     async def _call(self, call: Awaitable[BaseModel]) -> BaseModel:
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                return await call
+            return await self._deadlines.bound(call)
         except TimeoutError:
             raise BackendTimeoutError(f"The request ran past {self.settings.request_timeout_s:g} s.",
                                       code="request_timeout") from None
