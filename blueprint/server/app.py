@@ -132,8 +132,11 @@ class Api:
             if spec is not None and spec.auth != "none":
                 self._authorize(request, spec)
             response = await handler(request)
-            outcome: StreamOutcome | None = request.get(OUTCOME)
-            status = outcome.status if outcome is not None else response.status
+            if type(response) is web.Response:  # whole answers: only a stream has an outcome
+                status = response.status
+            else:
+                outcome: StreamOutcome | None = request.get(OUTCOME)
+                status = outcome.status if outcome is not None else response.status
             return response
         except BlueprintError as exc:
             status = exc.http_status
@@ -157,7 +160,11 @@ class Api:
         finally:
             if tracked:
                 self.telemetry.in_flight_now -= 1
-                self.telemetry.route(spec.name, request.get(MODEL, NO_MODEL)).finished(  # type: ignore[union-attr]
+                try:  # (a mapping's get is two Python calls: this is the hot path)
+                    model = request[MODEL]
+                except KeyError:
+                    model = NO_MODEL
+                self.telemetry.route(spec.name, model).finished(  # type: ignore[union-attr]
                     status, time.perf_counter() - started)
 
     def _authorize(self, request: web.Request, spec: RouteSpec) -> None:
@@ -176,9 +183,10 @@ class Api:
 
     @staticmethod
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        rid = request.get(REQUEST_ID)
-        if rid is not None:
-            response.headers["X-Request-Id"] = rid
+        try:
+            response.headers["X-Request-Id"] = request[REQUEST_ID]
+        except KeyError:  # a request the guard never saw
+            pass
 
     # ---- inference --------------------------------------------------------------------------
 
