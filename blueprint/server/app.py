@@ -195,8 +195,8 @@ class Api:
         length = request.content_length
         if length is not None and length > limit:
             raise RequestTooLargeError(f"Request body larger than {limit} bytes.")
-        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
-            body = await request.read()
+        if request.content.is_eof():  # all of it arrived with the headers: take it as it is
+            body = request.content.read_nowait()
         else:
             try:  # a client trickling its body (slowloris) must not hold a handler forever
                 async with asyncio.timeout(self.settings.body_timeout_s):
