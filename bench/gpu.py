@@ -25,6 +25,8 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -195,6 +197,7 @@ async def gateway_figures(directory: Path, path: Path, args: argparse.Namespace)
                 return sum(counts) / elapsed, [ttft for _, ttft in results]
 
             await wave(2, False)  # warm-up
+            profilers = start_profiler(proc.pid, args)
             for concurrency in args.concurrency:
                 runs = [(await wave(concurrency, False))[0] for _ in range(args.repeats)]
                 figures[f"gateway c={concurrency}"] = statistics.median(runs)
@@ -208,6 +211,10 @@ async def gateway_figures(directory: Path, path: Path, args: argparse.Namespace)
             figures[f"gateway stream c={concurrency}"] = statistics.median(runs)
             figures["(stream ttft p50 ms)"] = ttfts[len(ttfts) // 2] * 1000
             figures["(stream ttft p99 ms)"] = ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000
+            for profiler in profilers:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            for profiler in profilers:
+                await asyncio.to_thread(profiler.wait, 60)
     finally:
         proc.terminate()
         try:
@@ -216,6 +223,21 @@ async def gateway_figures(directory: Path, path: Path, args: argparse.Namespace)
             proc.kill()
         log.close()
     return figures
+
+
+def start_profiler(pid: int, args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
+    """py-spy on ``serve`` through the gateway phases (``--profile NAME``): a flame graph per
+    thread (``NAME.svg``) and the same samples as collapsed stacks (``NAME.txt``), which show how
+    the event loop and the batcher thread share the GIL."""
+    exe = shutil.which("py-spy")
+    if not args.profile or exe is None:
+        if args.profile:
+            print("--profile: py-spy is not on PATH; no flame graph")
+        return []
+    return [subprocess.Popen([exe, "record", "--threads", "--rate", "200", "--format", fmt,
+                              "--output", f"{args.profile}.{suffix}", "--pid", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt"))]
 
 
 def report(figures: dict[str, float], args: argparse.Namespace) -> None:
@@ -266,6 +288,8 @@ def main() -> int:
     parser.add_argument("--serial-requests", type=int, default=4)
     parser.add_argument("--start-timeout", type=float, default=180.0)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--profile", default=None,
+                        help="py-spy profile of serve under load: NAME.svg, NAME.txt")
     return asyncio.run(main_async(parser.parse_args()))
 
 

@@ -14,7 +14,7 @@ mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/blueprint-site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/blueprint-site
+  export PYTHONPATH=/tmp/blueprint-site PATH="/tmp/blueprint-site/bin:$PATH"
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
@@ -29,6 +29,6 @@ BLUEPRINT_TEST_DEVICE=cuda timeout "${GPU_TEST_TIMEOUT:-240}" python3 -m pytest 
   tests/server/test_structured_conformance.py 2>&1 | tee "$out/tests.txt" | tail -40
 
 echo "== bench/gpu.py =="
-timeout "${GPU_BENCH_TIMEOUT:-300}" python3 bench/gpu.py --json "$out/gpu.json" ${GPU_BENCH_ARGS:-} 2>&1 \
+timeout "${GPU_BENCH_TIMEOUT:-300}" python3 bench/gpu.py --json "$out/gpu.json" --profile "$out/serve-profile" ${GPU_BENCH_ARGS:-} 2>&1 \
   | grep -v -E "Loading weights|Writing model shards" | tee "$out/bench.txt"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$out/gpu.txt"
