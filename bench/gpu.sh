@@ -2,7 +2,7 @@
 # The GPU check, one script for a lent CUDA machine that has PyTorch and transformers but no
 # package registry: our other dependencies travel as wheels in .whl/ (README, "Benchmarks").
 #
-#   bash bench/gpu.sh [OUT_DIR]     # the engine and server tests on CUDA, then bench/gpu.py
+#   bash bench/gpu.sh [OUT_DIR]     # engine and server tests on CUDA, bench/gpu.py, bench/engine.py
 #
 # Writes nvidia-smi's view, the test log and the benchmark's figures to OUT_DIR (default
 # bench/out/gpu). Each stage is bounded in time and the next one runs even if it failed.
@@ -32,3 +32,7 @@ echo "== bench/gpu.py =="
 timeout "${GPU_BENCH_TIMEOUT:-300}" python3 bench/gpu.py --json "$out/gpu.json" --profile "$out/serve-profile" ${GPU_BENCH_ARGS:-} 2>&1 \
   | grep -v -E "Loading weights|Writing model shards" | tee "$out/bench.txt"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$out/gpu.txt"
+
+echo "== bench/engine.py on CUDA (continuous batching and constrained decoding, 512x8 model) =="
+timeout "${GPU_ENGINE_TIMEOUT:-150}" python3 bench/engine.py --device cuda --models large --threads 0 \
+  --repeats 1 --concurrency 1 16 2>&1 | grep -v -E "Loading weights|Writing model shards" | tee "$out/engine.txt"
