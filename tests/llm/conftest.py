@@ -29,6 +29,7 @@ def engine_slots() -> int:
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path, engine_slots: int) -> Iterator[TransformersClient]:
     client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device=TEST_DEVICE,
+                                           dtype="float32",  # what the tests compare, on any device
                                            max_batch_size=engine_slots, max_queue=engine_slots))
     asyncio.run(client.start())
     yield client
