@@ -23,10 +23,11 @@ python3 -c "import sys, torch, transformers; print(sys.version.split()[0], 'torc
 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$out/gpu.txt"
 
 echo "== engine and server tests on CUDA =="
-BLUEPRINT_TEST_DEVICE=cuda timeout "${GPU_TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider \
-  tests/llm/test_transformers_engine.py tests/llm/test_transformers_logprobs.py \
-  tests/llm/test_structured_outputs.py tests/server/test_openai_clients.py \
-  tests/server/test_structured_conformance.py 2>&1 | tee "$out/tests.txt" | tail -40
+tests=${GPU_TESTS:-"tests/llm/test_transformers_engine.py tests/llm/test_transformers_logprobs.py
+  tests/llm/test_structured_outputs.py tests/server/test_openai_clients.py
+  tests/server/test_structured_conformance.py"}
+# shellcheck disable=SC2086  # a list of paths
+BLUEPRINT_TEST_DEVICE=cuda timeout "${GPU_TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider $tests 2>&1 | tee "$out/tests.txt" | tail -40
 
 echo "== bench/gpu.py =="
 timeout "${GPU_BENCH_TIMEOUT:-300}" python3 bench/gpu.py --json "$out/gpu.json" --profile "$out/serve-profile" ${GPU_BENCH_ARGS:-} 2>&1 \
@@ -34,5 +35,9 @@ timeout "${GPU_BENCH_TIMEOUT:-300}" python3 bench/gpu.py --json "$out/gpu.json" 
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$out/gpu.txt"
 
 echo "== bench/engine.py on CUDA (continuous batching and constrained decoding, 512x8 model) =="
-timeout "${GPU_ENGINE_TIMEOUT:-150}" python3 bench/engine.py --device cuda --models large --threads 0 \
-  --repeats 1 --concurrency 1 16 2>&1 | grep -v -E "Loading weights|Writing model shards" | tee "$out/engine.txt"
+spy=()  # the engine's threads sampled (collapsed stacks), where py-spy travelled with the wheels
+command -v py-spy >/dev/null && spy=(py-spy record --nonblocking --threads --rate 100 --format raw
+                                     --output "$out/engine-profile.txt" --)
+# shellcheck disable=SC2086  # extra flags
+timeout "${GPU_ENGINE_TIMEOUT:-150}" "${spy[@]}" python3 bench/engine.py --device cuda --models large \
+  --threads 0 --repeats 1 --concurrency 1 16 ${GPU_ENGINE_ARGS:-} 2>&1 | grep -v -E "Loading weights|Writing model shards" | tee "$out/engine.txt"
