@@ -108,6 +108,9 @@ class SentTx:
     value: int = 0
     hashes: list[str] = field(default_factory=list)
     sent_at: float = 0.0
+    #: Wall-clock time (``time.time()``) the node accepted the latest version: the ledger's
+    #: ``submitted_at``.
+    sent_unix: float = 0.0
 
     @property
     def tx_hash(self) -> str:
@@ -433,6 +436,7 @@ class TxManager:
         tx_hash = await raw_request(self.w3, "eth_sendRawTransaction", ["0x" + raw.hex()])
         sent.hashes.append(str(tx_hash).lower())
         sent.sent_at = time.monotonic()
+        sent.sent_unix = time.time()
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
         """The receipt of a mined transaction, None while it is unknown or pending (concurrent
