@@ -60,7 +60,7 @@ from blueprint.tangle.assignment import rank
 
 MODEL = "echo"
 #: The consumer's batching knobs ([jobs] table); None keeps the daemon defaults.
-BATCHING: dict[str, float | bool] = {}
+BATCHING: dict[str, float | int | bool] = {}
 INPUTS = encode_inputs(MODEL, 16, {"messages": [{"role": "user", "content": "ping"}]})
 
 
@@ -424,6 +424,8 @@ def main() -> int:
     parser.add_argument("--long", action="store_true", help="Run to 2000 jobs and report RSS growth.")
     parser.add_argument("--batch-window", type=float, default=None, help="jobs.batch_window_s of the daemon.")
     parser.add_argument("--max-batch", type=int, default=None, help="jobs.max_batch of the daemon.")
+    parser.add_argument("--submit-concurrency", type=int, default=None,
+                        help="jobs.submit_concurrency of the daemon (result transactions in flight).")
     parser.add_argument("--no-simulate", action="store_true",
                         help="jobs.simulate_before_send = false (to see what simulation costs).")
     parser.add_argument("--no-multi", dest="multi", action="store_false",
@@ -443,6 +445,8 @@ def main() -> int:
         BATCHING["batch_window_s"] = args.batch_window
     if args.max_batch is not None:
         BATCHING["max_batch"] = args.max_batch
+    if args.submit_concurrency is not None:
+        BATCHING["submit_concurrency"] = args.submit_concurrency
     if args.no_simulate:
         BATCHING["simulate_before_send"] = False
     return asyncio.run(bench(args))

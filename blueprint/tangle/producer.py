@@ -48,7 +48,7 @@ from blueprint.tangle.events import (
     uint_topic,
 )
 from blueprint.tangle.ledger import Cursor, JobRecord, Ledger
-from blueprint.tangle.rpc import SafeWebSocketProvider, lean_web3
+from blueprint.tangle.rpc import NodeSubscriptions
 from blueprint.tangle.txmanager import fetch_receipt
 from blueprint.tangle.types import JobCall
 
@@ -401,20 +401,19 @@ class Producer:
         backoff = 0.5
         while not self._stopping:
             try:
-                async with lean_web3(SafeWebSocketProvider(self.ws_url, max_connection_retries=1)) as w3:
-                    heads = await w3.eth.subscribe("newHeads")
-                    logs = await w3.eth.subscribe("logs", {"address": self.tangle, "topics": self._topics})
+                async with NodeSubscriptions(self.ws_url) as node:
+                    heads = await node.subscribe("newHeads")
+                    logs = await node.subscribe("logs", {"address": self.tangle, "topics": self._topics})
                     self.ws_connected = True
                     self.stats.ws_connects += 1
                     backoff = 0.5
                     self._log.info("producer.ws_connected", url=self.ws_url)
                     self._wake.set()  # backfill whatever happened while we were away
-                    async for message in w3.socket.process_subscriptions():
-                        sub = message.get("subscription")
+                    async for sub, result in node.notifications():
                         if sub == heads:
                             self._wake.set()
-                        elif sub == logs:
-                            await self._on_ws_log(message["result"])
+                        elif sub == logs and isinstance(result, Mapping):
+                            await self._on_ws_log(result)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
