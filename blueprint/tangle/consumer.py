@@ -19,8 +19,10 @@ With simulation on (the daemon's default, ``[jobs] simulate_before_send``) a fre
 simulated once, on ``latest``: none of our transactions can hold a result just computed, and a
 node answers that call in about half the time of a ``pending`` one under a burst (anvil builds
 the pending block for each). Resumed results and cautious periods simulate on ``pending``. A
-dispatch slot is freed as soon as the node has the transaction; the ledger write and the
-receipt wait follow in their own task.
+fresh batch's answers are stored in the ledger (``answered``, one operation for the whole batch)
+while the node simulates it, and the transaction goes out once both are done. A dispatch slot is
+freed as soon as the node has the transaction; the ledger write (``submitted``, stamped with the
+moment the node accepted it) and the receipt wait follow in their own task.
 
 ``ResultAlreadySubmitted`` and ``JobAlreadyCompleted`` mean the chain already has what we wanted:
 the job is ``confirmed`` (with that note), not failed. Other reverts fail the job with the decoded
