@@ -185,7 +185,8 @@ def report(title: str, rows: list[tuple]) -> dict[str, float]:
            "raw_p50_ms": statistics.median(raw), "raw_p99_ms": pct(raw, 0.99), "jobs_per_s": len(rows) / span}
     stages = {name: statistics.median([(r[b] - r[a]) * 1000 for r in rows if r[a] and r[b]])
               for name, a, b in (("seen->running", 2, 3), ("running->answered", 3, 4),
-                                 ("answered->sent", 4, 5), ("sent->confirmed", 5, 6))}
+                                 ("answered->sent", 4, 5), ("sent->confirmed", 5, 6),
+                                 ("seen->confirmed", 2, 6))}
     out.update(stages)
     print(f"{title}: {len(rows)} jobs, own overhead p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
           f"(seen->sent incl. handler p50 {out['raw_p50_ms']:.1f} / p99 {out['raw_p99_ms']:.1f} ms), "

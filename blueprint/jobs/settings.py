@@ -35,9 +35,10 @@ class JobsSettings(BaseModel):
     )
     max_batch: int = Field(default=32, ge=1, description="Most results in one submitResults.")
     submit_concurrency: int = Field(
-        default=3, ge=1,
+        default=1, ge=1,
         description="Result transactions being simulated and broadcast at once (fewer: bigger "
-                    "batches, fewer transactions; more: less waiting while the node is quick).",
+                    "batches, fewer transactions and less gas per job; more: less waiting behind "
+                    "a slow node).",
     )
     submit_retry_s: float = Field(default=300.0, gt=0,
                                   description="Keep retrying a result this long on RPC errors.")
