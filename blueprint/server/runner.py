@@ -8,6 +8,7 @@ Shutdown stops accepting first, then gives in-flight requests ``shutdown_timeout
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 from collections.abc import Callable, Coroutine
@@ -74,6 +75,21 @@ async def start_server(balancer: Balancer, settings: ServerSettings,
     return RunningServer(runner, site, port)
 
 
+#: Allocations of container objects between two young-generation collections (CPython's 700
+#: made one collection every request or so: ~3 % of the gateway's CPU per request).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Collect once, freeze what start-up built (imports, settings, clients: never garbage) so
+    that later full collections do not walk it, and collect the young generation less often.
+    Requests free almost everything by reference counting; the rare cycle waits a little longer."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 async def serve(balancer: Balancer, settings: ServerSettings, *, stop: asyncio.Event | None = None,
                 on_ready: Callable[[RunningServer], None] | None = None) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when no event is given), then shut down."""
@@ -84,6 +100,7 @@ async def serve(balancer: Balancer, settings: ServerSettings, *, stop: asyncio.E
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     running = await start_server(balancer, settings)
+    tune_gc()
     try:
         if on_ready is not None:
             on_ready(running)
