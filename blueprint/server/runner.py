@@ -8,6 +8,7 @@ Shutdown stops accepting first, then gives in-flight requests ``shutdown_timeout
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 from collections.abc import Callable, Coroutine
@@ -84,6 +85,7 @@ async def serve(balancer: Balancer, settings: ServerSettings, *, stop: asyncio.E
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     running = await start_server(balancer, settings)
+    freeze_startup_heap()
     try:
         if on_ready is not None:
             on_ready(running)
@@ -94,6 +96,15 @@ async def serve(balancer: Balancer, settings: ServerSettings, *, stop: asyncio.E
         if own_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def freeze_startup_heap() -> None:
+    """Move everything built at start-up (modules, settings, balancer, app) out of the cyclic
+    collector's reach: it lives as long as the process, and walking it again in every full
+    collection stalled the event loop for tens of milliseconds under load (a stream's chunks
+    and first tokens waited behind it). Objects made while serving are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_with_uvloop(main: Coroutine[Any, Any, T]) -> T:

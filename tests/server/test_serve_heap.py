@@ -1,0 +1,29 @@
+"""``serve`` freezes its start-up heap: the cyclic collector's full passes would otherwise walk
+every module, setting and route again and stall the event loop (streams' tails) under load."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from blueprint.balancer import Balancer
+from blueprint.server import ServerSettings
+from blueprint.server.runner import RunningServer, serve
+
+
+async def test_serve_freezes_what_start_up_built() -> None:
+    gc.unfreeze()
+    stop = asyncio.Event()
+    frozen: list[int] = []
+
+    def ready(_running: RunningServer) -> None:
+        frozen.append(gc.get_freeze_count())
+        stop.set()
+
+    balancer = Balancer([])
+    try:
+        await asyncio.wait_for(serve(balancer, ServerSettings(port=0), stop=stop, on_ready=ready), 10)
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
+        await balancer.close()
+    assert frozen and frozen[0] > 1000
