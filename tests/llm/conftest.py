@@ -16,6 +16,7 @@ import pytest
 
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines.transformers import TransformersClient
+from tests.devices import TEST_DEVICE
 
 MODEL = "tiny"
 
@@ -27,7 +28,8 @@ def engine_slots() -> int:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path, engine_slots: int) -> Iterator[TransformersClient]:
-    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device="cpu",
+    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device=TEST_DEVICE,
+                                           dtype="float32",  # what the tests compare, on any device
                                            max_batch_size=engine_slots, max_queue=engine_slots))
     asyncio.run(client.start())
     yield client

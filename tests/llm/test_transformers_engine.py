@@ -33,6 +33,7 @@ from blueprint.llm.types import (
     EmbeddingRequest,
     parse_request,
 )
+from tests.devices import TEST_DEVICE
 
 MODEL = "tiny"
 
@@ -98,7 +99,7 @@ async def test_completion_max_tokens_gives_length(engine: TransformersClient, eo
 
 
 async def test_max_tokens_capped_by_node_limit(tiny_model_dir: Path) -> None:
-    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device="cpu",
+    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device=TEST_DEVICE,
                                            max_output_tokens=3, options={"ignore_eos": True}))
     await client.start()
     try:
@@ -227,7 +228,7 @@ async def test_bad_requests_fail_cleanly_and_the_engine_keeps_serving(engine: Tr
 
 
 async def test_overload_is_refused_at_once(tiny_model_dir: Path) -> None:
-    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device="cpu",
+    client = TransformersClient(NodeConfig(model=MODEL, path=str(tiny_model_dir), device=TEST_DEVICE,
                                            max_batch_size=1, max_queue=1, options={"ignore_eos": True}))
     await client.start()
     try:

@@ -66,7 +66,7 @@ async def test_first_token_logprobs_match_a_direct_forward_pass(engine: Transfor
     request = chat(max_tokens=1, top_logprobs=20)
     answer = await engine.chat(request)
     (entry,) = answer.choices[0].logprobs.content  # type: ignore[union-attr]
-    ids = torch.tensor([engine._encode_chat(request.messages)])
+    ids = torch.tensor([engine._encode_chat(request.messages)], device=engine._model.device)
     with torch.inference_mode():
         expected = torch.log_softmax(engine._model(input_ids=ids).logits[0, -1].float(), dim=-1)
     values, top_ids = expected.topk(20)
@@ -180,20 +180,20 @@ async def test_completion_stream_gives_the_same_logprobs(engine: TransformersCli
 # ------------------------------------------------------------------ the batching step itself
 
 
-def _seq(logprobs: int | None, **params: Any) -> Sequence:
+def _seq(logprobs: int | None, device: torch.device | str = "cpu", **params: Any) -> Sequence:
     seq = Sequence(0, [0], 10, SamplingParams(**params), lambda _event: None, logprobs=logprobs)
-    seq.generator = torch.Generator().manual_seed(int(params.get("seed", 0) or 0))
+    seq.generator = torch.Generator(device=device).manual_seed(int(params.get("seed", 0) or 0))
     return seq
 
 
 def test_a_step_over_the_real_model_sums_to_one(engine: TransformersClient) -> None:
-    ids = torch.tensor([engine._encode_chat(chat().messages)])
+    ids = torch.tensor([engine._encode_chat(chat().messages)], device=engine._model.device)
     with torch.inference_mode():
         logits = engine._model(input_ids=ids).logits[:, -1, :]
     vocab = logits.shape[-1]
     for params in ({"temperature": 0.0}, {"temperature": 0.7, "seed": 3},
                    {"temperature": 1.3, "top_k": 5, "seed": 4, "logit_bias": {7: 5.0}}):
-        tokens, (raw,) = sample_step(logits, [_seq(vocab, **params)])
+        tokens, (raw,) = sample_step(logits, [_seq(vocab, logits.device, **params)])
         assert raw is not None
         chosen, top_ids, top_values = raw
         assert len(top_ids) == vocab and sorted(top_ids) == list(range(vocab))

@@ -16,6 +16,7 @@ from blueprint.llm.registry import create_client
 from blueprint.server import ServerSettings, start_server
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
 from tests.api_server_thread import ApiServerThread
+from tests.devices import TEST_DEVICE
 
 API_KEY = "sk-test-0123456789abcdef"
 TINY = "tiny"
@@ -69,7 +70,7 @@ def emulated_node(model: str = "emu", **overrides: Any) -> Callable[[str | None]
 def tiny_server(tiny_model_dir: Path) -> Iterator[LiveServer]:
     """The tiny transformers model behind the API (loaded once per session)."""
     config = NodeConfig(name="tiny-node", engine="transformers", model=TINY, path=str(tiny_model_dir),
-                        device="cpu", dtype="float32", max_batch_size=4)
+                        device=TEST_DEVICE, dtype="float32", max_batch_size=4)
     live = LiveServer(lambda _: [config], settings()).start()
     try:
         yield live

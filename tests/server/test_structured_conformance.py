@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from blueprint.llm.config import NodeConfig
+from tests.devices import TEST_DEVICE
 from tests.server.conformance_schemas import FUNCTIONS, RESPONSE_FORMATS
 from tests.server.conftest import API_KEY, TINY, LiveServer, settings
 
@@ -41,7 +42,7 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
     path = build_tiny_model(tmp_path_factory.mktemp("tiny-2k"), max_position_embeddings=2048)
     config = NodeConfig(name="tiny-node", engine="transformers", model=TINY, path=str(path),
-                        device="cpu", dtype="float32", max_batch_size=4,
+                        device=TEST_DEVICE, dtype="float32", max_batch_size=4,
                         options={"torch_threads": 1})  # spinning threads crawl on a busy CPU
     live = LiveServer(lambda _: [config], settings()).start()
     try:
