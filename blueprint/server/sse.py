@@ -21,12 +21,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from pydantic import BaseModel
 
 from blueprint.errors import BackendTimeoutError, BlueprintError
 from blueprint.llm.raw import RawChunk
-from blueprint.server.metrics import ServerMetrics
+from blueprint.server.metrics import RouteMetrics, ServerMetrics
 from blueprint.server.settings import ServerSettings
 
 log = structlog.get_logger(__name__)
@@ -107,8 +107,15 @@ class _Opener:
         except (ConnectionResetError, RuntimeError):
             return  # the client went away: the handler is being cancelled (or finds out on its write)
 
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The client's socket transport, once it is ours to write to (None if it went away)."""
+        return self._request.transport  # type: ignore[return-value]
+
     async def _prepare(self) -> None:
         if not self.response.prepared:
+            if self._request.version == HttpVersion11:  # stated, so relayed writes frame alike
+                self.response.enable_chunked_encoding()
             await self.response.prepare(self._request)
             self._metrics.streams.inc()
 
@@ -133,6 +140,83 @@ class _Opener:
             self._task.cancel()
         if self.response.prepared:
             self._metrics.streams.dec()
+
+
+#: Bytes waiting in a client's socket buffer above which it counts as reading slower than the
+#: upstream writes (aiohttp's own drain threshold).
+_CONGESTED = 0x10000
+
+
+class _ClientSink:
+    """One stream's way out to its client: the SSE bytes of a chunk (usage the client did not
+    ask for counted, and left out), the silence bound moved as chunks pass, and, as a
+    :class:`~blueprint.llm.raw.ChunkSink`, the chunks an engine relays from its read callback,
+    written straight to the client's socket (framed as aiohttp frames them: HTTP/1.1 chunked)."""
+
+    __slots__ = ("_chunked", "_deadline", "_idle_s", "_include_usage", "_loop", "_moved", "_rm",
+                 "_step", "transport")
+
+    def __init__(self, opener: _Opener, rm: RouteMetrics, include_usage: bool,
+                 deadline: asyncio.Timeout, idle_s: float) -> None:
+        self._rm = rm
+        self._include_usage = include_usage
+        self._deadline = deadline
+        self._idle_s = idle_s
+        self._step = min(1.0, idle_s / 4)
+        self._loop = asyncio.get_running_loop()
+        self._moved = self._loop.time()
+        deadline.reschedule(self._moved + idle_s)
+        self._chunked = opener.response.chunked
+        self.transport = opener.transport
+
+    def encode(self, chunk: BaseModel) -> bytes | None:
+        """The chunk's SSE event, or None when nothing of it is for the client."""
+        usage = chunk.usage  # type: ignore[attr-defined]
+        if usage is None or self._include_usage:
+            if usage is not None:
+                self._rm.usage(usage)
+            if isinstance(chunk, RawChunk):  # the upstream's bytes, as they came
+                return b"data: " + chunk.payload + b"\n\n"
+            return sse_event(chunk.model_dump_json(exclude_none=True).encode())
+        self._rm.usage(usage)  # usage the client did not ask for: counted, and left out
+        if not (chunk.has_choices if isinstance(chunk, RawChunk) else chunk.choices):  # type: ignore[attr-defined]
+            return None
+        if isinstance(chunk, RawChunk):
+            chunk = chunk.parsed()
+        chunk.usage = None  # type: ignore[attr-defined]
+        return sse_event(chunk.model_dump_json(exclude_none=True).encode())
+
+    def progressed(self) -> None:
+        """A chunk came: the silence bound starts again (the timer moves at most every step)."""
+        now = self._loop.time()
+        if now - self._moved >= self._step:
+            self._deadline.reschedule(now + self._idle_s)
+            self._moved = now
+
+    def send(self, chunk: RawChunk) -> bool:
+        """ChunkSink: write ``chunk`` now; True when the client falls behind (or went away)."""
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return True  # the stream's own next write finds out (499)
+        data = self.encode(chunk)
+        if data is not None:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        self.progressed()
+        return transport.get_write_buffer_size() > _CONGESTED
+
+    def congested(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.get_write_buffer_size() > _CONGESTED
+
+    async def drained(self) -> None:
+        """Until the client has read most of what waits for it (or went away). A short poll:
+        aiohttp has no public wait for its socket to drain besides ``write`` past its own count,
+        and only a client slower than the upstream ever waits here."""
+        transport = self.transport
+        while transport is not None and not transport.is_closing() \
+                and transport.get_write_buffer_size() > _CONGESTED // 4:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 async def stream_sse(
@@ -195,33 +279,26 @@ async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: 
             rm = metrics.route(route, model)  # bound only now: the model is known to be served
             rm.first_token(time.perf_counter() - started)
             stage = "mid_stream"
-            idle_s = settings.request_timeout_s
-            step = min(1.0, idle_s / 4)
-            moved = loop.time()
-            deadline.reschedule(moved + idle_s)
-            while True:
-                usage = chunk.usage
-                if usage is None or include_usage:
-                    if isinstance(chunk, RawChunk):  # the upstream's bytes, as they came
-                        await write(b"data: " + chunk.payload + b"\n\n")
+            out = _ClientSink(opener, rm, include_usage, deadline, settings.request_timeout_s)
+            asend = getattr(iterator, "asend", None)
+            relay = out if asend is not None and out.transport is not None else None
+            try:
+                while True:
+                    data = out.encode(chunk)
+                    if data is not None:
+                        await write(data)
+                    if relay is not None:
+                        # Hand the chunks that follow to the engine's read callback (written from
+                        # there as they are read: no task switch per chunk), unless this client
+                        # reads slower than the upstream writes: then one at a time, at its pace.
+                        if out.congested():
+                            await out.drained()
+                        chunk = await asend(relay)
                     else:
-                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
-                    if usage is not None:
-                        rm.usage(usage)
-                else:  # usage the client did not ask for: counted, and left out of the stream
-                    rm.usage(usage)
-                    if chunk.has_choices if isinstance(chunk, RawChunk) else chunk.choices:
-                        if isinstance(chunk, RawChunk):
-                            chunk = chunk.parsed()
-                        chunk.usage = None
-                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
-                chunk = await anext(iterator, None)
-                if chunk is None:
-                    break
-                now = loop.time()
-                if now - moved >= step:
-                    deadline.reschedule(now + idle_s)
-                    moved = now
+                        chunk = await anext(iterator)
+                    out.progressed()
+            except StopAsyncIteration:  # the end of the stream
+                pass
         await response.write_eof(DONE)  # with the body's end: one send
     except TimeoutError:
         if not opener.committed:
@@ -233,12 +310,12 @@ async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: 
             error = BackendTimeoutError(f"No token within {settings.first_token_timeout_s:g} s.",
                                         code="first_token_timeout")
         outcome.status = error.http_status
-        await _fail(opener, metrics, route, model, stage, error)
+        await _fail(opener, iterator, metrics, route, model, stage, error)
     except BlueprintError as exc:
         if not opener.committed:  # refused within the grace: answered with its real HTTP status
             raise
         outcome.status = exc.http_status
-        await _fail(opener, metrics, route, model, stage, exc)
+        await _fail(opener, iterator, metrics, route, model, stage, exc)
     except (ConnectionResetError, asyncio.CancelledError):
         outcome.status = 499
         raise
@@ -247,16 +324,20 @@ async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: 
             raise
         outcome.status = 500
         log.exception("stream failed unexpectedly")
-        await _fail(opener, metrics, route, model, stage, BlueprintError("Internal error while streaming."))
+        await _fail(opener, iterator, metrics, route, model, stage,
+                    BlueprintError("Internal error while streaming."))
 
 
-async def _fail(opener: _Opener, metrics: ServerMetrics, route: str, model: str, stage: str,
-                exc: BlueprintError) -> None:
+async def _fail(opener: _Opener, iterator: AsyncIterator[BaseModel], metrics: ServerMetrics,
+                route: str, model: str, stage: str, exc: BlueprintError) -> None:
     """A stream that fails after its headers: one log line, one count, and the SSE error event
-    (a mid-stream failure is what OpenRouter holds against a provider's uptime)."""
+    (a mid-stream failure is what OpenRouter holds against a provider's uptime). The stream is
+    closed first, freeing its node slot: the event's write may wait on a client that never
+    reads (its silence is what timed out), and must not hold the slot meanwhile."""
     log.warning("stream_failed", stage=stage, code=exc.code, status=exc.http_status, route=route,
                 model=model)
     metrics.stream_failures.labels(route, model, stage, exc.code).inc()
+    await _close(iterator)
     with contextlib.suppress(ConnectionResetError):
         response = await opener.open()
-        await response.write_eof(error_event(exc))
+        await response.write(error_event(exc))
