@@ -27,6 +27,8 @@ from blueprint.balancer.priority import job_deadline, seconds_left
 from blueprint.balancer.strategies import RoutingRequest
 from blueprint.errors import BlueprintError, ModelNotFoundError, NoHealthyNodeError, OverloadedError
 
+_NONE_TRIED: frozenset[str] = frozenset()
+
 
 @dataclass(eq=False)
 class _Waiter:
@@ -64,6 +66,14 @@ class Admission:
     def capacity(self, model: str) -> int:
         return sum(node.max_queue for node in self._serving(model) if not node.draining)
 
+    def admit_at_once(self, request: RoutingRequest) -> NodeState | None:
+        """The common case, without a coroutine or a wait: nothing queued for the model and a
+        free slot on a healthy node now (the strategy's pick, reserved). None otherwise: then
+        :meth:`acquire` decides (queue, refuse, or the error that explains why not)."""
+        if self._queues.get(request.model):
+            return None
+        return self._assign(request, _NONE_TRIED, job_deadline() is not None)
+
     async def acquire(self, request: RoutingRequest, exclude: frozenset[str],
                       release: Callable[[NodeState], None]) -> NodeState:
         """A node with a slot reserved for this request, waiting in the model's FIFO queue when
@@ -80,7 +90,9 @@ class Admission:
         healthy = any(node.selectable() and node.name not in exclude for node in serving)
         if not healthy and (not priority or exclude):
             raise NoHealthyNodeError(f"No healthy node serves {model!r} right now.")
-        queue = self._queues.setdefault(model, deque())
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = deque()
         ahead = sum(1 for w in queue if w.priority) if priority else len(queue)
         if not ahead:
             node = self._assign(request, exclude, priority)

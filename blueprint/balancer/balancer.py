@@ -344,21 +344,17 @@ class Balancer:
     def _candidates(self, model: str, exclude: frozenset[str]) -> list[NodeState]:
         return [node for node in self._serving(model) if node.selectable() and node.name not in exclude]
 
-    def _usable_slots(self, node: NodeState, priority: bool) -> int:
-        """A node's slots open to a request: all for a chain job, the unreserved ones for HTTP."""
-        if priority or not self.settings.reserved_job_share:
-            return node.limit
-        return node.limit - int(node.limit * self.settings.reserved_job_share)
-
     def _try_assign(self, request: RoutingRequest, exclude: frozenset[str],
                     priority: bool = False) -> NodeState | None:
         model = request.model
-        free = [node for node in self._serving(model)
-                if node.in_flight < self._usable_slots(node, priority) and node.selectable()
-                and node.name not in exclude]
+        # a node's slots open to the request: all for a chain job, the unreserved ones for HTTP
+        share = 0.0 if priority else self.settings.reserved_job_share
+        free = [node for node in self._by_model.get(model, ())
+                if node.in_flight < (node.limit - int(node.limit * share) if share else node.limit)
+                and node.selectable() and (not exclude or node.name not in exclude)]
         if not free:
             return None
-        strategy = self.strategy_for(model)
+        strategy = self._strategies.get(model) or self.strategy_for(model)
         if len(free) == 1:  # nothing to rank: no views to build
             node = free[0]
             strategy.chosen_alone(node.name, request)
@@ -434,13 +430,17 @@ class Balancer:
         tried: set[str] = set()
         last_error: BlueprintError | None = None
         timeout = self.settings.retry.request_timeout_s
+        traced_now = tracing.active()
         for attempt in range(self.settings.retry.max_attempts):
-            node = await self._next_node(request, tried, last_error, attempt)
+            # the common case first, without the coroutines of the queue: a free slot now
+            node = None if attempt or traced_now or self._closed else self._admission.admit_at_once(request)
+            if node is None:
+                node = await self._next_node(request, tried, last_error, attempt)
             tried.add(node.name)
             if attempt:
                 node.retries_total += 1
             started = time.perf_counter()
-            span = traced.generation_span(operation, request, node, attempt) if tracing.active() \
+            span = traced.generation_span(operation, request, node, attempt) if traced_now \
                 else tracing.NO_SPAN
             try:
                 if timeout is None:  # no Timeout object and timer per request when unbounded
@@ -461,8 +461,9 @@ class Balancer:
                 last_error = exc
                 continue
             else:
-                traced.record_response(span, result)
-                tracing.end_span(span)
+                if span is not tracing.NO_SPAN:
+                    traced.record_response(span, result)
+                    tracing.end_span(span)
                 node.breaker.record_success()
                 usage = getattr(result, "usage", None)
                 if getattr(usage, "completion_tokens", 0) <= 1:

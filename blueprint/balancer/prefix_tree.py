@@ -2,14 +2,20 @@
 
 Prompts are cut into fixed-size character chunks and stored as a trie of chunks (a compact
 stand-in for a token radix tree: a match of k chunks means roughly the first k*chunk characters
-are already in that node's KV cache). Every node of the trie remembers when it was last used;
-when the characters stored exceed the bound, the least recently used leaves are evicted, the
-same policy a prefix cache on the backend follows, so the tree mirrors what the node still has.
+are already in that node's KV cache). When the characters stored exceed the bound, the least
+recently used leaves are evicted, the same policy a prefix cache on the backend follows, so the
+tree mirrors what the node still has.
+
+Eviction costs O(1) per chunk evicted, spread over the inserts that overflow the bound: the trie
+nodes are kept in one recency order in which a node always comes before its ancestors (an insert
+refreshes its path leaf first), so the least recent node is always a leaf. The earlier way,
+a scan of the whole tree for its oldest leaves, stalled the event loop for tens of milliseconds
+whenever new prompts had filled the bound again.
 """
 
 from __future__ import annotations
 
-import heapq
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 
@@ -18,7 +24,6 @@ class _Node:
     chunk: str
     parent: _Node | None
     children: dict[str, _Node] = field(default_factory=dict)
-    last_used: int = 0
 
 
 class PrefixTree:
@@ -29,7 +34,8 @@ class PrefixTree:
         self.max_chars = max_chars
         self._root = _Node("", None)
         self._chars = 0
-        self._tick = 0
+        #: Every node but the root, least recently used first; a node before its ancestors.
+        self._recency: OrderedDict[_Node, None] = OrderedDict()
 
     @property
     def size_chars(self) -> int:
@@ -53,36 +59,27 @@ class PrefixTree:
 
     def insert(self, text: str) -> None:
         """Add ``text`` (or refresh it) as most recently used, then evict down to the bound."""
-        self._tick += 1
         node = self._root
+        path = []
         for chunk in self._chunks(text):
             child = node.children.get(chunk)
             if child is None:
                 child = _Node(chunk, node)
                 node.children[chunk] = child
                 self._chars += len(chunk)
-            child.last_used = self._tick
+            path.append(child)
             node = child
-        if self._chars > self.max_chars:
-            self._evict(int(self.max_chars * 0.9))
+        recency = self._recency
+        for child in reversed(path):  # the leaf first: each node ends up before its ancestors
+            recency[child] = None
+            recency.move_to_end(child)
+        while self._chars > self.max_chars:
+            self._evict_one()
 
-    def _evict(self, target: int) -> None:
-        """Remove least recently used leaves until at most ``target`` characters remain.
-        Batched (down to 90% of the bound) so the cost of a scan is spread over many inserts."""
-        heap: list[tuple[int, int, _Node]] = []
-        stack = list(self._root.children.values())
-        while stack:
-            node = stack.pop()
-            if node.children:
-                stack.extend(node.children.values())
-            else:
-                heap.append((node.last_used, id(node), node))
-        heapq.heapify(heap)
-        while heap and self._chars > target:
-            _, _, leaf = heapq.heappop(heap)
-            parent = leaf.parent
-            assert parent is not None
-            del parent.children[leaf.chunk]
-            self._chars -= len(leaf.chunk)
-            if parent is not self._root and not parent.children:
-                heapq.heappush(heap, (parent.last_used, id(parent), parent))
+    def _evict_one(self) -> None:
+        """Remove the least recently used node, which is a leaf (see the module's docstring)."""
+        leaf, _ = self._recency.popitem(last=False)
+        parent = leaf.parent
+        assert parent is not None and not leaf.children
+        del parent.children[leaf.chunk]
+        self._chars -= len(leaf.chunk)

@@ -60,6 +60,14 @@ class RawChunk:
         #: False for a usage-only event (``"choices":[]``).
         self.has_choices = _NO_CHOICES[0] not in payload and _NO_CHOICES[1] not in payload
 
+    @classmethod
+    def whole(cls, payload: bytes, answer_type: type[BaseModel], usage: Usage | None) -> RawChunk:
+        """A whole answer whose usage the caller has already read (see :func:`read_answer`)."""
+        chunk = cls.__new__(cls)
+        chunk.payload, chunk._type, chunk._parsed, chunk.usage = payload, answer_type, None, usage
+        chunk.has_choices = True
+        return chunk
+
     def parsed(self) -> Any:
         """The payload as the engine's pydantic chunk type (parsed once)."""
         if self._parsed is None:
@@ -74,6 +82,18 @@ class RawChunk:
 
     def __repr__(self) -> str:
         return f"RawChunk({self.payload[:120]!r})"
+
+
+def read_answer(payload: bytes, answer_type: type[BaseModel]) -> RawChunk:
+    """A whole non-streamed answer to relay as its bytes, checked to be one: a JSON object with a
+    list of ``choices`` and, where it has one, a well-typed ``usage`` (what the token metrics and
+    the node's counters read). The rest is not validated field by field (that is the cost the
+    relay saves), but a cut or garbled body is never relayed as a 200. ``ValueError`` otherwise."""
+    data = safejson.loads(payload)  # untrusted: depth-bounded
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise ValueError("not a completion (no list of choices)")
+    usage = data.get("usage")
+    return RawChunk.whole(payload, answer_type, None if usage is None else Usage.model_validate(usage))
 
 
 class ChunkSink(Protocol):

@@ -123,7 +123,7 @@ class Api:
         spec: RouteSpec | None = BY_NAME.get(request.match_info.route.name or "")
         tracked = spec is not None and spec.tracked
         if tracked:
-            self.telemetry.in_flight.inc()
+            self.telemetry.in_flight_now += 1
         status = 499
         try:
             if spec is not None and spec.auth != "none":
@@ -153,7 +153,7 @@ class Api:
             return error_response(BlueprintError("Internal server error."))
         finally:
             if tracked:
-                self.telemetry.in_flight.dec()
+                self.telemetry.in_flight_now -= 1
                 self.telemetry.route(spec.name, request.get(MODEL, NO_MODEL)).finished(  # type: ignore[union-attr]
                     status, time.perf_counter() - started)
 

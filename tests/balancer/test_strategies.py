@@ -236,3 +236,28 @@ def test_cache_aware_prefix_hash_agrees_across_independent_instances() -> None:
     home = first.home(nodes(0, 0, 0, 0), prompt).name
     loads = [20 if f"n{i}" == home else 0 for i in range(4)]
     assert first.select(nodes(*loads), RoutingRequest(model="m", prompt_text=prompt)).name != home
+
+
+def test_prefix_tree_eviction_is_spread_over_inserts_not_a_scan() -> None:
+    """At its bound the tree evicts a few least recently used chunks per insert; it never walks
+    the whole tree at once (that stalled the event loop for tens of ms every few hundred
+    thousand characters of new prompts, a p99 spike for every request in flight)."""
+    import gc
+    import time
+
+    tree = PrefixTree(chunk_chars=16, max_chars=400_000)
+    rng = random.Random(7)
+    prompts = ["".join(rng.choices("abcdefghij", k=4000)) for _ in range(300)]  # 1.2M chars, unique
+    costs = []
+    gc.disable()  # a collection of the tree's objects would land on one insert
+    try:
+        for prompt in prompts:
+            began = time.thread_time()
+            tree.insert(prompt)
+            costs.append(time.thread_time() - began)
+    finally:
+        gc.enable()
+    assert tree.size_chars <= 400_000
+    assert tree.match(prompts[-1]) == 4000 and tree.match(prompts[0]) == 0
+    costs.sort()
+    assert costs[-1] < 6 * costs[len(costs) // 2] + 0.002, (costs[-1], costs[len(costs) // 2])

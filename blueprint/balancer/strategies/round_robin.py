@@ -20,9 +20,16 @@ class RoundRobin(Strategy):
         self._last: str | None = None
 
     def select(self, candidates: Sequence[NodeView], request: RoutingRequest) -> NodeView:
-        ordered = sorted(candidates, key=lambda view: view.name)
-        pick = ordered[0]
-        if self._last is not None:
-            pick = next((view for view in ordered if view.name > self._last), ordered[0])
+        # One pass, no sort: the first name after the last pick, else the first name of all.
+        last = self._last
+        first = after = None
+        for view in candidates:
+            name = view.name
+            if first is None or name < first.name:
+                first = view
+            if last is not None and name > last and (after is None or name < after.name):
+                after = view
+        pick = after or first
+        assert pick is not None, "select() is never called without candidates"
         self._last = pick.name
         return pick

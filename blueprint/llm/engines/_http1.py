@@ -29,6 +29,16 @@ class Http1Error(ConnectionError):
     """The upstream broke the HTTP exchange (closed early, or sent something unparseable)."""
 
 
+def _field(lowered: bytes, name: bytes) -> bytes | None:
+    """The value of the last ``name`` field (``\\r\\nname:``, lower case) in a lowered head."""
+    at = lowered.rfind(name)
+    if at < 0:
+        return None
+    start = at + len(name)
+    end = lowered.find(b"\r\n", start)
+    return lowered[start:end if end >= 0 else len(lowered)].strip()
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection and the answer being read on it."""
 
@@ -50,7 +60,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = b""
         self._head_done = False
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self._fields = b""
         self._length: int | None = None  # Content-Length; None with chunked or until close
         self._chunked = False
         self._chunk_left = -1  # bytes left of the current chunk; -1: a size line comes next
@@ -120,30 +130,42 @@ class _Connection(asyncio.Protocol):
             self._body.append(data)
 
     def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
+        """The status and the three framing fields (found with byte searches: a loop over every
+        header line cost more than the rest of reading the answer); the other fields are
+        parsed only if asked for (:attr:`headers`)."""
+        line, _, fields = head.partition(b"\r\n")
+        parts = line.split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise Http1Error(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
+            raise Http1Error(f"not an HTTP/1.x answer: {line[:80]!r}")
         try:
             self.status = int(parts[1])
         except ValueError:
-            raise Http1Error(f"bad status line: {lines[0][:80]!r}") from None
-        headers = self.headers
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-        if headers.get("transfer-encoding", "").lower().endswith("chunked"):
+            raise Http1Error(f"bad status line: {line[:80]!r}") from None
+        self._fields = fields
+        lowered = b"\r\n" + fields.lower()
+        encoding = _field(lowered, b"\r\ntransfer-encoding:")
+        length = _field(lowered, b"\r\ncontent-length:")
+        if encoding is not None and encoding.endswith(b"chunked"):
             self._chunked = True
-        elif "content-length" in headers:
+        elif length is not None:
             try:
-                self._length = int(headers["content-length"])
+                self._length = int(length)
             except ValueError:
                 raise Http1Error("bad Content-Length") from None
-        connection = headers.get("connection", "").lower()
-        if connection == "close" or (parts[0] == b"HTTP/1.0" and connection != "keep-alive"):
+        connection = _field(lowered, b"\r\nconnection:") or b""
+        if connection == b"close" or (parts[0] == b"HTTP/1.0" and connection != b"keep-alive"):
             self.keep_alive = False
         if not self._chunked and self._length is None:
             self.keep_alive = False  # the body ends when the connection does
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The answer's header fields, names lower-cased (the last of a repeated one wins)."""
+        headers: dict[str, str] = {}
+        for line in self._fields.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        return headers
 
     def _feed_chunked(self, data: bytes) -> None:
         data = self._buffer + data if self._buffer else data

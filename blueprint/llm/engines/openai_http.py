@@ -61,7 +61,7 @@ from blueprint.errors import (
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines._http1 import Http1Pool
-from blueprint.llm.raw import RELAY_RAW, ChunkSink, RawChunk
+from blueprint.llm.raw import RELAY_RAW, ChunkSink, RawChunk, read_answer
 from blueprint.llm.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -538,15 +538,15 @@ class OpenAIHttpClient(LlmClient):
             raise self._connection_error(exc, streamed=False) from exc
         if conn.status >= 300:
             raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), self.config.model)
-        if RELAY_RAW.get() and b'"choices"' in payload:  # relayed as is, our model name swapped in
-            if self._model_bytes in payload:
-                return RawChunk(payload, response_type)  # type: ignore[return-value]
-            if self._served_bytes in payload:
-                return RawChunk(payload.replace(self._served_bytes, self._model_bytes, 1),  # type: ignore[return-value]
-                                response_type)
         try:
+            if RELAY_RAW.get() and b'"choices"' in payload:  # relayed as is, our model name swapped in
+                if self._model_bytes in payload:
+                    return read_answer(payload, response_type)  # type: ignore[return-value]
+                if self._served_bytes in payload:
+                    return read_answer(payload.replace(self._served_bytes, self._model_bytes, 1),  # type: ignore[return-value]
+                                       response_type)
             return response_type.model_validate_json(payload)
-        except ValidationError as exc:
+        except ValueError as exc:  # pydantic's ValidationError is one
             message, _ = _error_message(payload)
             raise BackendError(f"Backend {self.name!r} sent a malformed answer: {message}") from exc
 
