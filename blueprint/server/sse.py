@@ -79,13 +79,15 @@ class _Opener:
     the grace's; when the grace runs out first, a small task sends them and then SSE keep-alive
     comments until :meth:`open` is called, and the first-token bound starts."""
 
-    __slots__ = ("_keepalive_s", "_metrics", "_request", "_task", "late", "response")
+    __slots__ = ("_keepalive_s", "_metrics", "_request", "_sent", "_started", "_task", "late",
+                 "response")
 
     def __init__(self, request: web.Request, keepalive_s: float, metrics: ServerMetrics) -> None:
         self._request = request
         self._keepalive_s = keepalive_s
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
+        self._started = self._sent = False  # the keep-alive task ran / sent the headers
         self.response = SseResponse(headers=SSE_HEADERS)
         #: True once the grace ran out: from then on an error is an SSE event, never a status.
         self.late = False
@@ -98,9 +100,11 @@ class _Opener:
         self._task = asyncio.get_running_loop().create_task(self._keep_alive())
 
     async def _keep_alive(self) -> None:
+        self._started = True
         try:
             await self._prepare()
             await self.response.write(KEEPALIVE)  # the headers go out with it, at once
+            self._sent = True
             while True:
                 await asyncio.sleep(self._keepalive_s)
                 await self.response.write(KEEPALIVE)
@@ -124,9 +128,12 @@ class _Opener:
         task = self._task
         if task is not None:
             self._task = None
-            if not task.done():
-                task.cancel()
-                await asyncio.wait((task,))  # never swallows this handler's own cancellation
+            task.cancel()
+            # Not started: it never will. Headers sent: it only sleeps or writes a comment whole.
+            # Only a task caught inside its first writes is waited for (never swallowing this
+            # handler's own cancellation); the common late stream pays no loop turn here.
+            if self._started and not self._sent and not task.done():
+                await asyncio.wait((task,))
         await self._prepare()
         return self.response
 
