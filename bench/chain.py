@@ -4,6 +4,9 @@
                                          # same burst on a service of three operators, and a kill
     python bench/chain.py --long         # also the RSS growth from the 200th to the 2000th job
     python bench/chain.py --no-multi     # the single-operator figures only
+    python bench/chain.py --no-multi --rounds 5   # five single-operator runs: medians, ranges
+    python bench/chain.py --no-multi --profile bench/out/chain-burst.svg
+                                         # py-spy flame graph of the daemon during the burst
 
 The daemon runs as a subprocess (``python -m blueprint run``, the manager's environment) with a
 zero-cost engine (``bench/echo_engine.py``, loaded by dotted path), so the figures are the
@@ -25,8 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,7 +60,7 @@ from blueprint.tangle.assignment import rank
 
 MODEL = "echo"
 #: The consumer's batching knobs ([jobs] table); None keeps the daemon defaults.
-BATCHING: dict[str, float | bool] = {}
+BATCHING: dict[str, float | int | bool] = {}
 INPUTS = encode_inputs(MODEL, 16, {"messages": [{"role": "user", "content": "ping"}]})
 
 
@@ -77,12 +84,79 @@ class RssSampler(threading.Thread):
             time.sleep(0.05)
 
 
+class Profiler:
+    """``py-spy record`` of the daemon while a phase runs (a flame graph of where its time goes; a
+    ``.txt`` path gets py-spy's raw collapsed stacks instead, for scripts)."""
+
+    def __init__(self, pid: int, out: Path | None, *, gil: bool = False) -> None:
+        self.pid = pid
+        self.out = out
+        self.gil = gil  # only samples holding the GIL: CPU spent, not waits and preemption
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profiler:
+        if self.out is None:
+            return self
+        if shutil.which("py-spy") is None:
+            raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(self.pid), "--rate", "250", "--threads", "--nonblocking",
+             *(["--gil"] if self.gil else []),
+             "--format", "raw" if self.out.suffix == ".txt" else "flamegraph", "--output", str(self.out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)  # py-spy attaches before the burst starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGINT)  # py-spy writes the flame graph on SIGINT
+        try:
+            _, err = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        if self.process.returncode not in (0, -signal.SIGINT):
+            print(f"py-spy failed ({self.process.returncode}): {err.decode(errors='replace')[-400:]}")
+        else:
+            print(f"profile of the daemon during the burst: {self.out}")
+
+
+class CpuMeter:
+    """CPU seconds (user + system, from /proc) that processes spent from now until :meth:`per_job`:
+    a figure that holds on a shared machine, where wall-clock latency depends on the neighbours."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.start = {name: self._cpu(proc) for name, proc in self.procs.items()}
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    def per_job(self, jobs: int) -> dict[str, float]:
+        out = {f"{name}_cpu_ms_per_job": (self._cpu(proc) - self.start[name]) * 1000 / max(1, jobs)
+               for name, proc in self.procs.items()}
+        print("   CPU per job: " + ", ".join(f"{k.split('_')[0]} {v:.2f} ms" for k, v in out.items()))
+        return out
+
+
 def ledger_rows(data_dir: Path, call_ids: list[int]) -> list[tuple]:
     with sqlite3.connect(data_dir / "ledger.sqlite3") as db:
         marks = ",".join("?" * len(call_ids))
         return db.execute(
             f"SELECT call_id, state, seen_at, started_at, answered_at, submitted_at, confirmed_at FROM jobs "
             f"WHERE call_id IN ({marks})", call_ids).fetchall()
+
+
+def transactions(data_dir: Path, call_ids: list[int]) -> int:
+    """How many result transactions carried these jobs (batches)."""
+    with sqlite3.connect(data_dir / "ledger.sqlite3") as db:
+        marks = ",".join("?" * len(call_ids))
+        return db.execute(f"SELECT COUNT(DISTINCT submit_tx_hash) FROM jobs WHERE call_id IN ({marks})",
+                          call_ids).fetchone()[0]
 
 
 def confirmed_count(data_dir: Path) -> int:
@@ -111,7 +185,8 @@ def report(title: str, rows: list[tuple]) -> dict[str, float]:
            "raw_p50_ms": statistics.median(raw), "raw_p99_ms": pct(raw, 0.99), "jobs_per_s": len(rows) / span}
     stages = {name: statistics.median([(r[b] - r[a]) * 1000 for r in rows if r[a] and r[b]])
               for name, a, b in (("seen->running", 2, 3), ("running->answered", 3, 4),
-                                 ("answered->sent", 4, 5), ("sent->confirmed", 5, 6))}
+                                 ("answered->sent", 4, 5), ("sent->confirmed", 5, 6),
+                                 ("seen->confirmed", 2, 6))}
     out.update(stages)
     print(f"{title}: {len(rows)} jobs, own overhead p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
           f"(seen->sent incl. handler p50 {out['raw_p50_ms']:.1f} / p99 {out['raw_p99_ms']:.1f} ms), "
@@ -121,6 +196,42 @@ def report(title: str, rows: list[tuple]) -> dict[str, float]:
 
 
 async def bench(args: argparse.Namespace) -> int:
+    """``--rounds`` single-operator runs (each on a fresh anvil and daemon), their medians and
+    ranges beside issue 15's targets, then the three-operator run."""
+    rounds: list[tuple[bool, dict[str, float], dict[str, float]]] = []
+    for i in range(args.rounds):
+        if args.rounds > 1:
+            print(f"--- round {i + 1} of {args.rounds} (load average {_load()})")
+        profile = args.profile
+        if profile is not None and args.rounds > 1:
+            profile = profile.with_name(f"{profile.stem}-{i + 1}{profile.suffix}")
+        rounds.append(await bench_single(args, profile))
+    ok = all(r[0] for r in rounds)
+    if args.rounds > 1:
+        print(f"=== {args.rounds} rounds, own overhead p50 median (range), load average now {_load()}")
+        for name, index, target in (("burst", 1, 30.0), ("steady", 2, 10.0)):
+            p50s = [r[index]["p50_ms"] for r in rounds]
+            p99s = [r[index]["p99_ms"] for r in rounds]
+            median = statistics.median(p50s)
+            print(f"  {name}: p50 {median:.1f} ms ({min(p50s):.1f}-{max(p50s):.1f}), p99 "
+                  f"{statistics.median(p99s):.1f} ms ({min(p99s):.1f}-{max(p99s):.1f}); target p50 <= "
+                  f"{target:g} ms: {'met' if median <= target else 'NOT met'} by the median, in "
+                  f"{sum(p <= target for p in p50s)} of {len(p50s)} rounds")
+            for who in ("daemon", "anvil"):
+                cpu = [r[index][f"{who}_cpu_ms_per_job"] for r in rounds]
+                print(f"    {who} CPU per job {statistics.median(cpu):.2f} ms "
+                      f"({min(cpu):.2f}-{max(cpu):.2f})")
+    if args.multi:
+        ok = await bench_multi(args, rounds[-1][1]) and ok
+    return 0 if ok else 1
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def bench_single(args: argparse.Namespace,
+                       profile: Path | None) -> tuple[bool, dict[str, float], dict[str, float]]:
     work = Path(tempfile.mkdtemp(prefix="bench-chain-"))
     anvil = start_anvil()
     daemon = None
@@ -142,12 +253,18 @@ async def bench(args: argparse.Namespace) -> int:
         all_ids: list[int] = []
         async with chain_client(anvil) as client:
             owner, sid = service.owner, service.service_id
-            ids = await submit_jobs(client, owner, sid, [(0, INPUTS)] * args.burst)
-            all_ids += ids
-            await wait_confirmed(data, len(all_ids), 300)
+            cpu = CpuMeter({"daemon": daemon.pid, "anvil": anvil.process.pid})  # type: ignore[dict-item]
+            with Profiler(daemon.pid, profile, gil=args.profile_gil):  # type: ignore[arg-type]
+                ids = await submit_jobs(client, owner, sid, [(0, INPUTS)] * args.burst)
+                all_ids += ids
+                await wait_confirmed(data, len(all_ids), 300)
             burst = report(f"burst ({args.burst} at once)", ledger_rows(data, ids))
+            burst.update(cpu.per_job(len(ids)))
+            txs = transactions(data, ids)
+            print(f"   result transactions: {txs} ({len(ids) / max(1, txs):.1f} jobs each)")
             rss_200 = sampler.current
             ids = []
+            cpu = CpuMeter({"daemon": daemon.pid, "anvil": anvil.process.pid})  # type: ignore[dict-item]
             period = 1.0 / args.rate
             next_at = time.monotonic()
             for _ in range(args.steady):
@@ -157,6 +274,7 @@ async def bench(args: argparse.Namespace) -> int:
             all_ids += ids
             await wait_confirmed(data, len(all_ids), 300)
             steady = report(f"steady ({args.steady} at {args.rate}/s)", ledger_rows(data, ids))
+            steady.update(cpu.per_job(len(ids)))
             growth = None
             if args.long:
                 total = 2000
@@ -192,9 +310,7 @@ async def bench(args: argparse.Namespace) -> int:
         if daemon is not None:
             daemon.stop()
         anvil.stop()
-    if args.multi:
-        ok = await bench_multi(args, burst) and ok
-    return 0 if ok else 1
+    return ok, burst, steady
 
 
 def computed_per_call(daemons: list[DaemonProcess]) -> Counter[int]:
@@ -309,6 +425,8 @@ def main() -> int:
     parser.add_argument("--long", action="store_true", help="Run to 2000 jobs and report RSS growth.")
     parser.add_argument("--batch-window", type=float, default=None, help="jobs.batch_window_s of the daemon.")
     parser.add_argument("--max-batch", type=int, default=None, help="jobs.max_batch of the daemon.")
+    parser.add_argument("--submit-concurrency", type=int, default=None,
+                        help="jobs.submit_concurrency of the daemon (result transactions in flight).")
     parser.add_argument("--no-simulate", action="store_true",
                         help="jobs.simulate_before_send = false (to see what simulation costs).")
     parser.add_argument("--no-multi", dest="multi", action="store_false",
@@ -316,12 +434,20 @@ def main() -> int:
     parser.add_argument("--takeover-after", type=float, default=20.0,
                         help="jobs.takeover_after_s of the three-operator run (it must exceed the "
                              "time a burst's answers take to be mined, or jobs are computed twice).")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Single-operator runs (fresh anvil and daemon each); medians and ranges.")
+    parser.add_argument("--profile", type=Path, default=None, metavar="SVG",
+                        help="py-spy flame graph of the daemon during the burst (bench/out/NAME.svg).")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="Profile only the samples that hold the GIL (CPU spent, not waits).")
     parser.add_argument("--after-kill", type=int, default=60, help="Jobs submitted after the kill.")
     args = parser.parse_args()
     if args.batch_window is not None:
         BATCHING["batch_window_s"] = args.batch_window
     if args.max_batch is not None:
         BATCHING["max_batch"] = args.max_batch
+    if args.submit_concurrency is not None:
+        BATCHING["submit_concurrency"] = args.submit_concurrency
     if args.no_simulate:
         BATCHING["simulate_before_send"] = False
     return asyncio.run(bench(args))

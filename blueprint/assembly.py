@@ -93,7 +93,7 @@ async def build_daemon(settings: Settings, ctx: Context) -> tuple[JobRunner, Api
     consumer = JobConsumer(Consumer(
         ctx.ledger, ctx.txm, settings.tangle_contract, batch_window=jobs.batch_window_s,
         max_batch=jobs.max_batch, retry_for=jobs.submit_retry_s, dry_run=settings.dry_run,
-        presimulate=jobs.simulate_before_send,
+        presimulate=jobs.simulate_before_send, max_dispatch=jobs.submit_concurrency,
     ), ctx.ledger, ctx, service_id)
     gate, book = await build_gate(settings, ctx)
     services: list[BackgroundService] = [gate]

@@ -397,7 +397,7 @@ class JobConsumer:
 
     Args:
         consumer: the chain consumer (it records ``answered`` and decides dry runs).
-        ledger: read for the per-job overhead figure.
+        ledger: read for the job's trace (when tracing is on).
         ctx: the shared context (its metrics).
         service_id: the service whose owed jobs :meth:`backlog` takes up.
     """
@@ -433,9 +433,6 @@ class JobConsumer:
         else:
             metrics.jobs_submitted.inc()
             log.info("daemon.job_done", status=fate.status, tx_hash=fate.tx_hash)
-        record = await self.ledger.get(result.service_id, result.call_id)
-        if record is not None and record.seen_at and record.submitted_at and record.answered_at:
-            handler_s = (record.answered_at - (record.started_at or record.seen_at))
-            overhead = record.submitted_at - record.seen_at - handler_s
-            metrics.overhead_seconds.observe(max(0.0, overhead))
+        if fate.overhead_s is not None:  # from the ledger row the consumer confirmed
+            metrics.overhead_seconds.observe(fate.overhead_s)
         return fate

@@ -34,6 +34,12 @@ class JobsSettings(BaseModel):
         description="eth_call each submitResult(s) before sending it (a revert costs no gas; slower bursts).",
     )
     max_batch: int = Field(default=32, ge=1, description="Most results in one submitResults.")
+    submit_concurrency: int = Field(
+        default=1, ge=1,
+        description="Result transactions being simulated and broadcast at once (fewer: bigger "
+                    "batches, fewer transactions and less gas per job; more: less waiting behind "
+                    "a slow node).",
+    )
     submit_retry_s: float = Field(default=300.0, gt=0,
                                   description="Keep retrying a result this long on RPC errors.")
     takeover_after_s: float = Field(

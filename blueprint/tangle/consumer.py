@@ -19,8 +19,10 @@ With simulation on (the daemon's default, ``[jobs] simulate_before_send``) a fre
 simulated once, on ``latest``: none of our transactions can hold a result just computed, and a
 node answers that call in about half the time of a ``pending`` one under a burst (anvil builds
 the pending block for each). Resumed results and cautious periods simulate on ``pending``. A
-dispatch slot is freed as soon as the node has the transaction; the ledger write and the
-receipt wait follow in their own task.
+fresh batch's answers are stored in the ledger (``answered``, one operation for the whole batch)
+while the node simulates it, and the transaction goes out once both are done. A dispatch slot is
+freed as soon as the node has the transaction; the ledger write (``submitted``, stamped with the
+moment the node accepted it) and the receipt wait follow in their own task.
 
 ``ResultAlreadySubmitted`` and ``JobAlreadyCompleted`` mean the chain already has what we wanted:
 the job is ``confirmed`` (with that note), not failed. Other reverts fail the job with the decoded
@@ -83,6 +85,18 @@ class SubmitOutcome:
     status: Status
     tx_hash: str | None = None
     reason: str | None = None
+    #: The daemon's own time on the job (seen to transaction sent, less the handler's time), from
+    #: the ledger's stamps once the job is confirmed; None when it was not sent by us.
+    overhead_s: float | None = None
+
+
+def own_overhead_s(record: JobRecord) -> float | None:
+    """Seen to transaction sent, less the handler's time (started to answered), or None when the
+    record lacks a stamp."""
+    if not (record.seen_at and record.submitted_at and record.answered_at):
+        return None
+    handler_s = record.answered_at - (record.started_at or record.seen_at)
+    return max(0.0, record.submitted_at - record.seen_at - handler_s)
 
 
 def encode_submit_result(service_id: int, call_id: int, output: bytes) -> bytes:
@@ -106,6 +120,10 @@ class _Item:
     result: JobResult
     future: asyncio.Future[SubmitOutcome]
     verify: bool = False  # simulate before the first send (resumed results may already be answered)
+    #: the answer is stored in the ledger (``answered``); fresh ones are stored with their batch
+    prepared: bool = False
+    #: when the handler produced it (the ledger's ``answered_at``)
+    answered_at: float = field(default_factory=time.time)
 
 
 class Consumer:
@@ -123,7 +141,9 @@ class Consumer:
         max_tx_gas: the most gas one transaction may ask for (stay under the block gas limit);
             it also bounds the batch size.
         retry_for: seconds to keep retrying transport errors before failing a job.
-        max_dispatch: transactions prepared/broadcast concurrently (more overlap vs bigger batches).
+        max_dispatch: transactions prepared/broadcast concurrently (more overlap vs bigger batches;
+            one is enough since a batch's ledger write overlaps its simulation: measured under a
+            burst, one gave the same overhead as three with 40% fewer transactions).
         dry_run: compute and record answers but never send a transaction.
         presimulate: ``eth_call`` every batch before sending it (safer on gas, slower under load).
         cautious_for: seconds every batch is simulated after a batch reverted on chain.
@@ -142,7 +162,7 @@ class Consumer:
         max_tx_gas: int = 25_000_000,
         retry_for: float = 300.0,
         dry_run: bool = False,
-        max_dispatch: int = 3,
+        max_dispatch: int = 1,
         presimulate: bool = False,
         cautious_for: float = 60.0,
     ) -> None:
@@ -185,8 +205,16 @@ class Consumer:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
+        left: list[_Item] = []
         while not self._queue.empty():  # not yet sent: they stay `answered` for the next start
-            _defer([self._queue.get_nowait()])
+            left.append(self._queue.get_nowait())
+        fresh = [item for item in left if not item.prepared]
+        if fresh:
+            try:
+                await self.ledger.prepare_answers(_answers(fresh))
+            except Exception:  # the jobs stay `running`: the next start runs them again
+                log.exception("consumer.store_on_close_failed", size=len(fresh))
+        _defer(left)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
@@ -215,25 +243,20 @@ class Consumer:
         if key in self._resumed:
             self._resumed.discard(key)
             verify = True
-        record = await self.ledger.prepare_answer(result.service_id, result.call_id, result.output)
-        if record.state is JobState.ORPHANED:
-            return SubmitOutcome(result.service_id, result.call_id, "orphaned", reason=record.reason)
-        if record.state is JobState.CONFIRMED:
-            return SubmitOutcome(result.service_id, result.call_id, "already_answered",
-                                 tx_hash=record.submit_tx_hash, reason=record.reason)
-        if record.state is JobState.FAILED:
-            return SubmitOutcome(result.service_id, result.call_id, "failed", reason=record.reason)
-        if record.state is not JobState.ANSWERED:  # standing by, skipped, or answered by another
-            return SubmitOutcome(result.service_id, result.call_id, "answered_by_another",
-                                 reason=f"{record.state}: {record.reason}")
-        if self.dry_run:
-            return SubmitOutcome(result.service_id, result.call_id, "dry_run")
-        if self._closed:
-            return SubmitOutcome(result.service_id, result.call_id, "deferred", reason="consumer closed")
+        prepared = self.dry_run or self._closed or verify
+        if prepared:  # stored now; a fresh answer is stored with its batch, while it is simulated
+            record = await self.ledger.prepare_answer(result.service_id, result.call_id, result.output)
+            early = _early_outcome(result, record)
+            if early is not None:
+                return early
+            if self.dry_run:
+                return SubmitOutcome(result.service_id, result.call_id, "dry_run")
+            if self._closed:
+                return SubmitOutcome(result.service_id, result.call_id, "deferred", reason="consumer closed")
         if self._loop_task is None:
             await self.start()
         future: asyncio.Future[SubmitOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(result, future, verify))
+        self._queue.put_nowait(_Item(result, future, verify, prepared))
         return await future
 
     async def is_answered_on_chain(self, service_id: int, call_id: int, operator: str | None = None,
@@ -363,7 +386,12 @@ class Consumer:
                 self._slots.release()
                 raise
             if self.batch_window > 0:
-                await asyncio.sleep(self.batch_window)
+                try:
+                    await asyncio.sleep(self.batch_window)
+                except BaseException:  # closing: back in the queue, which close() keeps for the next start
+                    self._queue.put_nowait(first)
+                    self._slots.release()
+                    raise
             items = [first]
             while not self._queue.empty() and len(items) < self.max_batch:
                 items.append(self._queue.get_nowait())
@@ -393,25 +421,84 @@ class Consumer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _dispatch(self, items: list[_Item]) -> None:
-        """Simulate and broadcast one transaction for ``items``; its receipt is awaited apart."""
+    def _encode(self, items: list[_Item]) -> tuple[bytes, int]:
+        """The transaction data of ``items`` (``submitResult`` for one) and its gas limit."""
         service_id = items[0].result.service_id
-        call_ids = [i.result.call_id for i in items]
         if len(items) == 1:
-            data = encode_submit_result(service_id, call_ids[0], items[0].result.output)
+            data = encode_submit_result(service_id, items[0].result.call_id, items[0].result.output)
         else:
-            data = encode_submit_results(service_id, call_ids, [i.result.output for i in items])
-        gas = self.gas_base + self.gas_per_result * len(items)
-        verify = any(i.verify for i in items) or time.monotonic() < self._cautious_until
+            data = encode_submit_results(service_id, [i.result.call_id for i in items],
+                                         [i.result.output for i in items])
+        return data, self.gas_base + self.gas_per_result * len(items)
+
+    async def _check(self, data: bytes, gas: int, verify: bool) -> BaseException | None:
+        """Simulate the transaction; the revert (or transport error) it meets, None when it passes.
+
+        Fresh results are in no transaction of ours yet, so ``latest`` tells what ``pending``
+        would, at half the node's time under a burst; resumed results (a transaction of ours may
+        hold them) and cautious periods simulate on ``pending``. The fee refresh (every few
+        seconds two round trips) overlaps the simulation.
+        """
         try:
-            if verify or self.presimulate:
-                # Fresh results are in no transaction of ours yet, so ``latest`` tells what
-                # ``pending`` would, at half the node's time under a burst; resumed results (a
-                # transaction of ours may hold them) and cautious periods simulate on ``pending``.
-                # The fee refresh (every few seconds two round trips) overlaps the simulation.
-                await asyncio.gather(
-                    self.txm.simulate(self.tangle, data, gas=gas, block="pending" if verify else "latest"),
-                    self.txm.fees())
+            await asyncio.gather(
+                self.txm.simulate(self.tangle, data, gas=gas, block="pending" if verify else "latest"),
+                self.txm.fees())
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _prepare(self, fresh: list[_Item]) -> None:
+        """Store the fresh answers of a batch in one ledger operation; an item whose job may not
+        be sent now (orphaned by a reorg, answered meanwhile, ...) is resolved and stays unsent."""
+        try:
+            records = await self.ledger.prepare_answers(_answers(fresh))
+        except Exception as exc:  # the ledger failed: the callers hear it, nothing is sent
+            log.exception("consumer.store_failed", size=len(fresh))
+            for item in fresh:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, record in zip(fresh, records, strict=True):
+            if isinstance(record, BaseException):
+                if not item.future.done():
+                    item.future.set_exception(record)
+                continue
+            early = _early_outcome(item.result, record)
+            if early is not None:
+                _resolve(item, early)
+                continue
+            item.prepared = True
+
+    async def _dispatch(self, items: list[_Item]) -> None:
+        """Simulate and broadcast one transaction for ``items``; its receipt is awaited apart.
+
+        Fresh answers are stored in the ledger (``answered``, one operation for the batch) while
+        the node simulates the batch: neither waits for the other, and the transaction goes out
+        only once both are done.
+        """
+        service_id = items[0].result.service_id
+        verify = any(i.verify for i in items) or time.monotonic() < self._cautious_until
+        check = verify or self.presimulate
+        data, gas = self._encode(items)
+        fresh = [i for i in items if not i.prepared]
+        failure: BaseException | None = None
+        if fresh:
+            if check:
+                _, failure = await asyncio.gather(self._prepare(fresh), self._check(data, gas, verify))
+            else:
+                await self._prepare(fresh)
+            ready = [i for i in items if i.prepared and not i.future.done()]
+            if not ready:
+                return
+            if len(ready) != len(items):  # some left the batch: its transaction is another one
+                items = ready
+                data, gas = self._encode(items)
+                failure = await self._check(data, gas, verify) if check else None
+        elif check:
+            failure = await self._check(data, gas, verify)
+        try:
+            if failure is not None:
+                raise failure
             sent = await self.txm.send(self.tangle, data, gas=gas, simulate=False)
         except TxRevertedError as exc:
             if len(items) > 1:
@@ -422,7 +509,7 @@ class Consumer:
             log.warning("consumer.send_failed", size=len(items), error=str(exc) or type(exc).__name__)
             self._spawn(self._singles(items))
             return
-        keys = [(service_id, c) for c in call_ids]
+        keys = [(service_id, i.result.call_id) for i in items]
         self._spawn(self._finish(items, keys, sent))  # the slot is free once the node has the tx
 
     async def _finish(self, items: list[_Item], keys: list[tuple[int, int]], sent: SentTx) -> None:
@@ -454,10 +541,12 @@ class Consumer:
             await self._back_to_answered(keys)
             await self._singles(items)
             return
-        await self._confirm(keys, receipt)
-        for item in items:
+        records = await self._confirm(keys, receipt)
+        for item, key in zip(items, keys, strict=True):
+            record = records.get(key)
             _resolve(item, SubmitOutcome(item.result.service_id, item.result.call_id, "confirmed",
-                                         receipt.tx_hash))
+                                         receipt.tx_hash,
+                                         overhead_s=own_overhead_s(record) if record else None))
         log.info("consumer.confirmed", service_id=keys[0][0], call_ids=[c for _, c in keys],
                  tx_hash=receipt.tx_hash, block=receipt.block_number, gas_used=receipt.gas_used)
 
@@ -494,10 +583,11 @@ class Consumer:
                 await self._mark_submitted(key, sent)
                 receipt = await self.txm.wait(sent)
                 if receipt.status == 1:
-                    await self._confirm(key, receipt)
+                    record = (await self._confirm(key, receipt)).get(key[0])
                     bound.info("consumer.confirmed", tx_hash=receipt.tx_hash, block=receipt.block_number,
                                gas_used=receipt.gas_used)
-                    return SubmitOutcome(sid, cid, "confirmed", receipt.tx_hash)
+                    return SubmitOutcome(sid, cid, "confirmed", receipt.tx_hash,
+                                         overhead_s=own_overhead_s(record) if record else None)
                 revert = await self.txm.revert_reason(self.tangle, data, gas=gas)
                 await self._back_to_answered(key)
                 if revert.name == "EmptyRevert":  # reverted on chain, not in simulation: try again
@@ -531,22 +621,29 @@ class Consumer:
 
     # --- ledger helpers (tolerant of a reorg orphaning a job mid-flight) -----------------------
 
-    async def _each(self, keys: list[tuple[int, int]], target: JobState, **kwargs: object) -> None:
+    async def _each(self, keys: list[tuple[int, int]], target: JobState,
+                    **kwargs: object) -> dict[tuple[int, int], JobRecord]:
+        """Move the jobs (together when they can); the rows of those that moved."""
         try:
-            await self.ledger.transition_many(keys, target, **kwargs)  # type: ignore[arg-type]
+            records = await self.ledger.transition_many(keys, target, **kwargs)  # type: ignore[arg-type]
+            return {(r.service_id, r.call_id): r for r in records}
         except IllegalTransitionError:
+            moved: dict[tuple[int, int], JobRecord] = {}
             for key in keys:  # some job moved meanwhile (orphaned, or already there): one by one
                 try:
-                    await self.ledger.transition(*key, target, **kwargs)  # type: ignore[arg-type]
+                    moved[key] = await self.ledger.transition(*key, target, **kwargs)  # type: ignore[arg-type]
                 except IllegalTransitionError as exc:
                     log.info("consumer.ledger_skip", service_id=key[0], call_id=key[1], error=exc.message)
+            return moved
 
     async def _mark_submitted(self, keys: list[tuple[int, int]], sent: SentTx) -> None:
-        await self._each(keys, JobState.SUBMITTED, tx_hash=sent.tx_hash)
+        # stamped when the node accepted the transaction, not when this write gets its turn
+        await self._each(keys, JobState.SUBMITTED, tx_hash=sent.tx_hash, at=sent.sent_unix or None)
 
-    async def _confirm(self, keys: list[tuple[int, int]], receipt: Receipt) -> None:
-        await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash,
-                         answer=(receipt.block_number, receipt.block_hash))
+    async def _confirm(self, keys: list[tuple[int, int]],
+                       receipt: Receipt) -> dict[tuple[int, int], JobRecord]:
+        return await self._each(keys, JobState.CONFIRMED, tx_hash=receipt.tx_hash,
+                                answer=(receipt.block_number, receipt.block_hash))
 
     async def _back_to_answered(self, keys: list[tuple[int, int]]) -> None:
         for key in keys:
@@ -556,6 +653,26 @@ class Consumer:
 
     async def _fail(self, service_id: int, call_id: int, reason: str) -> None:
         await self._each([(service_id, call_id)], JobState.FAILED, reason=reason)
+
+
+def _answers(items: list[_Item]) -> list[tuple[int, int, bytes, float]]:
+    return [(i.result.service_id, i.result.call_id, i.result.output, i.answered_at) for i in items]
+
+
+def _early_outcome(result: JobResult, record: JobRecord) -> SubmitOutcome | None:
+    """What to tell the caller of a result whose job may not be sent (its stored state says why);
+    None when the job is ``answered`` and goes out."""
+    sid, cid = result.service_id, result.call_id
+    if record.state is JobState.ORPHANED:
+        return SubmitOutcome(sid, cid, "orphaned", reason=record.reason)
+    if record.state is JobState.CONFIRMED:
+        return SubmitOutcome(sid, cid, "already_answered", tx_hash=record.submit_tx_hash,
+                             reason=record.reason)
+    if record.state is JobState.FAILED:
+        return SubmitOutcome(sid, cid, "failed", reason=record.reason)
+    if record.state is not JobState.ANSWERED:  # standing by, skipped, or answered by another
+        return SubmitOutcome(sid, cid, "answered_by_another", reason=f"{record.state}: {record.reason}")
+    return None
 
 
 def _resolve(item: _Item, outcome: SubmitOutcome) -> None:

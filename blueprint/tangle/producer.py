@@ -48,7 +48,7 @@ from blueprint.tangle.events import (
     uint_topic,
 )
 from blueprint.tangle.ledger import Cursor, JobRecord, Ledger
-from blueprint.tangle.rpc import SafeWebSocketProvider, lean_web3
+from blueprint.tangle.rpc import NodeSubscriptions, raw_request
 from blueprint.tangle.txmanager import fetch_receipt
 from blueprint.tangle.types import JobCall
 
@@ -222,8 +222,13 @@ class Producer:
             self._wake.clear()
 
     async def _header(self, block: int | str) -> tuple[int, str]:
-        header = await self.w3.eth.get_block(block)  # type: ignore[arg-type]
-        return int(header["number"]), "0x" + bytes(header["hash"]).hex()
+        """(number, hash) of a block, read raw: web3's formatting of a whole block (every field
+        to HexBytes and AttributeDicts) was most of a scan's cost, for two fields."""
+        tag = block if isinstance(block, str) else hex(block)
+        header = await raw_request(self.w3, "eth_getBlockByNumber", [tag, False])
+        if not isinstance(header, Mapping):
+            raise ChainMovedError(f"the node does not know block {block} (any more): scanning again")
+        return int(header["number"], 16), str(header["hash"]).lower()
 
     async def scan_once(self) -> int:
         """One pass: verify the cursor, then fetch and record logs up to ``head - confirmations``.
@@ -280,10 +285,10 @@ class Producer:
         """``eth_getLogs`` over [first, last]; halves ``chunk_size`` while the node refuses."""
         while True:
             last = min(last, first + self.chunk_size - 1)
-            try:
-                return list(await self.w3.eth.get_logs({
-                    "address": self.tangle, "fromBlock": first, "toBlock": last, "topics": self._topics,
-                }))
+            query = {"address": self.tangle, "fromBlock": hex(first), "toBlock": hex(last),
+                     "topics": self._topics}
+            try:  # raw: the logs are decoded from the node's hex anyway (events.normalize_log)
+                logs = await raw_request(self.w3, "eth_getLogs", [query])
             except Exception as exc:
                 text = str(exc).lower()
                 if self.chunk_size > 1 and any(marker in text for marker in _RANGE_ERRORS):
@@ -291,6 +296,9 @@ class Producer:
                     self._log.info("producer.chunk_halved", chunk_size=self.chunk_size)
                     continue
                 raise
+            if not isinstance(logs, list):
+                raise ChainMovedError(f"eth_getLogs answered {type(logs).__name__}, not a list")
+            return logs
 
     def _decode(self, logs: Sequence[Mapping[str, Any]]) -> tuple[list[JobCall], list[tuple[int, str]]]:
         jobs: list[JobCall] = []
@@ -367,12 +375,13 @@ class Producer:
         if not pending:
             return
         canonical: dict[int, str] = {covered.block_number: covered.block_hash}
+        wanted = sorted({int(r.answer_block) for r in pending} - set(canonical))  # type: ignore[arg-type]
+        for number, block_hash in await asyncio.gather(*(self._header(n) for n in wanted)):
+            canonical[number] = block_hash
         anchored: list[tuple[int, int]] = []
         lost: list[JobRecord] = []
         for record in pending:
             number = int(record.answer_block)  # type: ignore[arg-type]
-            if number not in canonical:
-                canonical[number] = (await self._header(number))[1]
             if canonical[number] == record.answer_hash:
                 anchored.append((record.service_id, record.call_id))
                 continue
@@ -401,20 +410,19 @@ class Producer:
         backoff = 0.5
         while not self._stopping:
             try:
-                async with lean_web3(SafeWebSocketProvider(self.ws_url, max_connection_retries=1)) as w3:
-                    heads = await w3.eth.subscribe("newHeads")
-                    logs = await w3.eth.subscribe("logs", {"address": self.tangle, "topics": self._topics})
+                async with NodeSubscriptions(self.ws_url) as node:
+                    heads = await node.subscribe("newHeads")
+                    logs = await node.subscribe("logs", {"address": self.tangle, "topics": self._topics})
                     self.ws_connected = True
                     self.stats.ws_connects += 1
                     backoff = 0.5
                     self._log.info("producer.ws_connected", url=self.ws_url)
                     self._wake.set()  # backfill whatever happened while we were away
-                    async for message in w3.socket.process_subscriptions():
-                        sub = message.get("subscription")
+                    async for sub, result in node.notifications():
                         if sub == heads:
                             self._wake.set()
-                        elif sub == logs:
-                            await self._on_ws_log(message["result"])
+                        elif sub == logs and isinstance(result, Mapping):
+                            await self._on_ws_log(result)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -18,16 +18,18 @@ created lazily on the loop that uses it. :func:`lean_web3` drops the middleware 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import json
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
-from web3 import AsyncHTTPProvider, AsyncWeb3, WebSocketProvider
+from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3._utils.http import DEFAULT_HTTP_TIMEOUT
 from web3.exceptions import ProviderConnectionError, Web3RPCError
 from web3.middleware import AttributeDictMiddleware
 from web3.providers.rpc.utils import check_if_retry_on_failure
 from web3.types import RPCEndpoint, RPCResponse
+from websockets.asyncio.client import ClientConnection, connect
 
 from blueprint import safejson
 
@@ -120,14 +122,80 @@ class PooledHTTPProvider(AsyncHTTPProvider):
         await super().disconnect()
 
 
-class SafeWebSocketProvider(WebSocketProvider):
-    """web3's WebSocket provider with replies parsed by :mod:`blueprint.safejson` (web3 uses
-    ``json.loads``, which a reply nested deep enough turns into a segfault)."""
+class NodeSubscriptions:
+    """``eth_subscribe`` over a plain WebSocket; notifications come as the node sent them.
 
-    async def socket_recv(self) -> RPCResponse:
+    Why not web3's ``WebSocketProvider``: it formats every notification (a block header into
+    ``AttributeDict`` and ``HexBytes`` trees, checksummed log addresses). Under a burst the daemon
+    is told of every block and every job log, and that formatting was a tenth of its event-loop
+    time, only for the producer to turn the values back into hex. Messages are parsed with the
+    depth bound (:mod:`blueprint.safejson`: web3 uses ``json.loads``, which a message nested deep
+    enough turns into a segfault). Use ``async with``; a dropped socket ends the iteration with
+    the socket library's error (the producer reconnects).
+
+    Args:
+        url: the node's ``ws://`` or ``wss://`` endpoint.
+        open_timeout: seconds the connection may take to open.
+        ping_interval / ping_timeout: keep-alive pings (web3's defaults).
+        max_size: largest message accepted, bytes (the socket library's default: 1 MiB).
+    """
+
+    def __init__(self, url: str, *, open_timeout: float = 10.0, ping_interval: float = 30.0,
+                 ping_timeout: float = 300.0, max_size: int = 2**20) -> None:
+        self.url = url
+        self.open_timeout = open_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_size = max_size
+        self._ws: ClientConnection | None = None
+        self._next_id = 0
+        self._early: list[Mapping[str, Any]] = []
+
+    async def __aenter__(self) -> NodeSubscriptions:
+        self._ws = await connect(self.url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
+                                 ping_timeout=self.ping_timeout, max_size=self.max_size)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+
+    async def subscribe(self, kind: str, *params: Any) -> str:
+        """Subscribe (``newHeads``, ``logs`` with a filter, ...) and return the subscription id."""
+        self._next_id += 1
+        request_id = self._next_id
+        await self._socket().send(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "eth_subscribe",
+                                              "params": [kind, *params]}))
+        while True:
+            message = await self._receive()
+            if message.get("id") != request_id:
+                self._early.append(message)  # a notification of an earlier subscription
+                continue
+            error = message.get("error")
+            if error is not None:
+                text = error.get("message") if isinstance(error, Mapping) else error
+                raise Web3RPCError(f"eth_subscribe {kind}: {text}", rpc_response=message)  # type: ignore[arg-type]
+            return str(message.get("result"))
+
+    async def notifications(self) -> AsyncIterator[tuple[str, Any]]:
+        """``(subscription id, result)`` of each notification, in the order the node sent them."""
+        while True:
+            message = self._early.pop(0) if self._early else await self._receive()
+            params = message.get("params") if message.get("method") == "eth_subscription" else None
+            if isinstance(params, Mapping) and "subscription" in params:
+                yield str(params["subscription"]), params.get("result")
+
+    def _socket(self) -> ClientConnection:
         if self._ws is None:
-            raise ProviderConnectionError("Connection to websocket has not been initiated for the provider.")
-        return safejson.loads(await self._ws.recv())  # type: ignore[no-any-return]
+            raise ProviderConnectionError(f"no WebSocket open to {self.url}")
+        return self._ws
+
+    async def _receive(self) -> Mapping[str, Any]:
+        message = safejson.loads(await self._socket().recv())
+        if not isinstance(message, Mapping):
+            raise ProviderConnectionError(f"{self.url} sent a message that is not a JSON object")
+        return message
 
 
 async def raw_request(w3: AsyncWeb3, method: str, params: list[Any]) -> Any:

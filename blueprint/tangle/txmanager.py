@@ -44,6 +44,7 @@ from web3.types import RPCEndpoint
 from blueprint.errors import BlueprintError
 from blueprint.tangle.abi import DecodedRevert, decode_revert
 from blueprint.tangle.rpc import raw_request, rpc_error_of
+from blueprint.tangle.txsign import Eip1559Signer
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +109,9 @@ class SentTx:
     value: int = 0
     hashes: list[str] = field(default_factory=list)
     sent_at: float = 0.0
+    #: Wall-clock time (``time.time()``) the node accepted the latest version: the ledger's
+    #: ``submitted_at``.
+    sent_unix: float = 0.0
 
     @property
     def tx_hash(self) -> str:
@@ -301,6 +305,7 @@ class TxManager:
         self.txs_reverted = 0
         self.nonce_resyncs = 0
         self._receipts = ReceiptBatcher(w3)
+        self._signer = Eip1559Signer(bytes(account.key))
 
     # --- reading the chain --------------------------------------------------------------------
 
@@ -415,24 +420,16 @@ class TxManager:
         await self._send_raw(sent, self._sign(sent))
 
     def _sign(self, sent: SentTx) -> bytes:
-        tx: dict[str, Any] = {
-            "type": 2,
-            "chainId": self.chain_id,
-            "nonce": sent.nonce,
-            "data": sent.data,
-            "value": sent.value,
-            "gas": sent.gas,
-            "maxFeePerGas": sent.max_fee,
-            "maxPriorityFeePerGas": sent.priority_fee,
-        }
-        if sent.to is not None:
-            tx["to"] = sent.to
-        return bytes(self.account.sign_transaction(tx).raw_transaction)
+        assert self.chain_id is not None
+        return self._signer.sign(chain_id=self.chain_id, nonce=sent.nonce, max_priority_fee=sent.priority_fee,
+                                 max_fee=sent.max_fee, gas=sent.gas, to=sent.to, value=sent.value,
+                                 data=sent.data)
 
     async def _send_raw(self, sent: SentTx, raw: bytes) -> None:
         tx_hash = await raw_request(self.w3, "eth_sendRawTransaction", ["0x" + raw.hex()])
         sent.hashes.append(str(tx_hash).lower())
         sent.sent_at = time.monotonic()
+        sent.sent_unix = time.time()
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
         """The receipt of a mined transaction, None while it is unknown or pending (concurrent

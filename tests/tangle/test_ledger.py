@@ -322,3 +322,49 @@ async def test_sharing_counts_follow_the_multi_operator_states(ledger: Ledger) -
     record = await ledger.get(1, 1)
     assert record is not None and record.state is S.RUNNING and record.taken_over_at is not None
     assert await ledger.sharing_counts(2) == dict.fromkeys(counts, 0)
+
+
+async def test_operations_of_one_loop_pass_reach_the_thread_together(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the event loop submits in one pass of its callbacks is one hand-over to the ledger
+    thread (one wake-up, one transaction), not one per operation."""
+    await ledger.record_seen([job(n) for n in range(40)])
+    groups: list[int] = []
+    run_group = ledger._run_group
+
+    def counting(batch: list) -> None:  # type: ignore[type-arg]
+        groups.append(len(batch))
+        run_group(batch)
+
+    monkeypatch.setattr(ledger, "_run_group", counting)
+    first = [asyncio.ensure_future(ledger.mark_running(1, n)) for n in range(20)]
+    # a callback of the same pass that keeps the loop busy a while (the thread could run meanwhile)
+    asyncio.get_running_loop().call_soon(time.sleep, 0.05)
+    second = [asyncio.ensure_future(ledger.mark_running(1, n)) for n in range(20, 40)]
+    records = await asyncio.gather(*first, *second)
+    assert [r.state for r in records] == [S.RUNNING] * 40
+    assert groups == [40]
+
+
+async def test_prepare_answers_stores_a_batch_and_keeps_each_job_apart(ledger: Ledger) -> None:
+    await ledger.record_seen([job(1), job(2), job(3)])
+    await ledger.mark_running(1, 1)
+    await ledger.transition(1, 3, S.ORPHANED, reason="reorg")
+    answered_at = time.time() - 5.0  # the handler finished before the batch was written
+    out = await ledger.prepare_answers([(1, 1, b"r1", answered_at), (1, 99, b"x", answered_at),
+                                        (1, 2, b"r2", answered_at), (1, 3, b"r3", answered_at)])
+    first, unknown, second, orphaned = out
+    assert isinstance(unknown, UnknownJobError)
+    assert not isinstance(first, Exception) and first.state is S.ANSWERED and first.result == b"r1"
+    assert not isinstance(second, Exception) and second.state is S.ANSWERED
+    assert second.answered_at == answered_at
+    assert not isinstance(orphaned, Exception) and orphaned.state is S.ORPHANED
+
+
+async def test_a_transition_can_be_stamped_with_when_it_happened(ledger: Ledger) -> None:
+    await ledger.record_seen([job(1)])
+    await ledger.prepare_answer(1, 1, b"r")
+    sent_at = time.time() - 2.0
+    record = await ledger.transition(1, 1, S.SUBMITTED, tx_hash="0x" + "ab" * 32, at=sent_at)
+    assert record.submitted_at == sent_at

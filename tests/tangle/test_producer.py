@@ -324,33 +324,34 @@ async def test_node_restart_reconnects_and_backfills(tmp_path: Path, ledger: Led
         node.stop()
 
 
-class _RangeLimitedEth:
-    """A node that refuses getLogs over more than 3 blocks, like many hosted RPCs."""
+class _RangeLimitedNode:
+    """A node (JSON-RPC provider) that refuses getLogs over more than 3 blocks, like many hosted RPCs."""
 
     def __init__(self, head: int) -> None:
         self.head = head
         self.ranges: list[tuple[int, int]] = []
 
-    async def get_block(self, block: int | str) -> dict[str, object]:
-        number = self.head if block == "latest" else int(block)
-        return {"number": number, "hash": bytes([number % 256]) * 32}
-
-    async def get_logs(self, params: dict[str, object]) -> list[object]:
-        first, last = int(params["fromBlock"]), int(params["toBlock"])  # type: ignore[call-overload]
+    async def make_request(self, method: str, params: list[object]) -> dict[str, object]:
+        if method == "eth_getBlockByNumber":
+            number = self.head if params[0] == "latest" else int(str(params[0]), 16)
+            return {"result": {"number": hex(number), "hash": "0x" + f"{number % 256:02x}" * 32}}
+        assert method == "eth_getLogs"
+        query = params[0]
+        first, last = int(query["fromBlock"], 16), int(query["toBlock"], 16)  # type: ignore[index]
         if last - first + 1 > 3:
             raise ValueError("query exceeds max block range 3")
         self.ranges.append((first, last))
-        return []
+        return {"result": []}
 
 
 async def test_get_logs_ranges_are_chunked_and_shrink_when_refused(ledger: Ledger) -> None:
     fake = type("W3", (), {})()
-    fake.eth = _RangeLimitedEth(head=20)
+    fake.provider = _RangeLimitedNode(head=20)
     producer = Producer(ledger, fake, tangle_address=TANGLE, service_id=1, start_block=1,  # type: ignore[arg-type]
                         chunk_size=8)
     assert await producer.scan_once() == 0
     assert producer.chunk_size == 2  # 8 -> 4 -> 2
-    covered = [n for first, last in fake.eth.ranges for n in range(first, last + 1)]
+    covered = [n for first, last in fake.provider.ranges for n in range(first, last + 1)]
     assert covered == list(range(1, 21))  # every block exactly once
     cursor = await ledger.get_cursor(producer.stream)
     assert cursor is not None and cursor.block_number == 20

@@ -135,7 +135,7 @@ def test_rpc_replies_are_parsed_with_the_depth_bound() -> None:
     daemon uses, not a crash of the process (web3 parses with ``json.loads``)."""
     import asyncio as _asyncio
 
-    from blueprint.tangle.rpc import PooledHTTPProvider, SafeWebSocketProvider
+    from blueprint.tangle.rpc import NodeSubscriptions, PooledHTTPProvider
 
     deep = b'{"jsonrpc":"2.0","id":1,"result":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(ValueError, match="nested deeper"):
@@ -145,7 +145,31 @@ def test_rpc_replies_are_parsed_with_the_depth_bound() -> None:
         async def recv(self) -> bytes:
             return deep
 
-    provider = SafeWebSocketProvider("ws://127.0.0.1:9")
-    provider._ws = _Socket()  # type: ignore[assignment]
+    async def first_notification() -> object:
+        async for item in subscriptions.notifications():
+            return item
+        return None
+
+    subscriptions = NodeSubscriptions("ws://127.0.0.1:9")
+    subscriptions._ws = _Socket()  # type: ignore[assignment]
     with pytest.raises(ValueError, match="nested deeper"):
-        _asyncio.run(provider.socket_recv())
+        _asyncio.run(first_notification())
+
+
+@pytest.mark.chain
+async def test_subscriptions_deliver_the_nodes_json_unformatted(anvil) -> None:  # type: ignore[no-untyped-def]
+    """Heads come as the node sent them (hex strings, no web3 formatting); a subscription the
+    node refuses is an error that names it."""
+    from blueprint.tangle.rpc import NodeSubscriptions
+
+    async with NodeSubscriptions(anvil.ws_url) as node:
+        heads = await node.subscribe("newHeads")
+        with pytest.raises(Web3RPCError, match="eth_subscribe nonsense"):
+            await node.subscribe("nonsense")
+        anvil.rpc("anvil_mine", [1])
+        async with asyncio.timeout(5):
+            async for sub, result in node.notifications():
+                assert sub == heads
+                assert isinstance(result["hash"], str) and result["hash"].startswith("0x")
+                assert isinstance(result["number"], str)
+                break
