@@ -42,6 +42,7 @@ from blueprint.errors import (
 )
 from blueprint.llm.client import LlmClient, NodeMetrics
 from blueprint.llm.config import NodeConfig
+from blueprint.llm.raw import ChunkSink, RawChunk
 from blueprint.llm.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -60,6 +61,29 @@ T = TypeVar("T")
 ChunkT = TypeVar("ChunkT", ChatCompletionChunk, CompletionChunk)
 
 DEFAULT_MAX_QUEUE = NodeConfig.model_fields["max_queue"].default
+
+
+class _CountingSink:
+    """A relayed stream's chunks counted as ``_stream`` counts those it yields, on their way to
+    the consumer's sink (:class:`blueprint.llm.raw.ChunkSink`)."""
+
+    __slots__ = ("inner", "span", "tokens", "usage_tokens")
+
+    def __init__(self, span: tracing.Span | None) -> None:
+        self.inner: ChunkSink | None = None
+        self.span = span
+        self.tokens = 0
+        self.usage_tokens: int | None = None
+
+    def send(self, chunk: RawChunk) -> bool:
+        self.tokens += 1
+        usage = chunk.usage
+        if usage is not None:
+            self.usage_tokens = usage.completion_tokens
+            if self.span is not None:
+                traced.record_response(self.span, chunk)
+        assert self.inner is not None
+        return self.inner.send(chunk)
 
 
 def _as_backend_error(exc: BaseException, node: str) -> BlueprintError:
@@ -494,15 +518,26 @@ class Balancer:
                     traced.first_chunk(span, first_at - started)
                 tokens = 1
                 usage_tokens: int | None = None
-                yield first
+                counter: _CountingSink | None = None
+                asend = getattr(stream, "asend", None)
+                sink = yield first
                 try:
-                    async for chunk in stream:
+                    while True:
+                        if sink is not None and asend is not None:  # relayed: counted on the way
+                            if counter is None:
+                                counter = _CountingSink(span if recording else None)
+                            counter.inner = sink
+                            chunk = await asend(counter)
+                        else:
+                            chunk = await anext(stream)
                         tokens += 1
                         if chunk.usage is not None:
                             usage_tokens = chunk.usage.completion_tokens
                             if recording:
                                 traced.record_response(span, chunk)
-                        yield chunk
+                        sink = yield chunk
+                except StopAsyncIteration:
+                    pass
                 except Exception as raw:
                     exc = _as_backend_error(raw, node.name)
                     span_error = exc
@@ -511,6 +546,10 @@ class Balancer:
                     raise StreamInterruptedError(
                         f"Node {node.name!r} failed after the stream started: {exc.message}"
                     ) from raw
+                if counter is not None:
+                    tokens += counter.tokens
+                    if counter.usage_tokens is not None:
+                        usage_tokens = counter.usage_tokens
                 verdict = True
                 node.breaker.record_success()
                 done = time.perf_counter()

@@ -14,12 +14,20 @@ The SSE writer sends :attr:`RawChunk.payload` as is (see ``blueprint.server.sse`
 non-streamed answer is relayed the same way when the caller says it can take one
 (:data:`RELAY_RAW`, set by the HTTP server for its request's task): the job handlers keep getting
 pydantic answers, the HTTP path skips a parse and a serialisation per request.
+
+**Relaying into a sink.** A stream's consumer may ``asend`` a :class:`ChunkSink` into the
+stream's async generator instead of calling ``anext``. An engine that can (the ``openai`` one)
+then hands every following chunk to ``sink.send`` from its upstream read callback, as the bytes
+arrive, with no task switch and no generator step per chunk, until the stream ends
+(``StopAsyncIteration``), fails (it raises, as ``anext`` would) or the sink says it is congested
+(the next chunk is then yielded as usual, so the consumer can await its own pace). A generator
+that cannot ignores the value and yields its next chunk: sending a sink is always safe.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -86,3 +94,12 @@ def read_answer(payload: bytes, answer_type: type[BaseModel]) -> RawChunk:
         raise ValueError("not a completion (no list of choices)")
     usage = data.get("usage")
     return RawChunk.whole(payload, answer_type, None if usage is None else Usage.model_validate(usage))
+
+
+class ChunkSink(Protocol):
+    """Takes a relayed stream's chunks the moment they are read (see the module docstring)."""
+
+    def send(self, chunk: RawChunk) -> bool:
+        """Take ``chunk`` now, synchronously (it is called from a read callback: no awaiting).
+        Returns True when the consumer is congested: the relay stops after this chunk."""
+        ...

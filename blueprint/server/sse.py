@@ -2,12 +2,14 @@
 
 The first event decides the response: an error raised at once (a full queue, no healthy node)
 within ``stream_header_grace_s`` is answered with its real HTTP status, because OpenRouter acts on
-an early 429 and counts an SSE error as a failed stream. Otherwise headers go out at once and SSE
-comments keep the connection alive until the first token. Chunks are written as they come: each
-``write`` hands the bytes to the socket, nothing is buffered. A failure after the headers is sent
-as ``data: {"error": ...}`` and ends the stream. A client that disconnects cancels the handler
-task (aiohttp ``handler_cancellation``), which cancels the balancer's iterator and frees its slot.
-"""
+an early 429 and counts an SSE error as a failed stream. The handler awaits the first event itself
+(no helper task: the whole stream runs in the request's task); a timer of the grace sends the
+headers and SSE keep-alive comments from a small task only when the first event is late. Headers
+leave with the first bytes, in one send. Chunks are written as they come: each ``write`` hands
+the bytes to the socket, nothing is held back; ``[DONE]`` leaves with the body's end. A failure
+after the headers is sent as ``data: {"error": ...}`` and ends the stream. A client that
+disconnects cancels the handler task (aiohttp ``handler_cancellation``), which cancels the
+balancer's iterator and frees its slot."""
 
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from pydantic import BaseModel
 
 from blueprint.errors import BackendTimeoutError, BlueprintError
 from blueprint.llm.raw import RawChunk
-from blueprint.server.metrics import ServerMetrics
+from blueprint.server.metrics import RouteMetrics, ServerMetrics
 from blueprint.server.settings import ServerSettings
 
 log = structlog.get_logger(__name__)
@@ -64,6 +66,166 @@ class StreamOutcome:
         self.waiting = False
 
 
+class SseResponse(web.StreamResponse):
+    """A stream whose headers leave with its first bytes (one send, not two): aiohttp buffers
+    them until the first write when this class flag is off, as its own ``web.Response`` does."""
+
+    _send_headers_immediately = False
+
+
+class _Opener:
+    """Sends a stream's headers once. When the first event comes within the header grace (the
+    common case) the handler sends them with it, so a stream costs no task and no timer besides
+    the grace's; when the grace runs out first, a small task sends them and then SSE keep-alive
+    comments until :meth:`open` is called, and the first-token bound starts."""
+
+    __slots__ = ("_keepalive_s", "_metrics", "_request", "_sent", "_started", "_task", "late",
+                 "response")
+
+    def __init__(self, request: web.Request, keepalive_s: float, metrics: ServerMetrics) -> None:
+        self._request = request
+        self._keepalive_s = keepalive_s
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+        self._started = self._sent = False  # the keep-alive task ran / sent the headers
+        self.response = SseResponse(headers=SSE_HEADERS)
+        #: True once the grace ran out: from then on an error is an SSE event, never a status.
+        self.late = False
+
+    def grace_over(self, deadline: asyncio.Timeout, first_token_timeout_s: float) -> None:
+        """The grace timer's callback: headers and keep-alives from now on, and the first token
+        bounded (``deadline`` cancels the waiting handler, which reports ``first_token_timeout``)."""
+        self.late = True
+        deadline.reschedule(asyncio.get_running_loop().time() + first_token_timeout_s)
+        self._task = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        self._started = True
+        try:
+            await self._prepare()
+            await self.response.write(KEEPALIVE)  # the headers go out with it, at once
+            self._sent = True
+            while True:
+                await asyncio.sleep(self._keepalive_s)
+                await self.response.write(KEEPALIVE)
+        except (ConnectionResetError, RuntimeError):
+            return  # the client went away: the handler is being cancelled (or finds out on its write)
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The client's socket transport, once it is ours to write to (None if it went away)."""
+        return self._request.transport  # type: ignore[return-value]
+
+    async def _prepare(self) -> None:
+        if not self.response.prepared:
+            if self._request.version == HttpVersion11:  # stated, so relayed writes frame alike
+                self.response.enable_chunked_encoding()
+            await self.response.prepare(self._request)
+            self._metrics.streams.inc()
+
+    async def open(self) -> web.StreamResponse:
+        """The response with its headers sent, and no keep-alive pending."""
+        task = self._task
+        if task is not None:
+            self._task = None
+            task.cancel()
+            # Not started: it never will. Headers sent: it only sleeps or writes a comment whole.
+            # Only a task caught inside its first writes is waited for (never swallowing this
+            # handler's own cancellation); the common late stream pays no loop turn here.
+            if self._started and not self._sent and not task.done():
+                await asyncio.wait((task,))
+        await self._prepare()
+        return self.response
+
+    @property
+    def committed(self) -> bool:
+        """Whether the answer is a 200 stream by now (the grace ran out, or headers went out)."""
+        return self.late or self.response.prepared
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.response.prepared:
+            self._metrics.streams.dec()
+
+
+#: Bytes waiting in a client's socket buffer above which it counts as reading slower than the
+#: upstream writes (aiohttp's own drain threshold).
+_CONGESTED = 0x10000
+
+
+class _ClientSink:
+    """One stream's way out to its client: the SSE bytes of a chunk (usage the client did not
+    ask for counted, and left out), the silence bound moved as chunks pass, and, as a
+    :class:`~blueprint.llm.raw.ChunkSink`, the chunks an engine relays from its read callback,
+    written straight to the client's socket (framed as aiohttp frames them: HTTP/1.1 chunked)."""
+
+    __slots__ = ("_chunked", "_deadline", "_idle_s", "_include_usage", "_loop", "_moved", "_rm",
+                 "_step", "transport")
+
+    def __init__(self, opener: _Opener, rm: RouteMetrics, include_usage: bool,
+                 deadline: asyncio.Timeout, idle_s: float) -> None:
+        self._rm = rm
+        self._include_usage = include_usage
+        self._deadline = deadline
+        self._idle_s = idle_s
+        self._step = min(1.0, idle_s / 4)
+        self._loop = asyncio.get_running_loop()
+        self._moved = self._loop.time()
+        deadline.reschedule(self._moved + idle_s)
+        self._chunked = opener.response.chunked
+        self.transport = opener.transport
+
+    def encode(self, chunk: BaseModel) -> bytes | None:
+        """The chunk's SSE event, or None when nothing of it is for the client."""
+        usage = chunk.usage  # type: ignore[attr-defined]
+        if usage is None or self._include_usage:
+            if usage is not None:
+                self._rm.usage(usage)
+            if isinstance(chunk, RawChunk):  # the upstream's bytes, as they came
+                return b"data: " + chunk.payload + b"\n\n"
+            return sse_event(chunk.model_dump_json(exclude_none=True).encode())
+        self._rm.usage(usage)  # usage the client did not ask for: counted, and left out
+        if not (chunk.has_choices if isinstance(chunk, RawChunk) else chunk.choices):  # type: ignore[attr-defined]
+            return None
+        if isinstance(chunk, RawChunk):
+            chunk = chunk.parsed()
+        chunk.usage = None  # type: ignore[attr-defined]
+        return sse_event(chunk.model_dump_json(exclude_none=True).encode())
+
+    def progressed(self) -> None:
+        """A chunk came: the silence bound starts again (the timer moves at most every step)."""
+        now = self._loop.time()
+        if now - self._moved >= self._step:
+            self._deadline.reschedule(now + self._idle_s)
+            self._moved = now
+
+    def send(self, chunk: RawChunk) -> bool:
+        """ChunkSink: write ``chunk`` now; True when the client falls behind (or went away)."""
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return True  # the stream's own next write finds out (499)
+        data = self.encode(chunk)
+        if data is not None:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        self.progressed()
+        return transport.get_write_buffer_size() > _CONGESTED
+
+    def congested(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.get_write_buffer_size() > _CONGESTED
+
+    async def drained(self) -> None:
+        """Until the client has read most of what waits for it (or went away). A short poll:
+        aiohttp has no public wait for its socket to drain besides ``write`` past its own count,
+        and only a client slower than the upstream ever waits here."""
+        transport = self.transport
+        while transport is not None and not transport.is_closing() \
+                and transport.get_write_buffer_size() > _CONGESTED // 4:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
 async def stream_sse(
     request: web.Request,
     chunks: AsyncIterator[BaseModel],
@@ -77,135 +239,112 @@ async def stream_sse(
     outcome: StreamOutcome,
 ) -> web.StreamResponse:
     """Relay ``chunks`` as SSE. ``include_usage`` is what the client asked for: the engine is
-    always asked for usage (for the metrics), and it is passed on only when asked."""
+    always asked for usage (for the metrics), and it is passed on only when asked.
+
+    The first event is awaited in the handler's own task (no extra task or hop per stream); a
+    timer of ``stream_header_grace_s`` decides whether an error answers with its real status
+    (before it fires) or as an SSE error event (after, when the headers went out)."""
     iterator = aiter(chunks)
-    first: asyncio.Task[BaseModel] = asyncio.ensure_future(anext(iterator))
-    response: web.StreamResponse | None = None
+    opener = _Opener(request, settings.stream_keepalive_s, metrics)
     metrics.waiting_first_token.inc()
     outcome.waiting = True
     try:
-        if settings.stream_header_grace_s >= 0:
-            await asyncio.wait((first,), timeout=settings.stream_header_grace_s)
-        if first.done() and first.exception() is not None and not isinstance(
-                first.exception(), StopAsyncIteration):
-            raise first.exception()  # type: ignore[misc]  # answered with its real status
-        response = web.StreamResponse(headers=SSE_HEADERS)
-        await response.prepare(request)
-        metrics.streams.inc()
-        try:
-            await _stream_body(response, iterator, first, settings, route, model, include_usage,
-                               started, outcome, metrics)
-        finally:
-            metrics.streams.dec()
-        return response
+        await _relay(opener, iterator, settings, metrics, route, model, include_usage, started, outcome)
+        return opener.response
     finally:
         if outcome.waiting:
             outcome.waiting = False
             metrics.waiting_first_token.dec()
-        if not first.done():
-            first.cancel()
-            with contextlib.suppress(BaseException):
-                await first
+        opener.close()
         await _close(iterator)
 
 
-async def _first_chunk(response: web.StreamResponse, first: asyncio.Task[BaseModel],
-                       settings: ServerSettings) -> BaseModel | None:
-    """The first chunk, sending keep-alive comments while it is awaited; None at end of stream."""
-    deadline = time.monotonic() + settings.first_token_timeout_s
-    while not first.done():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BackendTimeoutError(
-                f"No token within {settings.first_token_timeout_s:g} s.", code="first_token_timeout")
-        await asyncio.wait((first,), timeout=min(settings.stream_keepalive_s, left))
-        if not first.done():
-            await response.write(KEEPALIVE)
-    try:
-        return first.result()
-    except StopAsyncIteration:
-        return None
-
-
-async def _stream_body(response: web.StreamResponse, iterator: AsyncIterator[BaseModel],
-                       first: asyncio.Task[BaseModel], settings: ServerSettings, route: str, model: str,
-                       include_usage: bool, started: float, outcome: StreamOutcome,
-                       metrics: ServerMetrics) -> None:
-    write = response.write
+async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: ServerSettings,
+                 metrics: ServerMetrics, route: str, model: str, include_usage: bool, started: float,
+                 outcome: StreamOutcome) -> None:
     stage = "before_first_token"
+    loop = asyncio.get_running_loop()
     try:
-        chunk = await _first_chunk(response, first, settings)
-        outcome.waiting = False
-        metrics.waiting_first_token.dec()
-        if chunk is None:
-            await write(DONE)
-            return
-        rm = metrics.route(route, model)  # bound only now: the model is known to be served
-        rm.first_token(time.perf_counter() - started)
-        stage = "mid_stream"
-        # request_timeout_s bounds each silence between two chunks, not the whole stream: a
-        # stream that keeps producing is never cut. One timer, moved on at most every `step`
-        # (a chunk every few ms must not pay a timer each; the bound is exact to within it).
-        idle_s = settings.request_timeout_s
-        step = min(1.0, idle_s / 4)
-        loop = asyncio.get_running_loop()
-        moved = loop.time()
-        async with asyncio.timeout_at(moved + idle_s) as idle:
-            while True:
-                usage = chunk.usage
-                if usage is None or include_usage:
-                    if isinstance(chunk, RawChunk):  # the upstream's bytes, as they came
-                        await write(b"data: " + chunk.payload + b"\n\n")
+        # One Timeout for the whole stream, without a timer until one is needed: the first-token
+        # bound once the grace ran out, then request_timeout_s on each silence between two chunks
+        # (never on the whole stream: one that keeps producing is never cut). The silence timer
+        # is moved at most every `step` (a chunk every few ms must not pay a timer each).
+        async with asyncio.timeout(None) as deadline:
+            grace = loop.call_later(settings.stream_header_grace_s, opener.grace_over, deadline,
+                                    settings.first_token_timeout_s - settings.stream_header_grace_s)
+            try:
+                chunk = await anext(iterator, None)
+            finally:
+                grace.cancel()
+            response = await opener.open()
+            outcome.waiting = False
+            metrics.waiting_first_token.dec()
+            write = response.write
+            if chunk is None:
+                await response.write_eof(DONE)
+                return
+            rm = metrics.route(route, model)  # bound only now: the model is known to be served
+            rm.first_token(time.perf_counter() - started)
+            stage = "mid_stream"
+            out = _ClientSink(opener, rm, include_usage, deadline, settings.request_timeout_s)
+            asend = getattr(iterator, "asend", None)
+            relay = out if asend is not None and out.transport is not None else None
+            try:
+                while True:
+                    data = out.encode(chunk)
+                    if data is not None:
+                        await write(data)
+                    if relay is not None:
+                        # Hand the chunks that follow to the engine's read callback (written from
+                        # there as they are read: no task switch per chunk), unless this client
+                        # reads slower than the upstream writes: then one at a time, at its pace.
+                        if out.congested():
+                            await out.drained()
+                        chunk = await asend(relay)
                     else:
-                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
-                    if usage is not None:
-                        rm.usage(usage)
-                else:  # usage the client did not ask for: counted, and left out of the stream
-                    rm.usage(usage)
-                    if isinstance(chunk, RawChunk):
-                        chunk = chunk.parsed()
-                    if chunk.choices:
-                        chunk.usage = None
-                        await write(sse_event(chunk.model_dump_json(exclude_none=True).encode()))
-                try:
-                    chunk = await anext(iterator)
-                except StopAsyncIteration:
-                    break
-                now = loop.time()
-                if now - moved >= step:
-                    idle.reschedule(now + idle_s)
-                    moved = now
-        await write(DONE)
+                        chunk = await anext(iterator)
+                    out.progressed()
+            except StopAsyncIteration:  # the end of the stream
+                pass
+        await response.write_eof(DONE)  # with the body's end: one send
     except TimeoutError:
-        outcome.status = BackendTimeoutError.http_status
-        error = BackendTimeoutError(f"The stream was silent for {settings.request_timeout_s:g} s.",
-                                    code="request_timeout")
-        _count_failure(metrics, route, model, stage, error)
-        await _write_error(response, error)
+        if not opener.committed:
+            raise
+        if stage == "mid_stream":
+            error = BackendTimeoutError(f"The stream was silent for {settings.request_timeout_s:g} s.",
+                                        code="request_timeout")
+        else:
+            error = BackendTimeoutError(f"No token within {settings.first_token_timeout_s:g} s.",
+                                        code="first_token_timeout")
+        outcome.status = error.http_status
+        await _fail(opener, iterator, metrics, route, model, stage, error)
     except BlueprintError as exc:
+        if not opener.committed:  # refused within the grace: answered with its real HTTP status
+            raise
         outcome.status = exc.http_status
-        _count_failure(metrics, route, model, stage, exc)
-        await _write_error(response, exc)
+        await _fail(opener, iterator, metrics, route, model, stage, exc)
     except (ConnectionResetError, asyncio.CancelledError):
         outcome.status = 499
         raise
     except Exception:
+        if not opener.committed:
+            raise
         outcome.status = 500
         log.exception("stream failed unexpectedly")
-        error = BlueprintError("Internal error while streaming.")
-        _count_failure(metrics, route, model, stage, error)
-        await _write_error(response, error)
+        await _fail(opener, iterator, metrics, route, model, stage,
+                    BlueprintError("Internal error while streaming."))
 
 
-def _count_failure(metrics: ServerMetrics, route: str, model: str, stage: str,
-                   exc: BlueprintError) -> None:
-    """A stream that fails after its headers: one log line and one count (a mid-stream failure
-    is what OpenRouter holds against a provider's uptime)."""
+async def _fail(opener: _Opener, iterator: AsyncIterator[BaseModel], metrics: ServerMetrics,
+                route: str, model: str, stage: str, exc: BlueprintError) -> None:
+    """A stream that fails after its headers: one log line, one count, and the SSE error event
+    (a mid-stream failure is what OpenRouter holds against a provider's uptime). The stream is
+    closed first, freeing its node slot: the event's write may wait on a client that never
+    reads (its silence is what timed out), and must not hold the slot meanwhile."""
     log.warning("stream_failed", stage=stage, code=exc.code, status=exc.http_status, route=route,
                 model=model)
     metrics.stream_failures.labels(route, model, stage, exc.code).inc()
-
-
-async def _write_error(response: web.StreamResponse, exc: BlueprintError) -> None:
+    await _close(iterator)
     with contextlib.suppress(ConnectionResetError):
+        response = await opener.open()
         await response.write(error_event(exc))

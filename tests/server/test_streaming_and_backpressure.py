@@ -150,3 +150,45 @@ def test_model_catalog_extras_in_models(emulated_server: Callable[..., LiveServe
     assert entry["description"] == "An emulated model." and entry["capacity_tpm"] == 90000
     assert entry["quantization"] == "bf16" and entry["pricing"]["prompt"] == "0.0000001"
     assert entry["is_ready"] is True
+
+
+def _raw_stream(live: LiveServer, version: str, body: dict[str, object]) -> bytes:
+    """One streamed request over a plain socket; the whole reply as it came (headers and body)."""
+    import socket
+
+    payload = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall((f"POST /v1/chat/completions {version}\r\nHost: x\r\nAuthorization: Bearer "
+                      f"{API_KEY}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                      f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_relayed_streams_are_framed_for_http_1_1_and_1_0(emulated_server: Callable[..., LiveServer]) -> None:
+    """The chunks after the first are written from the upstream's read callback: HTTP/1.1 gets
+    them in chunked framing, HTTP/1.0 (no chunked encoding) as the plain body; both end in
+    [DONE] with every token, once."""
+    live = emulated_server(EmulatedOptions(model="emu", decode_s_per_token=0.002, batch_penalty=0.0))
+    body = {"model": "emu", "messages": MSG, "max_tokens": 12, "stream": True}
+    chunked = _raw_stream(live, "HTTP/1.1", body)
+    head, _, rest = chunked.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    decoded = b""
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        decoded, rest = decoded + rest[:size], rest[size + 2:]
+    plain = _raw_stream(live, "HTTP/1.0", body)
+    head10, _, body10 = plain.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head10.lower()
+    for text in (decoded, body10):
+        events = [e for e in text.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]"
+        chunks = [json.loads(e[6:]) for e in events[:-1]]
+        tokens = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+        assert len([t for t in tokens if t]) == 12

@@ -21,6 +21,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 
@@ -47,6 +48,12 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the pending timer fires
+        self._deadline: float | None = None  # when the armed wait expires; None: disarmed
+        #: Called when body bytes arrive, before the reader would be woken: it takes them with
+        #: :meth:`take_body` right in the read callback (a relaying stream) and returns True to
+        #: let the reader sleep on. The end of the answer, an error or a timeout still wake it.
+        self.listener: Callable[[], bool] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -86,6 +93,11 @@ class _Connection(asyncio.Protocol):
         except Http1Error as exc:
             self._error = exc
             self.close()
+        listener = self.listener
+        if listener is not None:
+            if listener() and self._error is None and not self.complete:
+                return  # taken, and more is wanted: the reader sleeps on
+            self.listener = None
         self._wake()
 
     # ---- parsing
@@ -201,22 +213,43 @@ class _Connection(asyncio.Protocol):
             pos += 2
             self._chunk_left = -1
 
-    # ---- deadlines: one timer handle, cheaper than an asyncio.timeout() per read
+    # ---- deadlines: one timer handle, moved lazily (a stream re-arms at every read)
 
     def arm(self, seconds: float) -> None:
         """Fail the exchange with TimeoutError (and close the connection) unless the next
-        :meth:`disarm` or :meth:`arm` comes within ``seconds``."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(seconds, self._expire)
+        :meth:`disarm` or :meth:`arm` comes within ``seconds``. Re-arming only moves a
+        deadline: the one timer checks it when it fires, and is replaced only when the new
+        deadline comes earlier (no timer created and cancelled per read)."""
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
 
     def disarm(self) -> None:
+        self._deadline = None
+
+    def _cancel_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _expire(self) -> None:
+    def _check_deadline(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:  # moved on since this timer was set
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+            return
+        self._expire()
+
+    def _expire(self) -> None:
+        self._deadline = None
         if self._error is None:
             self._error = TimeoutError("the upstream did not answer in time")
         self.close()
@@ -241,6 +274,23 @@ class _Connection(asyncio.Protocol):
             await self._wait()
         if not self._head_done:
             raise self._error or Http1Error("the upstream closed the connection before answering")
+
+    def take_body(self) -> bytes:
+        """Body bytes that arrived since the last call, without waiting (b"" when none)."""
+        body = self._body
+        if not body:
+            return b""
+        self._body = []
+        return body[0] if len(body) == 1 else b"".join(body)
+
+    def failure(self) -> BaseException | None:
+        """Why the exchange broke (a timeout, a reset, an unparseable answer), if it did."""
+        return self._error
+
+    async def wait(self) -> None:
+        """Until the reader is woken: the end of the answer, an error, a timeout, or more body
+        bytes (only while no :attr:`listener` takes them)."""
+        await self._wait()
 
     async def read_some(self) -> bytes:
         """Body bytes that arrived since the last call (waiting for some); b"" at the end."""
@@ -267,7 +317,8 @@ class _Connection(asyncio.Protocol):
         self.transport.write(payload)
 
     def close(self) -> None:
-        self.disarm()
+        self._cancel_timer()
+        self.listener = None
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
@@ -342,6 +393,7 @@ class Http1Pool:
         """Back to the pool when the answer was read to its end on a keep-alive connection;
         closed otherwise (unread bytes would corrupt the next answer)."""
         conn.disarm()
+        conn.listener = None
         if conn.complete and conn.keep_alive and not conn.closed and conn._error is None \
                 and len(self._idle) < self._max_idle:
             conn.idle_since = time.monotonic()

@@ -61,7 +61,7 @@ from blueprint.errors import (
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines._http1 import Http1Pool
-from blueprint.llm.raw import RELAY_RAW, RawChunk, read_answer
+from blueprint.llm.raw import RELAY_RAW, ChunkSink, RawChunk, read_answer
 from blueprint.llm.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -210,6 +210,81 @@ def _event_data(block: bytes) -> bytes | None:
     """The data of one event block (its ``data:`` lines joined by newlines), None without any."""
     data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(data) if data else None
+
+
+class _StreamState:
+    """One stream's reading state: usage and token counts, the first token, the end. Shared by
+    the generator and, while it relays, by the read callback."""
+
+    __slots__ = ("chunk_type", "client", "completion_tokens", "done", "first_at", "model_bytes",
+                 "prompt_tokens", "saw_usage", "started", "wants_usage")
+
+    def __init__(self, client: OpenAIHttpClient, chunk_type: type[BaseModel], wants_usage: bool,
+                 started: float) -> None:
+        self.client = client
+        self.chunk_type = chunk_type
+        self.model_bytes = client._model_bytes
+        self.wants_usage = wants_usage
+        self.started = started
+        self.first_at: float | None = None
+        self.prompt_tokens = self.completion_tokens = 0
+        self.saw_usage = self.done = False
+
+    def take(self, payload: bytes) -> RawChunk | None:
+        """One event's payload as the chunk to pass on; None for ``[DONE]`` (which ends the
+        stream) and for a usage-only event asked for only to count tokens. An error event raises."""
+        if payload == b"[DONE]":
+            self.done = True
+            return None
+        chunk = self.client._raw_chunk(payload, self.chunk_type, self.model_bytes,  # type: ignore[type-var]
+                                       streamed=self.first_at is not None)
+        usage = chunk.usage
+        if usage is not None:
+            self.saw_usage = True
+            self.prompt_tokens = usage.prompt_tokens
+            self.completion_tokens = usage.completion_tokens
+            if not self.wants_usage and not chunk.has_choices:
+                return None  # we asked for usage only to count tokens
+        elif not self.saw_usage and chunk.has_choices:
+            self.completion_tokens += 1
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+            self.client._tracker.first_token(self.started)
+        return chunk
+
+
+class _Relay:
+    """The read callback of a relaying stream (see ``OpenAIHttpClient._relay``)."""
+
+    __slots__ = ("conn", "error", "gap_s", "pending", "reader", "sink", "state")
+
+    def __init__(self, conn: Any, reader: _SseReader, state: _StreamState, sink: ChunkSink,
+                 pending: list[bytes], gap_s: float) -> None:
+        self.conn, self.reader, self.state, self.sink = conn, reader, state, sink
+        self.pending = pending
+        self.gap_s = gap_s
+        self.error: BaseException | None = None
+
+    def on_data(self) -> bool:
+        """Hand over every complete event read so far; True to keep relaying."""
+        events = self.reader.feed(self.conn.take_body())
+        if self.pending:
+            events = self.pending + events
+            self.pending = []
+        state, sink = self.state, self.sink
+        try:
+            for at, payload in enumerate(events):
+                chunk = state.take(payload)
+                if state.done:
+                    return False
+                if chunk is not None and sink.send(chunk):  # congested: yield the rest
+                    self.pending = events[at + 1:]
+                    return False
+        except Exception as exc:  # an error event from the upstream: the generator raises it
+            self.error = exc
+            return False
+        self.conn.arm(self.gap_s)
+        return True
 
 
 # ------------------------------------------------------------------------------------ client
@@ -498,15 +573,13 @@ class OpenAIHttpClient(LlmClient):
 
     async def _stream(self, path: str, request: Any, chunk_type: type[ChunkT]) -> AsyncIterator[ChunkT]:
         """Relay the backend's SSE stream event by event as it arrives, as :class:`RawChunk`
-        (the upstream's bytes, parsed only where routing, usage or metrics need a field)."""
+        (the upstream's bytes, parsed only where routing, usage or metrics need a field). A
+        consumer that sends a :class:`ChunkSink` gets the following chunks handed to it from the
+        read callback instead (:meth:`_relay`)."""
         body, wants_usage = self._prepare(request, stream=True)
         tracker = self._tracker
-        started = tracker.started()
-        first_at: float | None = None
-        prompt_tokens = completion_tokens = 0
-        saw_usage = done = False
+        state = _StreamState(self, chunk_type, wants_usage, tracker.started())
         failed = True
-        our_model, model_bytes = self.config.model, self._model_bytes
         reader = _SseReader()
         pool = self._pool
         conn = None
@@ -519,7 +592,8 @@ class OpenAIHttpClient(LlmClient):
                 conn = await pool.post(path, body, self._first_chunk_timeout_s)  # armed until...
                 if conn.status >= 300:
                     payload = await conn.read_all()
-                    raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), our_model)
+                    raise map_http_error(conn.status, payload, conn.headers.get("retry-after"),
+                                         self.config.model)
                 pending = await self._next_events(conn, reader)
                 conn.disarm()  # ...the first event
             except (TimeoutError, OSError) as exc:
@@ -527,39 +601,27 @@ class OpenAIHttpClient(LlmClient):
             gap_s = self._read_timeout_s
             try:
                 while pending:
-                    for payload in pending:
-                        if payload == b"[DONE]":
-                            done = True
-                            break
-                        chunk = self._raw_chunk(payload, chunk_type, model_bytes,
-                                                streamed=first_at is not None)
-                        usage = chunk.usage
-                        if usage is not None:
-                            saw_usage = True
-                            prompt_tokens = usage.prompt_tokens
-                            completion_tokens = usage.completion_tokens
-                            if not wants_usage and not chunk.has_choices:
-                                continue  # we asked for usage only to count tokens
-                        elif not saw_usage and chunk.has_choices:
-                            completion_tokens += 1
-                        if first_at is None:
-                            first_at = time.perf_counter()
-                            tracker.first_token(started)
-                        yield chunk  # type: ignore[misc]  # a RawChunk reads like ChunkT
-                    if done:
+                    while pending and not state.done:
+                        chunk = state.take(pending.pop(0))
+                        if chunk is None:
+                            continue
+                        sink = yield chunk  # type: ignore[misc]  # a RawChunk reads like ChunkT
+                        if sink is not None and not state.done:
+                            pending = await self._relay(conn, reader, state, sink, pending, gap_s)
+                    if state.done:
                         break
                     conn.arm(gap_s)  # bounds our read only, never the consumer's time
                     pending = await self._next_events(conn, reader)
                     conn.disarm()
-                if done and not conn.complete:  # the end of the chunked body, for reuse
+                if state.done and not conn.complete:  # the end of the chunked body, for reuse
                     conn.arm(gap_s)
                     await conn.read_all()
                     conn.disarm()
             except (TimeoutError, OSError) as exc:
-                raise self._connection_error(exc, streamed=first_at is not None) from exc
-            if not done:
+                raise self._connection_error(exc, streamed=state.first_at is not None) from exc
+            if not state.done:
                 raise self._connection_error(ConnectionError("the stream ended without [DONE]"),
-                                             streamed=first_at is not None)
+                                             streamed=state.first_at is not None)
             failed = False
         except (GeneratorExit, asyncio.CancelledError):
             failed = False  # the consumer stopped listening: not the backend's fault
@@ -567,8 +629,30 @@ class OpenAIHttpClient(LlmClient):
         finally:
             if conn is not None:
                 pool.release(conn)  # reused only when read to its end
-            tracker.finished(started, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                             first_token_at=first_at, error=failed)
+            tracker.finished(state.started, prompt_tokens=state.prompt_tokens,
+                             completion_tokens=state.completion_tokens, first_token_at=state.first_at,
+                             error=failed)
+
+    @staticmethod
+    async def _relay(conn: Any, reader: _SseReader, state: _StreamState, sink: ChunkSink,
+                     pending: list[bytes], gap_s: float) -> list[bytes]:
+        """Hand the stream's chunks to ``sink`` from the connection's read callback, each as it
+        is read, until the stream ends, fails or the sink is congested. Returns the events read
+        but not handed over (the generator yields them); an upstream error event raises here."""
+        relay = _Relay(conn, reader, state, sink, pending, gap_s)
+        conn.listener = relay.on_data
+        try:
+            conn.arm(gap_s)
+            # First what came while the consumer wrote its last chunk; then wait for the end, an
+            # error, a timeout, or the relay to stop (each wakes this task; a chunk does not).
+            if relay.on_data() and not conn.complete and not conn.closed and conn.failure() is None:
+                await conn.wait()
+        finally:
+            conn.listener = None
+            conn.disarm()
+        if relay.error is not None:
+            raise relay.error
+        return relay.pending
 
     def _raw_chunk(self, payload: bytes, chunk_type: type[ChunkT], model_bytes: bytes, *,
                    streamed: bool) -> RawChunk:
