@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check, one script for a lent CUDA machine that has PyTorch and transformers but no
-# package registry: our other dependencies travel as wheels in .whl/ (README, "Benchmarks").
+# package registry: our other dependencies travel as wheels in .whl/ (README, "Benchmarks"),
+# fetched beforehand where pip reaches PyPI:
+#
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform manylinux1_x86_64 -d .whl -r bench/gpu-wheels.txt
 #
 #   bash bench/gpu.sh [OUT_DIR]     # engine and server tests on CUDA, bench/gpu.py, bench/engine.py
 #
