@@ -9,6 +9,10 @@ collapsed stacks ``bench/out/NAME.txt`` (one ``frame;frame;... count`` line per 
 
     python bench/flame.py --name unary-before                 # c=32 non-streamed, 8 s
     python bench/flame.py --name stream-x --stream --seconds 6
+    python bench/flame.py --stream --no-profile               # the figures alone, no sampler
+
+Streamed, it also prints streams/s, time to first chunk and the inter-chunk gaps; ``--chunks 2``
+against ``--chunks 32`` separates what a stream costs from what each chunk costs.
 
 py-spy is a dependency of the dev tools (``pip install py-spy``); it needs ptrace rights over the
 serve process (root, or ``kernel.yama.ptrace_scope = 0``).
@@ -41,7 +45,8 @@ def _py_spy() -> str:
 
 def _record(pid: int, out: Path, fmt: str, seconds: float, rate: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([_py_spy(), "record", "--pid", str(pid), "--rate", str(rate),
-                             "--duration", str(int(seconds)), "--nonblocking", "--format", fmt,
+                             "--duration", str(int(seconds)), "--nonblocking", "--subprocesses",
+                             "--format", fmt,
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -76,10 +81,10 @@ async def run(args: argparse.Namespace) -> None:
         procs.append(backend)
         paced, paced_port = gateway.start_backend(
             "paced", "--model", gateway.PACED, "--prefill-s-per-token", "0", "--batch-penalty", "0",
-            "--decode-s-per-token", "0.002", "--max-num-seqs", "1024")
+            "--decode-s-per-token", str(args.interval_ms / 1000), "--max-num-seqs", "1024")
         procs.append(paced)
         ours, port = gateway.start_ours("ours-flame", trivial_port, paced_port, workdir,
-                                        gateway.POLICIES[args.policy], 1)
+                                        gateway.POLICIES[args.policy], args.workers)
         procs.append(ours)
         base = f"http://127.0.0.1:{port}/v1"
         model = gateway.PACED if args.stream else gateway.TRIVIAL
@@ -91,9 +96,11 @@ async def run(args: argparse.Namespace) -> None:
             await gateway.run_level(session, "ours", base, mode, 4, 300, 2, args.chunks)  # warm-up
             gateway.OUT.mkdir(parents=True, exist_ok=True)
             svg, raw = gateway.OUT / f"{args.name}.svg", gateway.OUT / f"{args.name}.txt"
-            spies = [_record(ours.proc.pid, svg, "flamegraph", args.seconds, args.rate),
-                     _record(ours.proc.pid, raw, "raw", args.seconds, args.rate)]
-            await asyncio.sleep(0.5)  # let py-spy attach before the load starts
+            spies = [] if args.no_profile else [
+                _record(ours.proc.pid, svg, "flamegraph", args.seconds, args.rate),
+                _record(ours.proc.pid, raw, "raw", args.seconds, args.rate)]
+            if spies:
+                await asyncio.sleep(0.5)  # let py-spy attach before the load starts
             cpu0, split0 = ours.cpu_seconds(), user_system(ours.proc.pid)
             result = await gateway.run_level(session, "ours", base, mode, args.concurrency, 10**9,
                                              args.seconds - 1, args.chunks)
@@ -107,10 +114,17 @@ async def run(args: argparse.Namespace) -> None:
             proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     per = 1e6 / max(1, result.requests)
+    split = (f"user {(split1[0] - split0[0]) * per:.0f}, system {(split1[1] - split0[1]) * per:.0f}"
+             if args.workers == 1 else f"{args.workers} workers")
+    sampled = "" if args.no_profile else f"; sampled by py-spy at {args.rate} Hz, which costs a little"
     print(f"{mode} c={args.concurrency}: {result.rps:.0f} req/s, errors {result.errors}, "
-          f"gateway CPU {cpu * per:.0f} us/request (user {(split1[0] - split0[0]) * per:.0f}, "
-          f"system {(split1[1] - split0[1]) * per:.0f}; sampled by py-spy at {args.rate} Hz, "
-          "which costs the process a little)")
+          f"gateway CPU {cpu * per:.0f} us/request ({split}{sampled})")
+    if args.stream:
+        print(f"streams/s {result.rps:.1f}  ttfc p50 {result.ttfc_ms['p50']:.2f} p99 "
+              f"{result.ttfc_ms['p99']:.2f} ms  gap p50 {result.gap_ms['p50']:.2f} p99 "
+              f"{result.gap_ms['p99']:.2f} max {result.gap_ms['max']:.2f} ms")
+    if args.no_profile:
+        return
     print(f"written: {svg}, {raw}")
     if raw.exists():
         for title, inclusive in (("self", False), ("inclusive", True)):
@@ -127,6 +141,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--interval-ms", type=float, default=2.0, help="Backend gap between chunks.")
+    parser.add_argument("--workers", type=int, default=1, help="serve's worker processes (server.workers).")
+    parser.add_argument("--no-profile", action="store_true", help="Measure only, without the sampler.")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second.")
     parser.add_argument("--top", type=int, default=30, help="Frames listed by self time.")
     args = parser.parse_args()
