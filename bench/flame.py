@@ -35,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gateway  # bench/gateway.py: processes and the load generator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from blueprint.server.runner import run_with_uvloop
+
 
 def _py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -147,13 +150,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second.")
     parser.add_argument("--top", type=int, default=30, help="Frames listed by self time.")
     args = parser.parse_args()
-    try:
-        import uvloop
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(run(args))
+    run_with_uvloop(run(args))
     return 0
 
 

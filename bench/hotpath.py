@@ -32,7 +32,7 @@ from blueprint.balancer import Balancer, BalancerSettings  # noqa: E402
 from blueprint.llm.config import NodeConfig  # noqa: E402
 from blueprint.llm.registry import create_client  # noqa: E402
 from blueprint.server import ServerSettings  # noqa: E402
-from blueprint.server.runner import start_server  # noqa: E402
+from blueprint.server.runner import run_with_uvloop, start_server  # noqa: E402
 
 MODEL = "hot"
 
@@ -133,13 +133,7 @@ def main() -> int:
     parser.add_argument("--filter", default="", help="Regex on file:function of the rows printed.")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import uvloop
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(run(args))
+    run_with_uvloop(run(args))
     return 0
 
 
