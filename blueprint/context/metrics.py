@@ -15,8 +15,6 @@ to the HTTP metrics (README, "Metrics").
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -26,6 +24,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from blueprint.periodic import Periodic
 
 if TYPE_CHECKING:
     from web3 import AsyncWeb3
@@ -125,7 +125,8 @@ class ChainMetrics(Collector):
         self._cursor_block: int | None = None
         self._head_block: int | None = None
         self._refreshed_at: float | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("chain-metrics", self.refresh, refresh_interval_s,
+                                  on_error=self._refresh_failed, timeout_s=_REFRESH_TIMEOUT_S)
 
     # --- the snapshot ----------------------------------------------------------------------------
 
@@ -147,29 +148,17 @@ class ChainMetrics(Collector):
                 "head_block": self._head_block}
 
     async def start(self) -> None:
-        """Refresh now and then every ``refresh_interval_s`` until :meth:`stop`."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._refresh_loop(), name="chain-metrics")
+        """Refresh now and then every ``refresh_interval_s`` until :meth:`stop` (a refresh that
+        hangs past its bound or fails keeps the old snapshot)."""
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Stop refreshing (idempotent); the last snapshot stays readable."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
 
-    async def _refresh_loop(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(_REFRESH_TIMEOUT_S):  # a hung RPC must not freeze it
-                    await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the RPC or the ledger hiccuped: keep the old snapshot
-                self.refresh_errors += 1
-                log.warning("metrics.refresh_failed", error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(self.refresh_interval_s)
+    def _refresh_failed(self, exc: Exception) -> None:  # the RPC or the ledger hiccuped
+        self.refresh_errors += 1
+        log.warning("metrics.refresh_failed", error=str(exc) or type(exc).__name__)
 
     # --- the collector -----------------------------------------------------------------------------
 

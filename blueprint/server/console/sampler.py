@@ -10,8 +10,6 @@ Prometheus' ``histogram_quantile`` does), so they describe the last period, not 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -21,6 +19,8 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
+
+from blueprint.periodic import Periodic
 
 log = structlog.get_logger(__name__)
 
@@ -150,7 +150,7 @@ class MetricsSampler:
         self._scalars: dict[str, deque[float | None]] = {}
         self._keyed: dict[str, dict[str, deque[float | None]]] = {}
         self.totals: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("console-sampler", self._sample, period_s, on_error=self._sample_failed)
 
     def sample(self) -> None:
         """Take one reading and append a point to every series (the first reading only primes)."""
@@ -215,20 +215,14 @@ class MetricsSampler:
     # --- the task ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="console-sampler")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                self.sample()
-            except Exception as exc:  # a broken collector must not stop the charts for good
-                log.warning("console.sample_failed", error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(self.period_s)
+    async def _sample(self) -> None:
+        self.sample()
+
+    @staticmethod
+    def _sample_failed(exc: Exception) -> None:  # a broken collector must not stop the charts
+        log.warning("console.sample_failed", error=str(exc) or type(exc).__name__)
