@@ -35,10 +35,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+T = TypeVar("T")
 
 MODELS = {
     "tiny": {"hidden_size": 64, "layers": 2},
@@ -66,6 +70,17 @@ def baseline_tokens_per_second(path: Path, *, requests: int, max_tokens: int, de
     return produced / (time.perf_counter() - started)
 
 
+async def bounded_wave(one: Callable[[int], Awaitable[T]], wave: int, concurrency: int) -> list[T]:
+    """``one(0) .. one(wave - 1)``, at most ``concurrency`` of them in flight at once."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def gated(i: int) -> T:
+        async with gate:
+            return await one(i)
+
+    return list(await asyncio.gather(*(gated(i) for i in range(wave))))
+
+
 async def engine_tokens_per_second(client, *, concurrency: int, max_tokens: int, wave: int) -> float:
     """``concurrency`` requests in flight at once, ``wave`` of them in all; output tokens / wall time."""
     from blueprint.llm.types import ChatCompletionRequest
@@ -76,14 +91,8 @@ async def engine_tokens_per_second(client, *, concurrency: int, max_tokens: int,
         answer = await client.chat(request)
         return answer.usage.completion_tokens
 
-    gate = asyncio.Semaphore(concurrency)
-
-    async def gated(i: int) -> int:
-        async with gate:
-            return await one(i)
-
     started = time.perf_counter()
-    counts = await asyncio.gather(*(gated(i) for i in range(wave)))
+    counts = await bounded_wave(one, wave, concurrency)
     elapsed = time.perf_counter() - started
     assert all(c == max_tokens for c in counts), f"expected {max_tokens} tokens each, got {counts}"
     return sum(counts) / elapsed
@@ -130,14 +139,8 @@ async def constrained_tokens_per_second(client, *, mode: str, concurrency: int, 
             json.loads(message.content if mode == "json" else message.tool_calls[0].function.arguments)
         return answer.usage.completion_tokens
 
-    gate = asyncio.Semaphore(concurrency)
-
-    async def gated(i: int) -> int:
-        async with gate:
-            return await one(i)
-
     started = time.perf_counter()
-    counts = await asyncio.gather(*(gated(i) for i in range(wave)))
+    counts = await bounded_wave(one, wave, concurrency)
     return sum(counts) / (time.perf_counter() - started), list(counts)
 
 

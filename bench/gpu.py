@@ -131,6 +131,7 @@ async def gateway_figures(directory: Path, path: Path, args: argparse.Namespace)
     import socket
 
     import aiohttp
+    from engine import bounded_wave
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -183,14 +184,8 @@ async def gateway_figures(directory: Path, path: Path, args: argparse.Namespace)
                     return tokens, first
 
             async def wave(concurrency: int, stream: bool) -> tuple[float, list[float]]:
-                gate = asyncio.Semaphore(concurrency)
-
-                async def gated(i: int) -> tuple[int, float]:
-                    async with gate:
-                        return await one(i, stream)
-
                 started = time.perf_counter()
-                results = await asyncio.gather(*(gated(i) for i in range(concurrency * 2)))
+                results = await bounded_wave(lambda i: one(i, stream), concurrency * 2, concurrency)
                 elapsed = time.perf_counter() - started
                 counts = [tokens for tokens, _ in results]
                 assert all(c == args.max_tokens for c in counts), f"token counts {counts}"
