@@ -46,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,9 +189,10 @@ class Workload:
         )
 
 
-async def drive(balancer: Balancer, workload: Workload, total: int, concurrency: int,
-                ttfts: list[float] | None) -> tuple[int, int, int]:
-    """Send ``total`` requests with ``concurrency`` users; returns (ok, errors, output tokens)."""
+async def _users(one: Callable[[float], Awaitable[tuple[float | None, int]]], total: int, concurrency: int,
+                 ttfts: list[float] | None) -> tuple[int, int, int]:
+    """``total`` requests sent by ``concurrency`` users, each by ``one(started)`` (which returns the
+    time to first content and the output tokens); returns (ok, errors, output tokens)."""
     remaining = total
     ok = errors = tokens = 0
 
@@ -198,69 +200,67 @@ async def drive(balancer: Balancer, workload: Workload, total: int, concurrency:
         nonlocal remaining, ok, errors, tokens
         while remaining > 0:
             remaining -= 1
-            request = workload.next()
-            started = time.perf_counter()
-            first: float | None = None
             try:
-                async for chunk in balancer.chat_stream(request):
-                    if first is None:
-                        first = time.perf_counter() - started
-                    if chunk.usage is not None:
-                        tokens += chunk.usage.completion_tokens
+                first, produced = await one(time.perf_counter())
             except Exception as exc:
                 errors += 1
                 print(f"  request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
             ok += 1
+            tokens += produced
             if ttfts is not None and first is not None:
                 ttfts.append(first)
 
     await asyncio.gather(*(user() for _ in range(concurrency)))
     return ok, errors, tokens
+
+
+async def drive(balancer: Balancer, workload: Workload, total: int, concurrency: int,
+                ttfts: list[float] | None) -> tuple[int, int, int]:
+    """Send ``total`` requests with ``concurrency`` users; returns (ok, errors, output tokens)."""
+
+    async def one(started: float) -> tuple[float | None, int]:
+        first: float | None = None
+        tokens = 0
+        async for chunk in balancer.chat_stream(workload.next()):
+            if first is None:
+                first = time.perf_counter() - started
+            if chunk.usage is not None:
+                tokens += chunk.usage.completion_tokens
+        return first, tokens
+
+    return await _users(one, total, concurrency, ttfts)
 
 
 async def drive_http(session: aiohttp.ClientSession, base_url: str, workload: Workload, total: int,
                      concurrency: int, ttfts: list[float] | None) -> tuple[int, int, int]:
     """:func:`drive` through a gateway over HTTP (streamed, first content chunk = TTFT)."""
-    remaining = total
-    ok = errors = tokens = 0
     url = base_url + "/chat/completions"
     headers = {"Authorization": f"Bearer {gateway.KEY}", "Content-Type": "application/json"}
 
-    async def user() -> None:
-        nonlocal remaining, ok, errors, tokens
-        while remaining > 0:
-            remaining -= 1
-            body = workload.next().model_dump_json(exclude_none=True).encode()
-            started = time.perf_counter()
-            first: float | None = None
-            done = False
-            try:
-                async with session.post(url, data=body, headers=headers) as response:
-                    if response.status != 200:
-                        raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
-                    async for line in response.content:
-                        if not line.startswith(b"data: "):
-                            continue
-                        if line.startswith(b"data: [DONE]"):
-                            done = True
-                        elif first is None and b'"content":"' in line and b'"content":""' not in line:
-                            first = time.perf_counter() - started
-                        elif b'"usage":{' in line:
-                            usage = json.loads(line[6:]).get("usage") or {}
-                            tokens += int(usage.get("completion_tokens") or 0)
-                if not done:
-                    raise RuntimeError("stream ended without [DONE]")
-            except Exception as exc:
-                errors += 1
-                print(f"  request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                continue
-            ok += 1
-            if ttfts is not None and first is not None:
-                ttfts.append(first)
+    async def one(started: float) -> tuple[float | None, int]:
+        body = workload.next().model_dump_json(exclude_none=True).encode()
+        first: float | None = None
+        tokens = 0
+        done = False
+        async with session.post(url, data=body, headers=headers) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                if line.startswith(b"data: [DONE]"):
+                    done = True
+                elif first is None and b'"content":"' in line and b'"content":""' not in line:
+                    first = time.perf_counter() - started
+                elif b'"usage":{' in line:
+                    usage = json.loads(line[6:]).get("usage") or {}
+                    tokens += int(usage.get("completion_tokens") or 0)
+        if not done:
+            raise RuntimeError("stream ended without [DONE]")
+        return first, tokens
 
-    await asyncio.gather(*(user() for _ in range(concurrency)))
-    return ok, errors, tokens
+    return await _users(one, total, concurrency, ttfts)
 
 
 async def start_gateway(target: str, backends: list[Backend], args: argparse.Namespace,
