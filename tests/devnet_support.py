@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ import pytest
 from blueprint.devnet.anvil import DEV_KEYS, Anvil, DevnetError, find_anvil, find_tnt_core_state, start_anvil
 from blueprint.devnet.setup import DevService
 from blueprint.devnet.stack import DaemonProcess, chain_client, create_service
+
+
+@dataclass
+class DaemonStack:
+    """A chain, a service on it and one daemon serving it (what a module-scoped fixture yields)."""
+
+    anvil: Anvil
+    service: DevService
+    daemon: DaemonProcess
 
 
 def require_devnet() -> None:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from blueprint.devnet.anvil import Anvil
-from blueprint.devnet.setup import DevService, submit_jobs, wait_for_result
-from blueprint.devnet.stack import DaemonProcess, chain_client, write_config
+from blueprint.devnet.setup import submit_jobs, wait_for_result
+from blueprint.devnet.stack import chain_client, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from tests.devnet_support import devnet_anvil, new_service, running_daemon
+from tests.devnet_support import DaemonStack, devnet_anvil, new_service, running_daemon
 from tests.reliability.reliability_support import BackendProcess
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
@@ -24,15 +22,8 @@ pytestmark = [pytest.mark.chain, pytest.mark.slow]
 BURST = 12
 
 
-@dataclass
-class Stack:
-    anvil: Anvil
-    service: DevService
-    daemon: DaemonProcess
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonStack]:
     work = tmp_path_factory.mktemp("patience")
     backend = BackendProcess("--decode-s-per-token", "0.02", model="m").start()
     try:
@@ -46,12 +37,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                       ws_rpc_url=anvil.ws_url)
             env["BLUEPRINT_CONFIG"] = str(config)
             with running_daemon(env, work / "daemon.log", stop_timeout=20) as daemon:
-                yield Stack(anvil, service, daemon)
+                yield DaemonStack(anvil, service, daemon)
     finally:
         backend.stop()
 
 
-async def test_a_burst_beyond_capacity_is_answered_in_full(stack: Stack) -> None:
+async def test_a_burst_beyond_capacity_is_answered_in_full(stack: DaemonStack) -> None:
     sid = stack.service.service_id
     jobs = [(0, encode_inputs("m", 8, {"messages": [{"role": "user", "content": f"job {i}"}]}))
             for i in range(BURST)]

@@ -17,16 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from crashing_engine import CRASH_MARKER
 
-from blueprint.devnet.anvil import Anvil
-from blueprint.devnet.setup import DevService, submit_job, wait_for_result
+from blueprint.devnet.setup import submit_job, wait_for_result
 from blueprint.devnet.stack import DaemonProcess, chain_client, write_config
 from blueprint.jobs.codec import decode_result_json, encode_inputs
-from tests.devnet_support import devnet_anvil, new_service, running_daemon
+from tests.devnet_support import DaemonStack, devnet_anvil, new_service, running_daemon
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
@@ -37,15 +35,8 @@ MODEL = "echo"
 DEPTH = 85_000
 
 
-@dataclass
-class Stack:
-    anvil: Anvil
-    service: DevService
-    daemon: DaemonProcess
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonStack]:
     with devnet_anvil() as anvil:
         work = tmp_path_factory.mktemp("hostile-jobs")
         service = new_service(anvil, work / "keystore")
@@ -56,15 +47,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                   ws_rpc_url=anvil.ws_url)
         env["BLUEPRINT_CONFIG"] = str(config)
         with running_daemon(env, work / "daemon.log", stop_timeout=15) as daemon:
-            yield Stack(anvil, service, daemon)
+            yield DaemonStack(anvil, service, daemon)
 
 
-async def _submit(stack: Stack, job_index: int, inputs: bytes) -> int:
+async def _submit(stack: DaemonStack, job_index: int, inputs: bytes) -> int:
     async with chain_client(stack.anvil) as client:
         return await submit_job(client, stack.service.owner, stack.service.service_id, job_index, inputs)
 
 
-async def _result(stack: Stack, call_id: int, wait_s: float = 30) -> dict:
+async def _result(stack: DaemonStack, call_id: int, wait_s: float = 30) -> dict:
     async with chain_client(stack.anvil) as client:
         found = await wait_for_result(client, stack.service.service_id, call_id, wait_s,
                                       operator=stack.service.operator.address)
@@ -87,7 +78,7 @@ def _restart(daemon: DaemonProcess) -> None:
     daemon.start()
 
 
-async def test_deeply_nested_request_gets_an_error_and_the_daemon_stays_up(stack: Stack) -> None:
+async def test_deeply_nested_request_gets_an_error_and_the_daemon_stays_up(stack: DaemonStack) -> None:
     request = '{"messages":' + "[" * DEPTH
     deep = await _submit(stack, 0, encode_inputs(MODEL, 8, request))
     answer = await _result(stack, deep)
@@ -97,7 +88,7 @@ async def test_deeply_nested_request_gets_an_error_and_the_daemon_stays_up(stack
     assert (await _result(stack, after))["object"] == "text_completion"
 
 
-async def test_a_job_that_crashes_the_daemon_twice_is_answered_with_an_error(stack: Stack) -> None:
+async def test_a_job_that_crashes_the_daemon_twice_is_answered_with_an_error(stack: DaemonStack) -> None:
     daemon = stack.daemon
     poison = await _submit(stack, 1, encode_inputs(MODEL, 3, {"prompt": f"{CRASH_MARKER} please"}))
     assert await asyncio.to_thread(_exit_code_within, daemon, 30) is not None, "the engine did not crash"
