@@ -32,6 +32,7 @@ from blueprint.llm.types import (
     parse_request,
 )
 from blueprint.testing.emulated_backend import EmulatedBackend, EmulatedOptions
+from tests.loopback import serve_upstream
 
 BACKEND_MODEL = "org/backend-model"
 OUR_MODEL = "our-model"
@@ -308,14 +309,7 @@ async def _scripted_server(body: bytes) -> tuple[web.AppRunner, str]:
 async def _chat_server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> tuple[web.AppRunner, str]:
     """A loopback server whose ``/v1/chat/completions`` is ``handler``: its runner and base URL."""
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/v1"
+    return await serve_upstream(post={"/v1/chat/completions": handler})
 
 
 CHUNK = json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": BACKEND_MODEL,

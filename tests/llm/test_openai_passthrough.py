@@ -15,6 +15,7 @@ from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines.openai_http import OpenAIHttpClient
 from blueprint.llm.types import ChatCompletionRequest
 from blueprint.server.provider_document import supported_parameters
+from tests.loopback import serve_upstream
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -56,16 +57,9 @@ async def backend() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, base_url = await serve_upstream(post={"/v1/chat/completions": chat}, get={"/v1/models": models})
     try:
-        yield f"http://127.0.0.1:{port}/v1", seen
+        yield base_url, seen
     finally:
         await runner.cleanup()
 

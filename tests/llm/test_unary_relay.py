@@ -16,6 +16,7 @@ from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines.openai_http import OpenAIHttpClient
 from blueprint.llm.raw import RELAY_RAW, RawChunk
 from blueprint.llm.types import ChatCompletionRequest, parse_request
+from tests.loopback import serve_upstream
 
 BACKEND_MODEL = "org/backend-model"
 OUR_MODEL = "our-model"
@@ -37,16 +38,10 @@ async def answering() -> AsyncIterator[Callable[[bytes], Awaitable[OpenAIHttpCli
             await request.read()
             return web.Response(body=body, content_type="application/json")
 
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, base_url = await serve_upstream(post={"/v1/chat/completions": handler})
         runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         client = OpenAIHttpClient(NodeConfig(engine="openai", model=OUR_MODEL, served_model=BACKEND_MODEL,
-                                             base_url=f"http://127.0.0.1:{port}/v1"))
+                                             base_url=base_url))
         await client.start()
         clients.append(client)
         return client

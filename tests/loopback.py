@@ -1,0 +1,26 @@
+"""A throwaway aiohttp server on loopback standing in for an upstream (a vLLM, an OpenAI-like API)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve_upstream(*, post: dict[str, Handler] | None = None,
+                         get: dict[str, Handler] | None = None) -> tuple[web.AppRunner, str]:
+    """Serve ``post``/``get`` handlers by path on a free loopback port: the runner (clean it up)
+    and the base URL, ``http://127.0.0.1:PORT/v1``."""
+    app = web.Application()
+    for path, handler in (post or {}).items():
+        app.router.add_post(path, handler)
+    for path, handler in (get or {}).items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/v1"
