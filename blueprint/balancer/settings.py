@@ -53,7 +53,11 @@ class CacheAwareSettings(_Table):
     balance_abs_threshold: int = Field(default=8, ge=0, description="Imbalance: max-min load above this...")
     balance_rel_threshold: float = Field(default=1.5, ge=1, description="...and max above rel*min.")
     max_chars_per_node: int = Field(default=2_000_000, ge=1, description="Prefix tree size per node.")
-    chunk_chars: int = Field(default=16, ge=1, description="Characters per tree edge chunk.")
+    chunk_chars: int = Field(
+        default=16, ge=1,
+        description="Granularity of a prefix match: whole chunks of this many characters count (a "
+        "prompt found in full counts in full).",
+    )
     placement: Literal["least_loaded", "prefix_hash"] = Field(
         default="least_loaded",
         description="Home of a prefix no node holds: least loaded, or a hash of its start (the same "
