@@ -101,8 +101,8 @@ class PrefixTree:
             shared = _common_prefix_length(child.edge, text, done)
             if shared < len(child.edge):  # the text ends or parts inside this edge
                 child = self._split(child, shared)
-            if path and len(node.children) == 1:  # node and child are used together from now on
-                path.pop()
+            if path and len(node.children) == 1:  # both used by this insert, node only through child:
+                path.pop()  # one edge holds them
                 self._absorb_parent(child)
             path.append(child)
             node = child
