@@ -19,14 +19,22 @@ Why it looks the way it does:
 * **Errors become our types** so the balancer can retry what is retryable (5xx, connection errors,
   429) and report the rest; once a stream has yielded its first chunk, a failure is a
   :class:`StreamInterruptedError` (never retried: the client already has tokens).
+* **What a backend sends is bounded** (it is a peer we do not control; one that answers without
+  end must not take the daemon's memory): a whole answer by ``max_answer_bytes``, one SSE event by
+  ``max_event_bytes``, ``/models`` and ``/metrics`` by :data:`PROBE_MAX_BYTES`. Reading stops as
+  soon as a bound is crossed, the connection is closed, and the request fails with a
+  :class:`BackendError` that names the bound (mid-stream: a :class:`StreamInterruptedError`). A
+  stream's total is not bounded: a long stream of events is legitimate.
 
 Engine options (``NodeConfig.options``): ``first_chunk_timeout_s`` (default ``timeout_s``),
 ``read_timeout_s`` (longest silence between two reads of a stream; default ``timeout_s``),
 ``max_connections`` (default ``max_batch_size + max_queue``), ``keepalive_s`` (default 4, below
 uvicorn's 5 s so we never reuse a connection the server is closing), ``health_timeout_s`` (2),
 ``health_path`` (``/health``), ``metrics_path`` (``/metrics``), ``metrics_max_age_s`` (30: older
-backend metrics are ignored), ``stream_usage`` (true: always ask the backend for usage in streams
-so tokens can be counted; it is passed on only if the caller asked), and the feature flags
+backend metrics are ignored), ``max_answer_bytes`` (256 MiB: a non-streamed answer or an
+error body; 2,048 embeddings of 4,096 dimensions as JSON text are about 180 MiB),
+``max_event_bytes`` (8 MiB: one SSE event), ``stream_usage`` (true: always ask the backend for
+usage in streams so tokens can be counted; it is passed on only if the caller asked), and the feature flags
 ``embeddings``, ``tools``, ``json_mode``, ``structured_outputs``, ``reasoning``, ``logprobs``
 (default false: what the backend serves is not discoverable from ``/v1/models``; they decide what
 ``/v1/models`` declares, while requests are passed on as they came: ``tools``, ``tool_choice``,
@@ -48,6 +56,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from blueprint import safejson
+from blueprint.bounded import KIB, MIB, AnswerTooLargeError, read_bounded, size_text
 from blueprint.errors import (
     BackendError,
     BackendTimeoutError,
@@ -60,7 +69,7 @@ from blueprint.errors import (
 )
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
-from blueprint.llm.engines._http1 import Http1Pool
+from blueprint.llm.engines._http1 import DEFAULT_MAX_ANSWER_BYTES, Http1Pool
 from blueprint.llm.raw import RELAY_RAW, ChunkSink, RawChunk, read_answer
 from blueprint.llm.types import (
     ChatCompletion,
@@ -89,6 +98,18 @@ _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 #: vLLM's prefix-cache counters (tokens), current and V0 spelling.
 _PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 _PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+
+#: One SSE event (``options.max_event_bytes``): a chunk is a few hundred bytes, one with logprobs
+#: a few KiB; a backend that sends a whole answer as one event stays far below this.
+DEFAULT_MAX_EVENT_BYTES = 8 * MIB
+#: ``/v1/models`` and ``/metrics`` answers: a few KiB from vLLM; a backend serving many models or
+#: exporting histograms per model stays below this.
+PROBE_MAX_BYTES = 4 * MIB
+#: The smallest bound an operator may set (below it no real answer fits).
+_MIN_BOUND = KIB
+_EVENT = "an SSE event"
+#: The node option that sets each bound a backend's answer can cross.
+_BOUND_OPTIONS = {"an answer": "max_answer_bytes", _EVENT: "max_event_bytes"}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -175,12 +196,15 @@ def parse_prometheus(text: str, names: set[str]) -> dict[str, list[float]]:
 class _SseReader:
     """Incremental SSE parser: feed bytes, get complete ``data`` payloads (multi-line data joined
     by newlines as the SSE spec says; comments and other fields ignored). Events are cut at blank
-    lines with one ``split`` per read, the common one-line ``data:`` event taking no further work."""
+    lines with one ``split`` per read, the common one-line ``data:`` event taking no further work.
+    An event still unfinished past ``max_event`` bytes raises :class:`AnswerTooLargeError` (a
+    backend that never ends one would otherwise grow the buffer without end)."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_max_event")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._buffer = b""
+        self._max_event = max_event
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk if self._buffer else chunk
@@ -189,6 +213,8 @@ class _SseReader:
             buffer = buffer[:len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
         blocks = buffer.split(b"\n\n")
         self._buffer = blocks.pop()  # what follows the last blank line: an event still arriving
+        if len(self._buffer) > self._max_event and not blocks:  # (the events before it go first)
+            raise AnswerTooLargeError(self._max_event, _EVENT)
         events = []
         for block in blocks:
             if block.startswith(b"data:") and b"\n" not in block:
@@ -202,6 +228,8 @@ class _SseReader:
     def flush(self) -> list[bytes]:
         """Whatever a server left without the final blank line."""
         buffer, self._buffer = self._buffer, b""
+        if len(buffer) > self._max_event:
+            raise AnswerTooLargeError(self._max_event, _EVENT)
         event = _event_data(buffer.replace(b"\r\n", b"\n").strip(b"\n")) if buffer else None
         return [event] if event is not None else []
 
@@ -267,12 +295,12 @@ class _Relay:
 
     def on_data(self) -> bool:
         """Hand over every complete event read so far; True to keep relaying."""
-        events = self.reader.feed(self.conn.take_body())
-        if self.pending:
-            events = self.pending + events
-            self.pending = []
         state, sink = self.state, self.sink
         try:
+            events = self.reader.feed(self.conn.take_body())
+            if self.pending:
+                events = self.pending + events
+                self.pending = []
             for at, payload in enumerate(events):
                 chunk = state.take(payload)
                 if state.done:
@@ -280,7 +308,7 @@ class _Relay:
                 if chunk is not None and sink.send(chunk):  # congested: yield the rest
                     self.pending = events[at + 1:]
                     return False
-        except Exception as exc:  # an error event from the upstream: the generator raises it
+        except Exception as exc:  # an error event, or an event past its bound: the generator raises it
             self.error = exc
             return False
         self.conn.arm(self.gap_s)
@@ -320,6 +348,8 @@ class OpenAIHttpClient(LlmClient):
         self._max_connections = int(opts.get("max_connections", config.max_batch_size + config.max_queue))
         self._keepalive_s = float(opts.get("keepalive_s", 4.0))
         self._stream_usage = bool(opts.get("stream_usage", True))
+        self._max_answer_bytes = _byte_bound(config, "max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES)
+        self._max_event_bytes = _byte_bound(config, "max_event_bytes", DEFAULT_MAX_EVENT_BYTES)
         self._capacity = config.max_batch_size + config.max_queue
         self._capabilities = Capabilities(
             embeddings=bool(opts.get("embeddings", False)), tools=bool(opts.get("tools", False)),
@@ -333,7 +363,8 @@ class OpenAIHttpClient(LlmClient):
         self._session: aiohttp.ClientSession | None = None  # probes: health, models, metrics
         #: The hot path (chat and completion POSTs): lean keep-alive connections.
         self._pool = Http1Pool(self.base_url, headers=self._headers, keepalive_s=self._keepalive_s,
-                               connect_timeout_s=config.connect_timeout_s)
+                               connect_timeout_s=config.connect_timeout_s,
+                               max_answer_bytes=self._max_answer_bytes)
         self._tracker = MetricsTracker()
         self._backend_info: dict[str, Any] = {}
         self._ready = False
@@ -415,14 +446,16 @@ class OpenAIHttpClient(LlmClient):
         session = self._ensure_session()
         try:
             async with session.get(f"{self.base_url}/models", timeout=self._health_timeout) as resp:
-                body = await resp.read()
+                body = await read_bounded(resp, PROBE_MAX_BYTES, "a /models answer")
                 if resp.status >= 400:
                     self._ready = False
                     raise map_http_error(resp.status, body, resp.headers.get("Retry-After"),
                                          self.config.model)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, AnswerTooLargeError) as exc:
             self._ready = False
             self._model_info = self._build_model_info()
+            if isinstance(exc, AnswerTooLargeError):
+                raise self._too_large(exc) from exc
             raise BackendError(f"Cannot read {self.base_url}/models: {exc!r}") from exc
         try:
             entries = safejson.loads(body).get("data") or []
@@ -465,10 +498,14 @@ class OpenAIHttpClient(LlmClient):
             async with session.get(self.root_url + self._metrics_path, timeout=self._health_timeout) as resp:
                 if resp.status != 200:
                     return False
-                text = await resp.text()
+                body = await read_bounded(resp, PROBE_MAX_BYTES, "a /metrics answer")
         except (TimeoutError, aiohttp.ClientError):
             return False
-        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE, *_PREFIX_HITS, *_PREFIX_QUERIES})
+        except AnswerTooLargeError as exc:
+            self._too_large(exc)  # logged; the node's own counters stand
+            return False
+        samples = parse_prometheus(body.decode(errors="replace"),
+                                   {_RUNNING, _WAITING, *_KV_USAGE, *_PREFIX_HITS, *_PREFIX_QUERIES})
         if not samples:
             return False
         self._backend_running = int(sum(samples.get(_RUNNING, ())))
@@ -519,11 +556,27 @@ class OpenAIHttpClient(LlmClient):
         return request.model_dump_json(exclude_none=True).encode(), wants_usage
 
     def _connection_error(self, exc: BaseException, *, streamed: bool) -> BackendError:
+        if isinstance(exc, AnswerTooLargeError):
+            return self._too_large(exc, streamed=streamed)
         if streamed:
             return StreamInterruptedError(f"Backend {self.name!r} failed mid-stream: {exc!r}")
         if isinstance(exc, TimeoutError):
             return BackendTimeoutError(f"Backend {self.name!r} timed out: {exc!r}")
         return BackendError(f"Backend {self.name!r} unreachable: {exc!r}")
+
+    def _too_large(self, exc: AnswerTooLargeError, *, streamed: bool = False) -> BackendError:
+        """The error (and the one log line) for an answer cut at its bound."""
+        option = _BOUND_OPTIONS.get(exc.what)
+        log.warning("openai_backend_answer_too_large", node=self.name, what=exc.what, bound=exc.limit,
+                    option=option)
+        if option is None:
+            text = f"sent {exc.what} over {size_text(exc.limit)}; the connection was closed."
+        else:
+            text = (f"sent {exc.what} over {size_text(exc.limit)} (the node's {option}); the "
+                    f"connection was closed. Raise options.{option} if its answers are really this large.")
+        if streamed:
+            return StreamInterruptedError(f"Backend {self.name!r} failed mid-stream: {text}")
+        return BackendError(f"Backend {self.name!r} {text}")
 
     async def _post(self, path: str, body: bytes, response_type: type[ResponseT]) -> ResponseT:
         """One non-streamed request: the whole answer within ``timeout_s``."""
@@ -580,7 +633,7 @@ class OpenAIHttpClient(LlmClient):
         tracker = self._tracker
         state = _StreamState(self, chunk_type, wants_usage, tracker.started())
         failed = True
-        reader = _SseReader()
+        reader = _SseReader(self._max_event_bytes)
         pool = self._pool
         conn = None
         try:
@@ -734,3 +787,14 @@ def _error_status(payload: bytes) -> int | None:
     if isinstance(code, int) and 400 <= code <= 599:
         return code
     return 500
+
+
+def _byte_bound(config: NodeConfig, option: str, default: int) -> int:
+    """A size bound from the node's options, checked when the node is built (a typo stops at load,
+    never a request later)."""
+    value = config.options.get(option, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < _MIN_BOUND:
+        raise InvalidRequestError(
+            f"Node {config.node_name!r}: options.{option} must be a whole number of bytes, at least "
+            f"{_MIN_BOUND} (got {value!r}; the default is {default}).", param=f"options.{option}")
+    return value
