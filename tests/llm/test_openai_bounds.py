@@ -1,9 +1,10 @@
 """The ``openai`` engine against an upstream on loopback that answers too much: a non-streamed body
 over ``max_answer_bytes`` (declared, chunked without end, or as an error body), an SSE event that
 never ends (before and after the first chunk, and while relaying into a sink), and ``/models`` and
-``/metrics`` answers without end. Each is cut as soon as the bound is crossed (the upstream is
-still writing when we close), ends in a clear error naming the node and the bound, and the next
-request on the same node is served. A long stream of small events is never cut."""
+``/metrics`` answers without end; and once through the HTTP API (a 502 to the client). Each is cut
+as soon as the bound is crossed (the upstream is still writing when we close), ends in a clear
+error naming the node and the bound, and the next request on the same node is served. A long
+stream of small events is never cut."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from blueprint.balancer import Balancer, BalancerSettings
 from blueprint.errors import BackendError, InvalidRequestError, StreamInterruptedError
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines.openai_http import OpenAIHttpClient
 from blueprint.llm.raw import RawChunk
 from blueprint.llm.types import ChatCompletionRequest, parse_request
+from blueprint.server import ServerSettings, create_app
 from tests.loopback import serve_upstream
 
 BACKEND_MODEL = "org/backend-model"
@@ -74,8 +78,9 @@ class Upstream:
         return response
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        streamed = bool((await request.json()).get("stream"))
-        mode = self.mode
+        body = await request.json()
+        streamed = bool(body.get("stream"))
+        mode = "normal" if body["messages"][0]["content"] == "normal" else self.mode
         if mode == "declared":  # Content-Length says 64 MiB
             declared = web.StreamResponse(headers={"Content-Length": str(len(PIECE) * POURED)})
             return await self._pour(request, declared)
@@ -164,10 +169,13 @@ async def test_a_whole_answer_over_the_bound_is_a_clear_error_and_the_node_serve
     server, client = upstream
     server.mode = mode
     started = time.monotonic()
-    with structlog.testing.capture_logs() as logs, pytest.raises(BackendError) as caught:
-        await client.chat(chat_request())
-    assert type(caught.value) is BackendError and caught.value.http_status == 502
-    assert caught.value.message.startswith(
+    normal = chat_request(messages=[{"role": "user", "content": "normal"}])
+    with structlog.testing.capture_logs() as logs:  # a request beside it, on the same node, is served
+        failed, beside = await asyncio.gather(client.chat(chat_request()), client.chat(normal),
+                                              return_exceptions=True)
+    assert not isinstance(beside, BaseException) and beside.choices[0].message.content == "fine"
+    assert type(failed) is BackendError and failed.http_status == 502
+    assert failed.message.startswith(
         f"Backend {NODE!r} sent an answer over 64 KiB (the node's max_answer_bytes)")
     assert time.monotonic() - started < 2
     await server.until_cut(1)
@@ -273,3 +281,38 @@ def test_bounds_are_checked_when_the_node_is_built(value: object) -> None:
                             options={option: value})
         with pytest.raises(InvalidRequestError, match=f"options.{option}"):
             OpenAIHttpClient(config)
+
+
+async def test_the_api_client_gets_a_502_and_the_daemon_serves_on() -> None:
+    """Through the HTTP API: the request answered without end is a 502 naming the node and the
+    bound; another node's model, and the same node afterwards, are served."""
+    hostile, healthy = Upstream(), Upstream()
+    runners, nodes = [], []
+    for name, model, server in ((NODE, OUR_MODEL, hostile), ("good", "other-model", healthy)):
+        runner, base_url = await serve_upstream(post={"/v1/chat/completions": server.chat},
+                                                get={"/v1/models": server.models})
+        runners.append(runner)
+        nodes.append(OpenAIHttpClient(NodeConfig(
+            engine="openai", name=name, model=model, base_url=base_url, served_model=BACKEND_MODEL,
+            timeout_s=5, options={"max_answer_bytes": BOUND})))
+    balancer = Balancer(nodes, BalancerSettings.model_validate({"health": {"check_interval_s": 30}}))
+    await balancer.start()
+    try:
+        async with TestClient(TestServer(create_app(balancer, ServerSettings()))) as http:
+            hostile.mode = "chunked"
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            response = await http.post("/v1/chat/completions", json={"model": OUR_MODEL, **body})
+            assert response.status == 502
+            error = (await response.json())["error"]
+            assert error["message"].startswith(
+                f"Backend {NODE!r} sent an answer over 64 KiB (the node's max_answer_bytes)")
+            response = await http.post("/v1/chat/completions", json={"model": "other-model", **body})
+            assert response.status == 200
+            hostile.mode = "normal"
+            response = await http.post("/v1/chat/completions", json={"model": OUR_MODEL, **body})
+            assert response.status == 200 and (await response.json())["model"] == OUR_MODEL
+        assert hostile.outcomes and set(hostile.outcomes) == {"cut"}
+    finally:
+        await balancer.close()
+        for runner in runners:
+            await runner.cleanup()
