@@ -75,7 +75,7 @@ class _CountingSink:
         self.tokens = 0
         self.usage_tokens: int | None = None
 
-    def send(self, chunk: RawChunk) -> bool:
+    def send(self, chunk: RawChunk) -> None:
         self.tokens += 1
         usage = chunk.usage
         if usage is not None:
@@ -83,7 +83,15 @@ class _CountingSink:
             if self.span is not None:
                 traced.record_response(self.span, chunk)
         assert self.inner is not None
-        return self.inner.send(chunk)
+        self.inner.send(chunk)
+
+    def flush(self) -> bool:
+        assert self.inner is not None
+        return self.inner.flush()
+
+    def end(self) -> None:
+        assert self.inner is not None
+        self.inner.end()
 
 
 def _as_backend_error(exc: BaseException, node: str) -> BlueprintError:

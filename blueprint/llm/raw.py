@@ -18,10 +18,13 @@ pydantic answers, the HTTP path skips a parse and a serialisation per request.
 **Relaying into a sink.** A stream's consumer may ``asend`` a :class:`ChunkSink` into the
 stream's async generator instead of calling ``anext``. An engine that can (the ``openai`` one)
 then hands every following chunk to ``sink.send`` from its upstream read callback, as the bytes
-arrive, with no task switch and no generator step per chunk, until the stream ends
-(``StopAsyncIteration``), fails (it raises, as ``anext`` would) or the sink says it is congested
-(the next chunk is then yielded as usual, so the consumer can await its own pace). A generator
-that cannot ignores the value and yields its next chunk: sending a sink is always safe.
+arrive, with no task switch and no generator step per chunk, and calls ``sink.flush`` once per
+read (one write to the client for all the events one read brought). The upstream's ``[DONE]`` is
+``sink.end``: the client's answer ends right there, in the same write as its last chunk, while
+the generator finishes its bookkeeping after (``StopAsyncIteration``). A failure raises, as
+``anext`` would; a congested sink (``flush`` says so) gets the next chunk yielded as usual, so the
+consumer can await its own pace. A generator that cannot relay ignores the value and yields its
+next chunk: sending a sink is always safe.
 """
 
 from __future__ import annotations
@@ -97,9 +100,19 @@ def read_answer(payload: bytes, answer_type: type[BaseModel]) -> RawChunk:
 
 
 class ChunkSink(Protocol):
-    """Takes a relayed stream's chunks the moment they are read (see the module docstring)."""
+    """Takes a relayed stream's chunks the moment they are read (see the module docstring).
+    Every method is called from a read callback: none may await."""
 
-    def send(self, chunk: RawChunk) -> bool:
-        """Take ``chunk`` now, synchronously (it is called from a read callback: no awaiting).
-        Returns True when the consumer is congested: the relay stops after this chunk."""
+    def send(self, chunk: RawChunk) -> None:
+        """Take ``chunk``; it leaves with the next :meth:`flush` or :meth:`end`."""
+        ...
+
+    def flush(self) -> bool:
+        """Pass on what :meth:`send` took. True when the consumer is congested (or gone): the
+        relay stops, and the generator yields what follows."""
+        ...
+
+    def end(self) -> None:
+        """The stream is whole (the upstream's ``[DONE]``): pass on what :meth:`send` took and
+        the stream's end together. Nothing is sent after it."""
         ...

@@ -6,7 +6,10 @@ an early 429 and counts an SSE error as a failed stream. The handler awaits the 
 (no helper task: the whole stream runs in the request's task); a timer of the grace sends the
 headers and SSE keep-alive comments from a small task only when the first event is late. Headers
 leave with the first bytes, in one send. Chunks are written as they come: each ``write`` hands
-the bytes to the socket, nothing is held back; ``[DONE]`` leaves with the body's end. A failure
+the bytes to the socket, nothing is held back; ``[DONE]`` leaves with the body's end. A relayed
+stream (see ``blueprint.llm.raw``) writes what one upstream read brought in one write, from the
+read callback, and its end with its last chunk: the client has the whole answer before the
+engine and the balancer finish their bookkeeping. A failure
 after the headers is sent as ``data: {"error": ...}`` and ends the stream. A client that
 disconnects cancels the handler task (aiohttp ``handler_cancellation``), which cancels the
 balancer's iterator and frees its slot."""
@@ -71,6 +74,14 @@ class SseResponse(web.StreamResponse):
     them until the first write when this class flag is off, as its own ``web.Response`` does."""
 
     _send_headers_immediately = False
+    #: The body's end was written by the relay, straight to the transport (``_ClientSink.end``).
+    ended_by_relay = False
+
+    def end_written(self) -> None:
+        """The relay wrote the body's end itself: aiohttp must write nothing more (its
+        ``write_eof``, from the handler or from its own ``finish_response``, then returns)."""
+        self.ended_by_relay = True
+        self._eof_sent = True
 
 
 class _Opener:
@@ -158,10 +169,11 @@ class _ClientSink:
     """One stream's way out to its client: the SSE bytes of a chunk (usage the client did not
     ask for counted, and left out), the silence bound moved as chunks pass, and, as a
     :class:`~blueprint.llm.raw.ChunkSink`, the chunks an engine relays from its read callback,
-    written straight to the client's socket (framed as aiohttp frames them: HTTP/1.1 chunked)."""
+    written straight to the client's socket (framed as aiohttp frames them: HTTP/1.1 chunked),
+    one write per upstream read, the stream's end with its last chunk."""
 
-    __slots__ = ("_chunked", "_deadline", "_idle_s", "_include_usage", "_loop", "_moved", "_rm",
-                 "_step", "transport")
+    __slots__ = ("_chunked", "_deadline", "_idle_s", "_include_usage", "_loop", "_moved", "_out",
+                 "_response", "_rm", "_step", "transport")
 
     def __init__(self, opener: _Opener, rm: RouteMetrics, include_usage: bool,
                  deadline: asyncio.Timeout, idle_s: float) -> None:
@@ -173,7 +185,9 @@ class _ClientSink:
         self._loop = asyncio.get_running_loop()
         self._moved = self._loop.time()
         deadline.reschedule(self._moved + idle_s)
+        self._response = opener.response
         self._chunked = opener.response.chunked
+        self._out: list[bytes] = []
         self.transport = opener.transport
 
     def encode(self, chunk: BaseModel) -> bytes | None:
@@ -200,17 +214,39 @@ class _ClientSink:
             self._deadline.reschedule(now + self._idle_s)
             self._moved = now
 
-    def send(self, chunk: RawChunk) -> bool:
-        """ChunkSink: write ``chunk`` now; True when the client falls behind (or went away)."""
-        transport = self.transport
-        assert transport is not None
-        if transport.is_closing():
-            return True  # the stream's own next write finds out (499)
+    def send(self, chunk: RawChunk) -> None:
+        """ChunkSink: take ``chunk`` for the next write."""
         data = self.encode(chunk)
         if data is not None:
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+            self._out.append(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+
+    def flush(self) -> bool:
+        """ChunkSink: write what :meth:`send` took, at once; True when the client falls behind
+        (or went away: the stream's own next write finds out, 499)."""
+        transport = self.transport
+        assert transport is not None
+        out = self._out
+        if transport.is_closing():
+            out.clear()
+            return True
+        if out:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         self.progressed()
         return transport.get_write_buffer_size() > _CONGESTED
+
+    def end(self) -> None:
+        """ChunkSink: the last chunks, ``[DONE]`` and the body's end, in one write."""
+        transport = self.transport
+        assert transport is not None
+        out = self._out
+        if transport.is_closing():
+            out.clear()  # the handler's own end finds out (499)
+            return
+        out.append(b"%x\r\n%b\r\n0\r\n\r\n" % (len(DONE), DONE) if self._chunked else DONE)
+        transport.write(b"".join(out))
+        out.clear()
+        self._response.end_written()
 
     def congested(self) -> bool:
         transport = self.transport
@@ -345,6 +381,8 @@ async def _fail(opener: _Opener, iterator: AsyncIterator[BaseModel], metrics: Se
                 model=model)
     metrics.stream_failures.labels(route, model, stage, exc.code).inc()
     await _close(iterator)
+    if opener.response.ended_by_relay:
+        return  # the client has its whole answer: what failed after it is not theirs to hear
     with contextlib.suppress(ConnectionResetError):
         response = await opener.open()
         await response.write(error_event(exc))

@@ -233,9 +233,14 @@ async def test_an_sse_event_that_never_ends_fails_a_relay_into_a_sink(
     handed: list[RawChunk] = []
 
     class Sink:
-        def send(self, chunk: RawChunk) -> bool:
+        def send(self, chunk: RawChunk) -> None:
             handed.append(chunk)
+
+        def flush(self) -> bool:
             return False
+
+        def end(self) -> None:
+            raise AssertionError("the stream never ended")
 
     stream = client.chat_stream(chat_request(stream=True))
     await anext(stream)

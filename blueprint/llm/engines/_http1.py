@@ -455,6 +455,25 @@ class Http1Pool:
         else:
             conn.close()
 
+    def release_when_ended(self, conn: _Connection, within_s: float) -> None:
+        """Back to the pool once the rest of its answer (whose content was all read: a stream's
+        ``[DONE]`` came, the chunked body's end did not yet) has arrived, without anyone
+        waiting for it; closed if that takes longer than ``within_s`` or the answer breaks."""
+        if conn.complete or conn.closed or conn.failure() is not None:
+            self.release(conn)
+            return
+
+        def on_data() -> bool:
+            conn.take_body()  # whatever trails the last event: read, and dropped
+            if conn.complete:
+                conn.listener = None
+                self.release(conn)
+                return False
+            return True
+
+        conn.listener = on_data
+        conn.arm(within_s)  # its timer closes the connection
+
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()

@@ -92,6 +92,8 @@ ChunkT = TypeVar("ChunkT", ChatCompletionChunk, CompletionChunk)
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
                   "prompt is too long", "exceeds the context")
 #: vLLM's gauges, current and pre-0.10 spelling of the KV-cache one.
+#: How long the end of a stream's body is awaited, after its ``[DONE]``, for the connection's reuse.
+_END_WAIT_S = 5.0
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
@@ -301,15 +303,18 @@ class _Relay:
             if self.pending:
                 events = self.pending + events
                 self.pending = []
-            for at, payload in enumerate(events):
+            for payload in events:
                 chunk = state.take(payload)
                 if state.done:
+                    sink.end()  # the client's answer is whole: it ends with this write
                     return False
-                if chunk is not None and sink.send(chunk):  # congested: yield the rest
-                    self.pending = events[at + 1:]
-                    return False
+                if chunk is not None:
+                    sink.send(chunk)
         except Exception as exc:  # an error event, or an event past its bound: the generator raises it
+            sink.flush()  # the chunks before it, then the error
             self.error = exc
+            return False
+        if sink.flush():  # congested: the generator yields what follows, at the client's pace
             return False
         self.conn.arm(self.gap_s)
         return True
@@ -666,10 +671,12 @@ class OpenAIHttpClient(LlmClient):
                     conn.arm(gap_s)  # bounds our read only, never the consumer's time
                     pending = await self._next_events(conn, reader)
                     conn.disarm()
-                if state.done and not conn.complete:  # the end of the chunked body, for reuse
-                    conn.arm(gap_s)
-                    await conn.read_all()
-                    conn.disarm()
+                if state.done and not conn.complete:
+                    # The answer is whole; the end of its body (what lets the connection be
+                    # reused) is awaited off the request's path: the client, who may already
+                    # have sent its next request on its own connection, never waits for it.
+                    pool.release_when_ended(conn, min(gap_s, _END_WAIT_S))
+                    conn = None
             except (TimeoutError, OSError) as exc:
                 raise self._connection_error(exc, streamed=state.first_at is not None) from exc
             if not state.done:
