@@ -483,6 +483,12 @@ def targets_met(medians: dict[str, dict[str, float]], args: argparse.Namespace) 
                     checks.append((label, ratio, bound, ratio <= bound if lower else ratio >= bound))
         for label, value, _bound, met in checks:
             out.append(f"  {ours}: {label}: {value:.3f} ({'met' if met else 'NOT met'})")
+    ceiling = medians.get("direct", {}).get("rps_stream")
+    if ceiling:  # what the paced backend itself does: no gateway streams faster than it paces
+        shares = ", ".join(f"{t} {m['rps_stream'] / ceiling:.3f}" for t, m in medians.items()
+                           if t != "direct" and m.get("rps_stream"))
+        out.append(f"streamed req/s as a share of direct's ({ceiling:.0f}/s, the backend's own pace): "
+                   f"{shares}")
     return out
 
 

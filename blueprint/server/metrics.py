@@ -151,15 +151,19 @@ class ServerMetrics:
                               ["model", "kind"], registry=r)
         self.in_flight = Gauge("blueprint_http_in_flight", "Requests being served now.", registry=r)
         self.in_flight.set_function(lambda: self.in_flight_now)
-        self.streams = Gauge("blueprint_http_streams_open", "SSE streams open now.", registry=r)
+        #: SSE streams open now, and those still waiting for their first token: plain integers
+        #: on the hot path (four gauge updates per stream took a lock each), read at scrape time.
+        self.streams_now = 0
+        self.waiting_first_token_now = 0
+        Gauge("blueprint_http_streams_open", "SSE streams open now.",
+              registry=r).set_function(lambda: self.streams_now)
         self.stream_failures = Counter(
             "blueprint_http_stream_failures",
             "Streams that ended in an SSE error event after their headers were sent, by stage "
             "(mid_stream: after the first token, which OpenRouter counts against uptime).",
             ["route", "model", "stage", "code"], registry=r)
-        self.waiting_first_token = Gauge(
-            "blueprint_http_waiting_first_token", "Streams still waiting for their first token (queued).",
-            registry=r)
+        Gauge("blueprint_http_waiting_first_token", "Streams still waiting for their first token (queued).",
+              registry=r).set_function(lambda: self.waiting_first_token_now)
         if node_rows is not None:
             r.register(_NodeCollector(node_rows))
 

@@ -132,7 +132,7 @@ class _Opener:
             if self._request.version == HttpVersion11:  # stated, so relayed writes frame alike
                 self.response.enable_chunked_encoding()
             await self.response.prepare(self._request)
-            self._metrics.streams.inc()
+            self._metrics.streams_now += 1
 
     async def open(self) -> web.StreamResponse:
         """The response with its headers sent, and no keep-alive pending."""
@@ -157,7 +157,7 @@ class _Opener:
         if self._task is not None:
             self._task.cancel()
         if self.response.prepared:
-            self._metrics.streams.dec()
+            self._metrics.streams_now -= 1
 
 
 #: Bytes waiting in a client's socket buffer above which it counts as reading slower than the
@@ -282,7 +282,7 @@ async def stream_sse(
     (before it fires) or as an SSE error event (after, when the headers went out)."""
     iterator = aiter(chunks)
     opener = _Opener(request, settings.stream_keepalive_s, metrics)
-    metrics.waiting_first_token.inc()
+    metrics.waiting_first_token_now += 1
     outcome.waiting = True
     try:
         await _relay(opener, iterator, settings, metrics, route, model, include_usage, started, outcome)
@@ -290,7 +290,7 @@ async def stream_sse(
     finally:
         if outcome.waiting:
             outcome.waiting = False
-            metrics.waiting_first_token.dec()
+            metrics.waiting_first_token_now -= 1
         opener.close()
         await _close(iterator)
 
@@ -314,7 +314,7 @@ async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: 
                 grace.cancel()
             response = await opener.open()
             outcome.waiting = False
-            metrics.waiting_first_token.dec()
+            metrics.waiting_first_token_now -= 1
             write = response.write
             if chunk is None:
                 await response.write_eof(DONE)

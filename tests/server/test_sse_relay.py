@@ -88,10 +88,14 @@ async def test_each_chunk_reaches_the_client_before_the_next_is_made() -> None:
     chunk back (buffered, or waited to bunch it with the next) would hang here."""
     seen: list[asyncio.Event] = [asyncio.Event() for _ in range(30)]
 
+    open_while_streaming: list[str] = []
+
     async def stream() -> AsyncIterator[RawChunk]:
         for i in range(30):
             yield chunk(f"t{i}")
             await asyncio.wait_for(seen[i].wait(), 5)
+            if i == 0:
+                open_while_streaming.append(served.metrics.render().decode())
 
     async def on_event(line: bytes) -> None:
         if line.startswith(b"data: {"):
@@ -104,6 +108,9 @@ async def test_each_chunk_reaches_the_client_before_the_next_is_made() -> None:
         events = await asyncio.wait_for(read_events(response, on_event), 20)
     assert len(events) == 31 and events[-1] == b"data: [DONE]"
     assert served.outcomes[0].status == 200
+    assert "blueprint_http_streams_open 1.0" in open_while_streaming[0]
+    assert "blueprint_http_waiting_first_token 0.0" in open_while_streaming[0]
+    assert served.metrics.streams_now == 0
 
 
 async def test_the_whole_stream_runs_in_the_request_task() -> None:
@@ -132,8 +139,11 @@ async def test_a_refusal_within_the_grace_keeps_its_status() -> None:
             session.post(served.url, json={}) as response:
         assert response.status == 429
         assert (await response.json())["error"]["type"] == "rate_limit_error"
-    assert served.metrics.streams._value.get() == 0
-    assert served.metrics.waiting_first_token._value.get() == 0
+    assert served.metrics.streams_now == 0
+    assert served.metrics.waiting_first_token_now == 0
+    scraped = served.metrics.render().decode()  # the integers are what the gauges report
+    assert "blueprint_http_streams_open 0.0" in scraped
+    assert "blueprint_http_waiting_first_token 0.0" in scraped
 
 
 async def test_a_failure_after_the_grace_is_an_sse_event_after_keep_alives() -> None:
@@ -153,7 +163,7 @@ async def test_a_failure_after_the_grace_is_an_sse_event_after_keep_alives() -> 
                                                      OverloadedError.code)
     assert failures._value.get() == 1
     assert served.outcomes[0].status == 429
-    assert served.metrics.streams._value.get() == 0
+    assert served.metrics.streams_now == 0
 
 
 async def test_no_first_token_in_time_ends_the_stream_and_closes_it() -> None:
@@ -224,8 +234,8 @@ async def test_a_client_that_hangs_up_cancels_the_stream() -> None:
             await response.content.readline()
         await asyncio.wait_for(closed.wait(), 5)
         for _ in range(100):
-            if served.metrics.streams._value.get() == 0:
+            if served.metrics.streams_now == 0:
                 break
             await asyncio.sleep(0.01)
-        assert served.metrics.streams._value.get() == 0
+        assert served.metrics.streams_now == 0
         assert served.outcomes[0].status == 499

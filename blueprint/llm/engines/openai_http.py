@@ -210,7 +210,7 @@ class _SseReader:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
+        if buffer.find(b"\r") >= 0:  # find, not in: see blueprint.llm.raw
             held = b"\r" if buffer.endswith(b"\r") else b""  # maybe half of a CRLF
             buffer = buffer[:len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
         blocks = buffer.split(b"\n\n")
@@ -219,7 +219,7 @@ class _SseReader:
             raise AnswerTooLargeError(self._max_event, _EVENT)
         events = []
         for block in blocks:
-            if block.startswith(b"data:") and b"\n" not in block:
+            if block.startswith(b"data:") and block.find(b"\n") < 0:
                 events.append(block[5:].lstrip(b" "))
             elif block:
                 event = _event_data(block)
@@ -597,10 +597,11 @@ class OpenAIHttpClient(LlmClient):
         if conn.status >= 300:
             raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), self.config.model)
         try:
-            if RELAY_RAW.get() and b'"choices"' in payload:  # relayed as is, our model name swapped in
-                if self._model_bytes in payload:
+            # Relayed as is, our model name swapped in (find, not in: see blueprint.llm.raw).
+            if RELAY_RAW.get() and payload.find(b'"choices"') >= 0:
+                if payload.find(self._model_bytes) >= 0:
                     return read_answer(payload, response_type)  # type: ignore[return-value]
-                if self._served_bytes in payload:
+                if payload.find(self._served_bytes) >= 0:
                     return read_answer(payload.replace(self._served_bytes, self._model_bytes, 1),  # type: ignore[return-value]
                                        response_type)
             return response_type.model_validate_json(payload)
@@ -717,11 +718,12 @@ class OpenAIHttpClient(LlmClient):
     def _raw_chunk(self, payload: bytes, chunk_type: type[ChunkT], model_bytes: bytes, *,
                    streamed: bool) -> RawChunk:
         """The event as a RawChunk naming our model id; an error event (or garbage) raises."""
-        if b'"choices"' not in payload:
+        # (find, not in: see blueprint.llm.raw)
+        if payload.find(b'"choices"') < 0:
             self._parse_chunk(payload, chunk_type, streamed=streamed)  # raises unless a chunk
-        if model_bytes not in payload:
+        if payload.find(model_bytes) < 0:
             served = self._served_bytes
-            if served in payload:  # the backend's name for the model: ours goes out instead
+            if payload.find(served) >= 0:  # the backend's name for the model: ours goes out instead
                 return RawChunk(payload.replace(served, model_bytes, 1), chunk_type)
             # The backend named another model (or spaced its JSON): rewrite it the slow way.
             parsed = self._parse_chunk(payload, chunk_type, streamed=streamed)
