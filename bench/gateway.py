@@ -145,8 +145,15 @@ def start_backend(name: str, *extra: str) -> tuple[Proc, int]:
     return proc, proc.read_ready_port(30)
 
 
+def python_label(python: str) -> str:
+    """``py312`` for a Python 3.12 interpreter: the suffix of the targets it serves."""
+    version = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2], sep='')"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    return f"py{version}"
+
+
 def start_ours(name: str, trivial_port: int, paced_port: int, workdir: Path, strategy: str,
-               workers: int) -> tuple[Proc, int]:
+               workers: int, python: str = sys.executable) -> tuple[Proc, int]:
     config = workdir / f"{name}.toml"
     nodes = ""
     for model, port in ((TRIVIAL, trivial_port), (PACED, paced_port)):
@@ -158,7 +165,9 @@ def start_ours(name: str, trivial_port: int, paced_port: int, workdir: Path, str
     config.write_text(f'{server}\n[balancer]\nstrategy = "{strategy}"\n\n{nodes}')
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("API_KEYS", None)
-    proc = Proc(name, [sys.executable, "-m", "blueprint", "serve", "--config", str(config), "--port", "0"],
+    if python != sys.executable:  # another interpreter's environment, this tree's code
+        env["PYTHONPATH"] = str(ROOT)
+    proc = Proc(name, [python, "-m", "blueprint", "serve", "--config", str(config), "--port", "0"],
                 env=env, workdir=ROOT, ready_line=True)
     return proc, proc.read_ready_port(60)
 
@@ -504,12 +513,16 @@ async def start_targets(args: argparse.Namespace, trivial_port: int, paced_port:
     wanted = args.targets
     for policy in ("rr", "ca"):
         name = f"ours-{policy}"
-        variants = [(name, 1)] + ([(f"{name}-w{args.ours_workers}", args.ours_workers)]
-                                  if args.ours_workers > 1 and policy == "ca" else [])
-        for variant, workers in variants:
+        variants = [(name, 1, sys.executable)]
+        if args.ours_workers > 1 and policy == "ca":
+            variants.append((f"{name}-w{args.ours_workers}", args.ours_workers, sys.executable))
+        if args.ours_python:
+            variants.append((f"{name}-{python_label(args.ours_python)}", 1, args.ours_python))
+        for variant, workers, python in variants:
             if name not in wanted and wanted != ["all"]:
                 continue
-            proc, port = start_ours(variant, trivial_port, paced_port, workdir, POLICIES[policy], workers)
+            proc, port = start_ours(variant, trivial_port, paced_port, workdir, POLICIES[policy], workers,
+                                    python)
             procs.append(proc)
             targets.append(Target(variant, base(port), base(port), [proc]))
     for peer, (requirement, exe_name) in PEERS.items():
@@ -588,6 +601,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Gateways to measure besides direct (or 'all').")
     parser.add_argument("--ours-workers", type=int, default=1,
                         help="Also measure ours-ca-wN: cache-aware with N worker processes.")
+    parser.add_argument("--ours-python", default=None, metavar="PYTHON",
+                        help="Also measure ours served by this interpreter (an environment with "
+                             "blueprint's dependencies; this tree's code), e.g. a Python 3.12 venv's python.")
     parser.add_argument("--with-litellm", action="store_true", help="Also measure LiteLLM (slow install).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
