@@ -27,6 +27,7 @@ threads and worker processes, from /proc) over the level, divided by the request
 
     python bench/gateway.py                       # ours, vllm-router, smg; 3 rounds, ~6 minutes
     python bench/gateway.py --rounds 1 --seconds 2 --targets ours-rr vllm-router-rr   # quick look
+    python bench/gateway.py --targets ours-rr vllm-router-rr --ours-tree /tmp/before  # before/after
 
 Results are printed and written to ``bench/out/gateway.json``.
 """
@@ -153,7 +154,7 @@ def python_label(python: str) -> str:
 
 
 def start_ours(name: str, trivial_port: int, paced_port: int, workdir: Path, strategy: str,
-               workers: int, python: str = sys.executable) -> tuple[Proc, int]:
+               workers: int, python: str = sys.executable, tree: Path = ROOT) -> tuple[Proc, int]:
     config = workdir / f"{name}.toml"
     nodes = ""
     for model, port in ((TRIVIAL, trivial_port), (PACED, paced_port)):
@@ -165,10 +166,10 @@ def start_ours(name: str, trivial_port: int, paced_port: int, workdir: Path, str
     config.write_text(f'{server}\n[balancer]\nstrategy = "{strategy}"\n\n{nodes}')
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("API_KEYS", None)
-    if python != sys.executable:  # another interpreter's environment, this tree's code
-        env["PYTHONPATH"] = str(ROOT)
+    if python != sys.executable or tree != ROOT:  # another interpreter's environment, or another
+        env["PYTHONPATH"] = str(tree)               # checkout's code
     proc = Proc(name, [python, "-m", "blueprint", "serve", "--config", str(config), "--port", "0"],
-                env=env, workdir=ROOT, ready_line=True)
+                env=env, workdir=tree, ready_line=True)
     return proc, proc.read_ready_port(60)
 
 
@@ -513,16 +514,18 @@ async def start_targets(args: argparse.Namespace, trivial_port: int, paced_port:
     wanted = args.targets
     for policy in ("rr", "ca"):
         name = f"ours-{policy}"
-        variants = [(name, 1, sys.executable)]
+        variants = [(name, 1, sys.executable, ROOT)]
         if args.ours_workers > 1 and policy == "ca":
-            variants.append((f"{name}-w{args.ours_workers}", args.ours_workers, sys.executable))
+            variants.append((f"{name}-w{args.ours_workers}", args.ours_workers, sys.executable, ROOT))
         if args.ours_python:
-            variants.append((f"{name}-{python_label(args.ours_python)}", 1, args.ours_python))
-        for variant, workers, python in variants:
+            variants.append((f"{name}-{python_label(args.ours_python)}", 1, args.ours_python, ROOT))
+        if args.ours_tree:
+            variants.append((f"{name}-{args.ours_tree.name}", 1, sys.executable, args.ours_tree))
+        for variant, workers, python, tree in variants:
             if name not in wanted and wanted != ["all"]:
                 continue
             proc, port = start_ours(variant, trivial_port, paced_port, workdir, POLICIES[policy], workers,
-                                    python)
+                                    python, tree)
             procs.append(proc)
             targets.append(Target(variant, base(port), base(port), [proc]))
     for peer, (requirement, exe_name) in PEERS.items():
@@ -604,6 +607,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ours-python", default=None, metavar="PYTHON",
                         help="Also measure ours served by this interpreter (an environment with "
                              "blueprint's dependencies; this tree's code), e.g. a Python 3.12 venv's python.")
+    parser.add_argument("--ours-tree", type=Path, default=None, metavar="DIR",
+                        help="Also measure ours from another checkout (a before/after in one run), e.g. "
+                             "git worktree add /tmp/before <rev>; named ours-rr-<DIR's name>.")
     parser.add_argument("--with-litellm", action="store_true", help="Also measure LiteLLM (slow install).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
