@@ -27,6 +27,7 @@ threads and worker processes, from /proc) over the level, divided by the request
 
     python bench/gateway.py                       # ours, vllm-router, smg; 3 rounds, ~6 minutes
     python bench/gateway.py --rounds 1 --seconds 2 --targets ours-rr vllm-router-rr   # quick look
+    python bench/gateway.py --targets ours-rr vllm-router-rr --ours-tree /tmp/before  # before/after
 
 Results are printed and written to ``bench/out/gateway.json``.
 """
@@ -145,8 +146,15 @@ def start_backend(name: str, *extra: str) -> tuple[Proc, int]:
     return proc, proc.read_ready_port(30)
 
 
+def python_label(python: str) -> str:
+    """``py312`` for a Python 3.12 interpreter: the suffix of the targets it serves."""
+    version = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2], sep='')"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    return f"py{version}"
+
+
 def start_ours(name: str, trivial_port: int, paced_port: int, workdir: Path, strategy: str,
-               workers: int) -> tuple[Proc, int]:
+               workers: int, python: str = sys.executable, tree: Path = ROOT) -> tuple[Proc, int]:
     config = workdir / f"{name}.toml"
     nodes = ""
     for model, port in ((TRIVIAL, trivial_port), (PACED, paced_port)):
@@ -158,8 +166,10 @@ def start_ours(name: str, trivial_port: int, paced_port: int, workdir: Path, str
     config.write_text(f'{server}\n[balancer]\nstrategy = "{strategy}"\n\n{nodes}')
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("API_KEYS", None)
-    proc = Proc(name, [sys.executable, "-m", "blueprint", "serve", "--config", str(config), "--port", "0"],
-                env=env, workdir=ROOT, ready_line=True)
+    if python != sys.executable or tree != ROOT:  # another interpreter's environment, or another
+        env["PYTHONPATH"] = str(tree)               # checkout's code
+    proc = Proc(name, [python, "-m", "blueprint", "serve", "--config", str(config), "--port", "0"],
+                env=env, workdir=tree, ready_line=True)
     return proc, proc.read_ready_port(60)
 
 
@@ -483,6 +493,12 @@ def targets_met(medians: dict[str, dict[str, float]], args: argparse.Namespace) 
                     checks.append((label, ratio, bound, ratio <= bound if lower else ratio >= bound))
         for label, value, _bound, met in checks:
             out.append(f"  {ours}: {label}: {value:.3f} ({'met' if met else 'NOT met'})")
+    ceiling = medians.get("direct", {}).get("rps_stream")
+    if ceiling:  # what the paced backend itself does: no gateway streams faster than it paces
+        shares = ", ".join(f"{t} {m['rps_stream'] / ceiling:.3f}" for t, m in medians.items()
+                           if t != "direct" and m.get("rps_stream"))
+        out.append(f"streamed req/s as a share of direct's ({ceiling:.0f}/s, the backend's own pace): "
+                   f"{shares}")
     return out
 
 
@@ -498,12 +514,18 @@ async def start_targets(args: argparse.Namespace, trivial_port: int, paced_port:
     wanted = args.targets
     for policy in ("rr", "ca"):
         name = f"ours-{policy}"
-        variants = [(name, 1)] + ([(f"{name}-w{args.ours_workers}", args.ours_workers)]
-                                  if args.ours_workers > 1 and policy == "ca" else [])
-        for variant, workers in variants:
+        variants = [(name, 1, sys.executable, ROOT)]
+        if args.ours_workers > 1 and policy == "ca":
+            variants.append((f"{name}-w{args.ours_workers}", args.ours_workers, sys.executable, ROOT))
+        if args.ours_python:
+            variants.append((f"{name}-{python_label(args.ours_python)}", 1, args.ours_python, ROOT))
+        if args.ours_tree:
+            variants.append((f"{name}-{args.ours_tree.name}", 1, sys.executable, args.ours_tree))
+        for variant, workers, python, tree in variants:
             if name not in wanted and wanted != ["all"]:
                 continue
-            proc, port = start_ours(variant, trivial_port, paced_port, workdir, POLICIES[policy], workers)
+            proc, port = start_ours(variant, trivial_port, paced_port, workdir, POLICIES[policy], workers,
+                                    python, tree)
             procs.append(proc)
             targets.append(Target(variant, base(port), base(port), [proc]))
     for peer, (requirement, exe_name) in PEERS.items():
@@ -582,6 +604,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Gateways to measure besides direct (or 'all').")
     parser.add_argument("--ours-workers", type=int, default=1,
                         help="Also measure ours-ca-wN: cache-aware with N worker processes.")
+    parser.add_argument("--ours-python", default=None, metavar="PYTHON",
+                        help="Also measure ours served by this interpreter (an environment with "
+                             "blueprint's dependencies; this tree's code), e.g. a Python 3.12 venv's python.")
+    parser.add_argument("--ours-tree", type=Path, default=None, metavar="DIR",
+                        help="Also measure ours from another checkout (a before/after in one run), e.g. "
+                             "git worktree add /tmp/before <rev>; named ours-rr-<DIR's name>.")
     parser.add_argument("--with-litellm", action="store_true", help="Also measure LiteLLM (slow install).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])

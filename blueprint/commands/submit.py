@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from blueprint import safejson
+from blueprint.bounded import MIB, AnswerTooLargeError, read_bounded, size_text
 from blueprint.cli_errors import CommandFailed, UsageError
 from blueprint.client import BlueprintClient
 from blueprint.commands._chain import add_chain_arguments, chain_from, settings_from, signer_from
@@ -20,6 +21,8 @@ from blueprint.jobs.codec import encode_inputs
 from blueprint.tangle.quotes import SignedJobQuote, inputs_hash
 
 JOBS = {"chat": 0, "completion": 1, "embedding": 2}
+#: A signed quote is a few KiB; an operator's server is untrusted and may answer without end.
+MAX_QUOTE_ANSWER_BYTES = MIB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +58,12 @@ async def fetch_quote(endpoint: str, *, job_index: int, model: str, max_tokens: 
             "requester": requester}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async with session.post(endpoint.rstrip("/") + "/v1/quote", json=body) as resp:
-            data = safejson.loads(await resp.read())  # an operator's server: untrusted
+            try:  # an operator's server: untrusted
+                data = safejson.loads(await read_bounded(resp, MAX_QUOTE_ANSWER_BYTES))
+            except AnswerTooLargeError:
+                bound = size_text(MAX_QUOTE_ANSWER_BYTES)
+                raise CommandFailed(f"{endpoint} sent a quote answer over {bound}; check --endpoint "
+                                    "(an operator's API answers a few KiB).") from None
             if resp.status != 200:
                 raise CommandFailed(f"quote refused ({resp.status}): {data}")
     return SignedJobQuote.from_json(data["quote"])

@@ -43,6 +43,11 @@ RELAY_RAW: ContextVar[bool] = ContextVar("relay_raw", default=False)
 _USAGE = b'"usage":'
 _NO_CHOICES = (b'"choices":[]', b'"choices": []')
 
+# The byte tests on this path use ``find``, not ``in``: on CPython 3.11, ``sub in some_bytes``
+# first tries ``sub`` as an integer (``65 in b"A"``), raising and formatting a TypeError it then
+# clears, on every call; callgrind counted that as a tenth of the gateway's instructions per
+# streamed request (six tests per chunk).
+
 
 class RawChunk:
     """One upstream SSE ``data`` payload (a chat or text-completion chunk), kept as bytes."""
@@ -61,7 +66,7 @@ class RawChunk:
             data = safejson.loads(payload).get("usage")  # untrusted: depth-bounded
             self.usage = Usage.model_validate(data) if isinstance(data, dict) else None
         #: False for a usage-only event (``"choices":[]``).
-        self.has_choices = _NO_CHOICES[0] not in payload and _NO_CHOICES[1] not in payload
+        self.has_choices = payload.find(_NO_CHOICES[0]) < 0 and payload.find(_NO_CHOICES[1]) < 0
 
     @classmethod
     def whole(cls, payload: bytes, answer_type: type[BaseModel], usage: Usage | None) -> RawChunk:

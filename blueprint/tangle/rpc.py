@@ -32,12 +32,18 @@ from web3.types import RPCEndpoint, RPCResponse
 from websockets.asyncio.client import ClientConnection, connect
 
 from blueprint import safejson
+from blueprint.bounded import MIB, read_bounded
 
 #: Connections kept open to one node: enough for the consumer's overlapping sends, the receipt
 #: waits and the producer's scans; a node sees at most this many sockets from us.
 POOL_SIZE = 32
 #: Seconds an idle pooled connection stays open (nodes typically close theirs after 60-120 s).
 KEEPALIVE_S = 30.0
+#: Largest answer read from a node (bytes). A node is a peer we do not control: one that answers
+#: without end must not take the daemon's memory. The largest legitimate answers are our
+#: ``eth_getLogs`` scans, a few MiB at most; past the bound the read stops, and the error reads as
+#: a response size limit, on which the producer halves its scan range.
+MAX_ANSWER_BYTES = 64 * MIB
 
 
 def lean_web3(provider: Any) -> AsyncWeb3:
@@ -55,15 +61,17 @@ class PooledHTTPProvider(AsyncHTTPProvider):
     """``AsyncHTTPProvider`` over a keep-alive connection pool (see the module docstring).
 
     Same constructor as web3's provider; ``request_kwargs={"timeout": seconds}`` sets the total
-    timeout of one request.
+    timeout of one request, ``max_answer_bytes`` the largest answer read (an
+    :class:`~blueprint.bounded.AnswerTooLargeError` beyond).
     """
 
-    def __init__(self, endpoint_uri: str, request_kwargs: Mapping[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, endpoint_uri: str, request_kwargs: Mapping[str, Any] | None = None, *,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES, **kwargs: Any) -> None:
         kwargs_ = dict(request_kwargs or {})
         timeout = kwargs_.pop("timeout", DEFAULT_HTTP_TIMEOUT)
         super().__init__(endpoint_uri, request_kwargs=kwargs_, **kwargs)
         self._timeout = timeout if isinstance(timeout, ClientTimeout) else ClientTimeout(total=float(timeout))
+        self._max_answer = max_answer_bytes
         self._session: ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._headers = dict(self.get_request_kwargs().get("headers") or self.get_request_headers())
@@ -89,7 +97,7 @@ class PooledHTTPProvider(AsyncHTTPProvider):
 
     async def _post(self, request_data: bytes) -> bytes:
         async with self._pooled_session().post(self.endpoint_uri, data=request_data) as response:
-            return await response.read()
+            return await read_bounded(response, self._max_answer)
 
     async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
         retry = self.exception_retry_configuration

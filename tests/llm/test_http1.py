@@ -1,15 +1,18 @@
 """The lean upstream HTTP/1.1 client against raw loopback servers that answer byte by byte:
 chunked bodies split anywhere, Content-Length, close-delimited bodies, keep-alive reuse, a stale
-idle connection, and garbage."""
+idle connection, and garbage; and the bounds on what a broken or hostile upstream can make us
+hold: a whole answer, the bytes nobody has read yet, and a chunked body's trailers."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from blueprint.llm.engines._http1 import Http1Error, Http1Pool
+from blueprint.bounded import AnswerTooLargeError
+from blueprint.llm.engines._http1 import READ_HIGH_WATER, Http1Error, Http1Pool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -121,3 +124,85 @@ async def test_a_stale_idle_connection_is_replaced_and_garbage_is_an_error(serve
     assert len(connections) == 2
     with pytest.raises(Http1Error):
         conn = await pool.post("/x", b"garbage", 5)
+
+
+async def _pour(writer: asyncio.StreamWriter, piece: bytes, times: int) -> bool:
+    """Write ``piece`` ``times`` times; False when the peer closed the connection first."""
+    try:
+        for _ in range(times):
+            writer.write(piece)
+            await writer.drain()
+    except ConnectionError:
+        return False
+    return True
+
+
+async def test_an_answer_over_the_bound_is_cut_as_soon_as_it_is_crossed(serve) -> None:  # type: ignore[no-untyped-def]
+    piece = b"x" * 65536
+    finished: list[bool] = []  # per oversized answer: did the upstream get to write all of it?
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_request(reader)
+        if request == b"small":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        elif request == b"declared":  # says 64 MiB up front: refused before any of it is read
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (1024 * len(piece)))
+            finished.append(await _pour(writer, piece, 1024))
+        else:  # chunked: only counting tells
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            finished.append(await _pour(writer, b"%x\r\n%s\r\n" % (len(piece), piece), 1024))
+
+    pool, connections = await serve(handler)
+    for kind in (b"declared", b"chunked"):
+        conn = await pool.post("/x", kind, 5)
+        started = time.monotonic()
+        with pytest.raises(AnswerTooLargeError) as caught:
+            await conn.read_all(256 * 1024)
+        assert caught.value.limit == 256 * 1024 and conn.closed
+        pool.release(conn)  # closed: never back in the pool
+        for _ in range(200):  # the upstream learns of the close at its next write
+            if len(finished) == len(connections):
+                break
+            await asyncio.sleep(0.01)
+        assert finished[-1] is False and time.monotonic() - started < 2
+    conn = await pool.post("/x", b"small", 5)  # the pool still serves
+    assert await conn.read_all(256 * 1024) == b"ok"
+    pool.release(conn)
+
+
+async def test_unread_body_bytes_stay_bounded_while_nobody_reads(serve) -> None:  # type: ignore[no-untyped-def]
+    """A stream whose consumer is slow must not pile the upstream's bytes up in memory: the
+    connection stops reading (TCP holds the upstream back) and resumes when read again."""
+    piece, times = b"y" * 65536, 512  # 32 MiB
+    done = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(piece) * times))
+        if await _pour(writer, piece, times):
+            done.set()
+
+    pool, _ = await serve(handler)
+    conn = await pool.post("/x", b"{}", 5)
+    with pytest.raises(TimeoutError):  # held back: it cannot finish while we do not read
+        await asyncio.wait_for(done.wait(), 0.5)
+    held = len(conn.take_body())
+    assert 0 < held <= 2 * READ_HIGH_WATER
+    rest = await conn.read_all(len(piece) * times)
+    assert held + len(rest) == len(piece) * times and done.is_set()
+    pool.release(conn)
+
+
+async def test_trailers_that_never_end_are_an_error(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+        await _pour(writer, b"t" * 65536, 64)  # one trailer line of 4 MiB, no end
+        await reader.read()  # held open: only a bound ends it
+
+    pool, _ = await serve(handler)
+    conn = await pool.post("/x", b"{}", 3)
+    with pytest.raises(Http1Error, match="trailer"):
+        await conn.read_all()
+    pool.release(conn)

@@ -13,6 +13,7 @@ from aiohttp import web
 from web3 import AsyncHTTPProvider
 from web3.exceptions import Web3RPCError
 
+from blueprint.bounded import AnswerTooLargeError
 from blueprint.devnet.anvil import free_port
 from blueprint.tangle.rpc import PooledHTTPProvider, lean_web3, raw_request, rpc_error_of
 
@@ -24,6 +25,7 @@ class FakeNode:
 
     port: int = field(default_factory=free_port)
     peers: list[int] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)  # of each answer without end: "cut" or not
     runner: web.AppRunner | None = None
 
     @property
@@ -34,10 +36,26 @@ class FakeNode:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.peers.append(int(peer[1]) if peer else -1)
         body = await request.json()
+        if body["method"] == "eth_getLogs":  # an answer without end (a broken or hostile node)
+            return await self.pour(request)
         if body["method"] == "eth_call":
             error = {"code": 3, "message": "execution reverted", "data": "0x08c379a0"}
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": error})
         return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": hex(100 + len(self.peers))})
+
+    async def pour(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            await response.write(b'{"jsonrpc": "2.0", "id": 1, "result": [')
+            for _ in range(4096):  # 64 MiB
+                await response.write(b'"0x00",' * 2048)
+        except ConnectionError:
+            self.outcomes.append("cut")
+            return response
+        self.outcomes.append("finished")
+        return response
 
     async def start(self) -> None:
         app = web.Application()
@@ -109,6 +127,24 @@ async def test_raw_request_returns_node_json_and_keeps_the_error_object(node: Fa
     assert "execution reverted" in str(caught.value)
     assert rpc_error_of(caught.value)["data"] == "0x08c379a0"
     assert json.loads(json.dumps(rpc_error_of(caught.value)))["code"] == 3
+
+
+async def test_an_answer_over_the_bound_is_cut_and_the_next_call_is_served(node: FakeNode) -> None:
+    """A node that answers without end cannot take the daemon's memory: the read stops at the
+    bound (the node is still writing when we close), the error reads as a response size limit
+    (the producer halves its ``eth_getLogs`` range on it), and the provider serves on."""
+    w3 = lean_web3(PooledHTTPProvider(node.url, request_kwargs={"timeout": 5}, max_answer_bytes=256 * 1024))
+    try:
+        with pytest.raises(AnswerTooLargeError, match=r"over 256 KiB \(a response size limit\)"):
+            await raw_request(w3, "eth_getLogs", [{}])
+        for _ in range(200):  # the node learns of the close at its next write (bounded: 2 s)
+            if node.outcomes:
+                break
+            await asyncio.sleep(0.01)
+        assert node.outcomes == ["cut"]
+        assert (await raw_request(w3, "eth_blockNumber", [])).startswith("0x")
+    finally:
+        await w3.provider.disconnect()
 
 
 def test_one_provider_serves_several_event_loops() -> None:

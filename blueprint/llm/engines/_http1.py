@@ -13,6 +13,14 @@ Connections are reused while the server keeps them alive, up to ``keepalive_s`` 
 server's own idle timeout, so we never write to a connection it is closing). A request that fails
 on a reused connection before any byte of the answer came back is sent once more on a fresh one:
 the server closed the idle connection as we wrote, and never saw the request.
+
+What an upstream can make us hold is bounded (it is a peer we do not control): the head (64 KiB),
+a chunked body's trailers (64 KiB), a whole answer (:meth:`_Connection.read_all`, the pool's
+``max_answer_bytes``: cut as soon as it is crossed, a ``Content-Length`` over it refused before
+reading), and the bytes that arrived but nobody has read yet (a slow consumer of a stream): past
+:data:`READ_HIGH_WATER` the connection stops reading, so TCP holds the upstream back, and resumes
+when they are read. A stream's total is not bounded (a long stream is legitimate); its events are,
+by the reader that parses them.
 """
 
 from __future__ import annotations
@@ -23,6 +31,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+from blueprint.bounded import MIB, AnswerTooLargeError
+
+#: Unread body bytes past which a connection stops reading until they are taken (flow control).
+READ_HIGH_WATER = MIB
+#: Default bound on a whole answer read with :meth:`_Connection.read_all`. The largest legitimate
+#: answers are embeddings: 2,048 inputs (the most a request holds) of 4,096 dimensions written as
+#: JSON floats come to about 180 MiB.
+DEFAULT_MAX_ANSWER_BYTES = 256 * MIB
+#: Head and trailer bytes an upstream may send before their end.
+_MAX_HEAD = 65536
 
 
 class Http1Error(ConnectionError):
@@ -42,8 +61,9 @@ def _field(lowered: bytes, name: bytes) -> bytes | None:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection and the answer being read on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_answer: int = DEFAULT_MAX_ANSWER_BYTES) -> None:
         self.loop = loop
+        self.max_answer = max_answer
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -69,6 +89,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.received_any = False
         self._body: list[bytes] = []
+        self._unread = 0  # bytes received since the body was last taken (flow control)
+        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
 
@@ -88,6 +110,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        self._unread += len(data)
         try:
             self._feed(data)
         except Http1Error as exc:
@@ -98,6 +121,9 @@ class _Connection(asyncio.Protocol):
             if listener() and self._error is None and not self.complete:
                 return  # taken, and more is wanted: the reader sleeps on
             self.listener = None
+        if self._unread > READ_HIGH_WATER and not self._paused and not self.closed:
+            self._paused = True  # nobody reads: let TCP hold the upstream back
+            self.transport.pause_reading()  # type: ignore[union-attr]
         self._wake()
 
     # ---- parsing
@@ -107,7 +133,7 @@ class _Connection(asyncio.Protocol):
             data = self._buffer + data
             end = data.find(b"\r\n\r\n")
             if end < 0:
-                if len(data) > 65536:
+                if len(data) > _MAX_HEAD:
                     raise Http1Error("the upstream's response headers are too large")
                 self._buffer = data
                 return
@@ -175,6 +201,8 @@ class _Connection(asyncio.Protocol):
             if self._trailers:  # after the last chunk: trailer lines until an empty one
                 end = data.find(b"\r\n", pos)
                 if end < 0:
+                    if size - pos > _MAX_HEAD:
+                        raise Http1Error("the upstream's trailer fields are too large")
                     self._buffer = data[pos:]
                     return
                 if end == pos:
@@ -275,8 +303,16 @@ class _Connection(asyncio.Protocol):
         if not self._head_done:
             raise self._error or Http1Error("the upstream closed the connection before answering")
 
+    def _resume(self) -> None:
+        self._paused = False
+        if not self.closed:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
     def take_body(self) -> bytes:
         """Body bytes that arrived since the last call, without waiting (b"" when none)."""
+        self._unread = 0
+        if self._paused:
+            self._resume()
         body = self._body
         if not body:
             return b""
@@ -301,17 +337,33 @@ class _Connection(asyncio.Protocol):
                 return b""
             await self._wait()
         body, self._body = self._body, []
+        self._unread = 0
+        if self._paused:
+            self._resume()
         return body[0] if len(body) == 1 else b"".join(body)
 
-    async def read_all(self) -> bytes:
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """The whole body; :class:`AnswerTooLargeError` (and the connection closed) as soon as
+        it passes ``limit`` bytes (the pool's ``max_answer_bytes`` when None)."""
+        limit = limit or self.max_answer
+        if self._length is not None and self._length > limit:  # declared: refused unread
+            self.close()
+            raise AnswerTooLargeError(limit)
         parts = []
+        total = 0
         while True:
             data = await self.read_some()
             if not data:
                 return b"".join(parts)
+            total += len(data)
+            if total > limit:
+                self.close()
+                raise AnswerTooLargeError(limit)
             parts.append(data)
 
     def send(self, payload: bytes) -> None:
+        if self._paused:  # the last answer ended while its reader lagged: read this one
+            self._resume()
         self._reset()
         assert self.transport is not None
         self.transport.write(payload)
@@ -328,7 +380,8 @@ class Http1Pool:
     """Keep-alive connections to one ``http(s)://host:port``; ``post`` is the only verb."""
 
     def __init__(self, base_url: str, *, headers: dict[str, str], keepalive_s: float,
-                 connect_timeout_s: float, max_idle: int = 256) -> None:
+                 connect_timeout_s: float, max_idle: int = 256,
+                 max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> None:
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -341,13 +394,14 @@ class Http1Pool:
         self._keepalive_s = keepalive_s
         self._connect_timeout_s = connect_timeout_s
         self._max_idle = max_idle
+        self._max_answer = max_answer_bytes
         self._idle: deque[_Connection] = deque()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout_s):
-            _, conn = await loop.create_connection(lambda: _Connection(loop), self.host, self.port,
-                                                   ssl=self._ssl)
+            _, conn = await loop.create_connection(lambda: _Connection(loop, self._max_answer), self.host,
+                                                   self.port, ssl=self._ssl)
         return conn
 
     def _take_idle(self) -> _Connection | None:

@@ -19,14 +19,22 @@ Why it looks the way it does:
 * **Errors become our types** so the balancer can retry what is retryable (5xx, connection errors,
   429) and report the rest; once a stream has yielded its first chunk, a failure is a
   :class:`StreamInterruptedError` (never retried: the client already has tokens).
+* **What a backend sends is bounded** (it is a peer we do not control; one that answers without
+  end must not take the daemon's memory): a whole answer by ``max_answer_bytes``, one SSE event by
+  ``max_event_bytes``, ``/models`` and ``/metrics`` by :data:`PROBE_MAX_BYTES`. Reading stops as
+  soon as a bound is crossed, the connection is closed, and the request fails with a
+  :class:`BackendError` that names the bound (mid-stream: a :class:`StreamInterruptedError`). A
+  stream's total is not bounded: a long stream of events is legitimate.
 
 Engine options (``NodeConfig.options``): ``first_chunk_timeout_s`` (default ``timeout_s``),
 ``read_timeout_s`` (longest silence between two reads of a stream; default ``timeout_s``),
 ``max_connections`` (default ``max_batch_size + max_queue``), ``keepalive_s`` (default 4, below
 uvicorn's 5 s so we never reuse a connection the server is closing), ``health_timeout_s`` (2),
 ``health_path`` (``/health``), ``metrics_path`` (``/metrics``), ``metrics_max_age_s`` (30: older
-backend metrics are ignored), ``stream_usage`` (true: always ask the backend for usage in streams
-so tokens can be counted; it is passed on only if the caller asked), and the feature flags
+backend metrics are ignored), ``max_answer_bytes`` (256 MiB: a non-streamed answer or an
+error body; 2,048 embeddings of 4,096 dimensions as JSON text are about 180 MiB),
+``max_event_bytes`` (8 MiB: one SSE event), ``stream_usage`` (true: always ask the backend for
+usage in streams so tokens can be counted; it is passed on only if the caller asked), and the feature flags
 ``embeddings``, ``tools``, ``json_mode``, ``structured_outputs``, ``reasoning``, ``logprobs``
 (default false: what the backend serves is not discoverable from ``/v1/models``; they decide what
 ``/v1/models`` declares, while requests are passed on as they came: ``tools``, ``tool_choice``,
@@ -48,6 +56,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from blueprint import safejson
+from blueprint.bounded import KIB, MIB, AnswerTooLargeError, read_bounded, size_text
 from blueprint.errors import (
     BackendError,
     BackendTimeoutError,
@@ -60,7 +69,7 @@ from blueprint.errors import (
 )
 from blueprint.llm.client import Capabilities, LlmClient, MetricsTracker, NodeMetrics
 from blueprint.llm.config import NodeConfig
-from blueprint.llm.engines._http1 import Http1Pool
+from blueprint.llm.engines._http1 import DEFAULT_MAX_ANSWER_BYTES, Http1Pool
 from blueprint.llm.raw import RELAY_RAW, ChunkSink, RawChunk, read_answer
 from blueprint.llm.types import (
     ChatCompletion,
@@ -91,6 +100,18 @@ _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 #: vLLM's prefix-cache counters (tokens), current and V0 spelling.
 _PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 _PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+
+#: One SSE event (``options.max_event_bytes``): a chunk is a few hundred bytes, one with logprobs
+#: a few KiB; a backend that sends a whole answer as one event stays far below this.
+DEFAULT_MAX_EVENT_BYTES = 8 * MIB
+#: ``/v1/models`` and ``/metrics`` answers: a few KiB from vLLM; a backend serving many models or
+#: exporting histograms per model stays below this.
+PROBE_MAX_BYTES = 4 * MIB
+#: The smallest bound an operator may set (below it no real answer fits).
+_MIN_BOUND = KIB
+_EVENT = "an SSE event"
+#: The node option that sets each bound a backend's answer can cross.
+_BOUND_OPTIONS = {"an answer": "max_answer_bytes", _EVENT: "max_event_bytes"}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -177,23 +198,28 @@ def parse_prometheus(text: str, names: set[str]) -> dict[str, list[float]]:
 class _SseReader:
     """Incremental SSE parser: feed bytes, get complete ``data`` payloads (multi-line data joined
     by newlines as the SSE spec says; comments and other fields ignored). Events are cut at blank
-    lines with one ``split`` per read, the common one-line ``data:`` event taking no further work."""
+    lines with one ``split`` per read, the common one-line ``data:`` event taking no further work.
+    An event still unfinished past ``max_event`` bytes raises :class:`AnswerTooLargeError` (a
+    backend that never ends one would otherwise grow the buffer without end)."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_max_event")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._buffer = b""
+        self._max_event = max_event
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
+        if buffer.find(b"\r") >= 0:  # find, not in: see blueprint.llm.raw
             held = b"\r" if buffer.endswith(b"\r") else b""  # maybe half of a CRLF
             buffer = buffer[:len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
         blocks = buffer.split(b"\n\n")
         self._buffer = blocks.pop()  # what follows the last blank line: an event still arriving
+        if len(self._buffer) > self._max_event and not blocks:  # (the events before it go first)
+            raise AnswerTooLargeError(self._max_event, _EVENT)
         events = []
         for block in blocks:
-            if block.startswith(b"data:") and b"\n" not in block:
+            if block.startswith(b"data:") and block.find(b"\n") < 0:
                 events.append(block[5:].lstrip(b" "))
             elif block:
                 event = _event_data(block)
@@ -204,6 +230,8 @@ class _SseReader:
     def flush(self) -> list[bytes]:
         """Whatever a server left without the final blank line."""
         buffer, self._buffer = self._buffer, b""
+        if len(buffer) > self._max_event:
+            raise AnswerTooLargeError(self._max_event, _EVENT)
         event = _event_data(buffer.replace(b"\r\n", b"\n").strip(b"\n")) if buffer else None
         return [event] if event is not None else []
 
@@ -269,12 +297,12 @@ class _Relay:
 
     def on_data(self) -> bool:
         """Hand over every complete event read so far; True to keep relaying."""
-        events = self.reader.feed(self.conn.take_body())
-        if self.pending:
-            events = self.pending + events
-            self.pending = []
         state, sink = self.state, self.sink
         try:
+            events = self.reader.feed(self.conn.take_body())
+            if self.pending:
+                events = self.pending + events
+                self.pending = []
             for payload in events:
                 chunk = state.take(payload)
                 if state.done:
@@ -282,7 +310,7 @@ class _Relay:
                     return False
                 if chunk is not None:
                     sink.send(chunk)
-        except Exception as exc:  # an error event from the upstream: the generator raises it
+        except Exception as exc:  # an error event, or an event past its bound: the generator raises it
             sink.flush()  # the chunks before it, then the error
             self.error = exc
             return False
@@ -325,6 +353,8 @@ class OpenAIHttpClient(LlmClient):
         self._max_connections = int(opts.get("max_connections", config.max_batch_size + config.max_queue))
         self._keepalive_s = float(opts.get("keepalive_s", 4.0))
         self._stream_usage = bool(opts.get("stream_usage", True))
+        self._max_answer_bytes = _byte_bound(config, "max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES)
+        self._max_event_bytes = _byte_bound(config, "max_event_bytes", DEFAULT_MAX_EVENT_BYTES)
         self._capacity = config.max_batch_size + config.max_queue
         self._capabilities = Capabilities(
             embeddings=bool(opts.get("embeddings", False)), tools=bool(opts.get("tools", False)),
@@ -338,7 +368,8 @@ class OpenAIHttpClient(LlmClient):
         self._session: aiohttp.ClientSession | None = None  # probes: health, models, metrics
         #: The hot path (chat and completion POSTs): lean keep-alive connections.
         self._pool = Http1Pool(self.base_url, headers=self._headers, keepalive_s=self._keepalive_s,
-                               connect_timeout_s=config.connect_timeout_s)
+                               connect_timeout_s=config.connect_timeout_s,
+                               max_answer_bytes=self._max_answer_bytes)
         self._tracker = MetricsTracker()
         self._backend_info: dict[str, Any] = {}
         self._ready = False
@@ -420,14 +451,16 @@ class OpenAIHttpClient(LlmClient):
         session = self._ensure_session()
         try:
             async with session.get(f"{self.base_url}/models", timeout=self._health_timeout) as resp:
-                body = await resp.read()
+                body = await read_bounded(resp, PROBE_MAX_BYTES, "a /models answer")
                 if resp.status >= 400:
                     self._ready = False
                     raise map_http_error(resp.status, body, resp.headers.get("Retry-After"),
                                          self.config.model)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, AnswerTooLargeError) as exc:
             self._ready = False
             self._model_info = self._build_model_info()
+            if isinstance(exc, AnswerTooLargeError):
+                raise self._too_large(exc) from exc
             raise BackendError(f"Cannot read {self.base_url}/models: {exc!r}") from exc
         try:
             entries = safejson.loads(body).get("data") or []
@@ -470,10 +503,14 @@ class OpenAIHttpClient(LlmClient):
             async with session.get(self.root_url + self._metrics_path, timeout=self._health_timeout) as resp:
                 if resp.status != 200:
                     return False
-                text = await resp.text()
+                body = await read_bounded(resp, PROBE_MAX_BYTES, "a /metrics answer")
         except (TimeoutError, aiohttp.ClientError):
             return False
-        samples = parse_prometheus(text, {_RUNNING, _WAITING, *_KV_USAGE, *_PREFIX_HITS, *_PREFIX_QUERIES})
+        except AnswerTooLargeError as exc:
+            self._too_large(exc)  # logged; the node's own counters stand
+            return False
+        samples = parse_prometheus(body.decode(errors="replace"),
+                                   {_RUNNING, _WAITING, *_KV_USAGE, *_PREFIX_HITS, *_PREFIX_QUERIES})
         if not samples:
             return False
         self._backend_running = int(sum(samples.get(_RUNNING, ())))
@@ -524,11 +561,27 @@ class OpenAIHttpClient(LlmClient):
         return request.model_dump_json(exclude_none=True).encode(), wants_usage
 
     def _connection_error(self, exc: BaseException, *, streamed: bool) -> BackendError:
+        if isinstance(exc, AnswerTooLargeError):
+            return self._too_large(exc, streamed=streamed)
         if streamed:
             return StreamInterruptedError(f"Backend {self.name!r} failed mid-stream: {exc!r}")
         if isinstance(exc, TimeoutError):
             return BackendTimeoutError(f"Backend {self.name!r} timed out: {exc!r}")
         return BackendError(f"Backend {self.name!r} unreachable: {exc!r}")
+
+    def _too_large(self, exc: AnswerTooLargeError, *, streamed: bool = False) -> BackendError:
+        """The error (and the one log line) for an answer cut at its bound."""
+        option = _BOUND_OPTIONS.get(exc.what)
+        log.warning("openai_backend_answer_too_large", node=self.name, what=exc.what, bound=exc.limit,
+                    option=option)
+        if option is None:
+            text = f"sent {exc.what} over {size_text(exc.limit)}; the connection was closed."
+        else:
+            text = (f"sent {exc.what} over {size_text(exc.limit)} (the node's {option}); the "
+                    f"connection was closed. Raise options.{option} if its answers are really this large.")
+        if streamed:
+            return StreamInterruptedError(f"Backend {self.name!r} failed mid-stream: {text}")
+        return BackendError(f"Backend {self.name!r} {text}")
 
     async def _post(self, path: str, body: bytes, response_type: type[ResponseT]) -> ResponseT:
         """One non-streamed request: the whole answer within ``timeout_s``."""
@@ -544,10 +597,11 @@ class OpenAIHttpClient(LlmClient):
         if conn.status >= 300:
             raise map_http_error(conn.status, payload, conn.headers.get("retry-after"), self.config.model)
         try:
-            if RELAY_RAW.get() and b'"choices"' in payload:  # relayed as is, our model name swapped in
-                if self._model_bytes in payload:
+            # Relayed as is, our model name swapped in (find, not in: see blueprint.llm.raw).
+            if RELAY_RAW.get() and payload.find(b'"choices"') >= 0:
+                if payload.find(self._model_bytes) >= 0:
                     return read_answer(payload, response_type)  # type: ignore[return-value]
-                if self._served_bytes in payload:
+                if payload.find(self._served_bytes) >= 0:
                     return read_answer(payload.replace(self._served_bytes, self._model_bytes, 1),  # type: ignore[return-value]
                                        response_type)
             return response_type.model_validate_json(payload)
@@ -585,7 +639,7 @@ class OpenAIHttpClient(LlmClient):
         tracker = self._tracker
         state = _StreamState(self, chunk_type, wants_usage, tracker.started())
         failed = True
-        reader = _SseReader()
+        reader = _SseReader(self._max_event_bytes)
         pool = self._pool
         conn = None
         try:
@@ -664,11 +718,12 @@ class OpenAIHttpClient(LlmClient):
     def _raw_chunk(self, payload: bytes, chunk_type: type[ChunkT], model_bytes: bytes, *,
                    streamed: bool) -> RawChunk:
         """The event as a RawChunk naming our model id; an error event (or garbage) raises."""
-        if b'"choices"' not in payload:
+        # (find, not in: see blueprint.llm.raw)
+        if payload.find(b'"choices"') < 0:
             self._parse_chunk(payload, chunk_type, streamed=streamed)  # raises unless a chunk
-        if model_bytes not in payload:
+        if payload.find(model_bytes) < 0:
             served = self._served_bytes
-            if served in payload:  # the backend's name for the model: ours goes out instead
+            if payload.find(served) >= 0:  # the backend's name for the model: ours goes out instead
                 return RawChunk(payload.replace(served, model_bytes, 1), chunk_type)
             # The backend named another model (or spaced its JSON): rewrite it the slow way.
             parsed = self._parse_chunk(payload, chunk_type, streamed=streamed)
@@ -741,3 +796,14 @@ def _error_status(payload: bytes) -> int | None:
     if isinstance(code, int) and 400 <= code <= 599:
         return code
     return 500
+
+
+def _byte_bound(config: NodeConfig, option: str, default: int) -> int:
+    """A size bound from the node's options, checked when the node is built (a typo stops at load,
+    never a request later)."""
+    value = config.options.get(option, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < _MIN_BOUND:
+        raise InvalidRequestError(
+            f"Node {config.node_name!r}: options.{option} must be a whole number of bytes, at least "
+            f"{_MIN_BOUND} (got {value!r}; the default is {default}).", param=f"options.{option}")
+    return value
