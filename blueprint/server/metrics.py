@@ -6,21 +6,25 @@ metrics, :mod:`blueprint.context.metrics`). The hot path
 only touches pre-bound children, cached per (route, model). Per request it adds to plain
 integers (requests by status, tokens in and out, requests in flight) that a collector registered
 ahead of the families folds into the prometheus children whenever the registry is read (a scrape,
-the console's sampler), so a reader always sees every finished request; only the latency
-histogram is observed per request. A prometheus ``inc`` is four Python calls and a lock: seven
-of them were a tenth of the gateway's own work per request. Per-node gauges are read from
+the console's sampler), so a reader always sees every finished request. The latency and TTFT
+histograms are plain bucket counts too (one ``bisect`` and two additions per observation),
+reported as histogram families by a collector: a prometheus ``observe`` took two locked
+increments and a Python loop over the buckets. A prometheus ``inc`` is four Python calls and a
+lock: seven of them were a tenth of the gateway's own work per request. Per-node gauges are read from
 ``balancer.nodes()`` at scrape time by a custom collector, so routing never pays for them.
 Everything here runs on the event loop (scrapes included), so the plain integers need no lock.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from blueprint.llm.types import Usage
 
@@ -45,35 +49,60 @@ NODE_GAUGES: tuple[tuple[str, str], ...] = (
 )
 
 
+class _Buckets:
+    """One histogram series as plain counts: per bucket (not cumulative; the last is +Inf), and
+    the sum. Observed on the event loop only, like everything here: no lock."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: "le"
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), float(total)))
+        return out
+
+
 class RouteMetrics:
     """Pre-bound children for one (route, model), and the counts not yet folded into them."""
 
-    __slots__ = ("_completion_tokens", "_latency", "_model", "_pending", "_prompt_tokens", "_requests",
-                 "_requests_family", "_route", "_tokens_in", "_tokens_out", "_ttft")
+    __slots__ = ("_completion_tokens", "_model", "_pending", "_prompt_tokens", "_requests",
+                 "_requests_family", "_route", "_tokens_in", "_tokens_out", "latency", "ttft")
 
     def __init__(self, owner: ServerMetrics, route: str, model: str) -> None:
         self._route, self._model = route, model
-        self._latency = owner.latency.labels(route, model)
+        #: Time to the end of the response, and to the first streamed token (None without a model).
+        self.latency = _Buckets(_LATENCY_BUCKETS)
+        self.ttft: _Buckets | None = None
         self._requests: dict[int, Any] = {}
         self._requests_family: Counter = owner.requests
         #: Requests finished by status, and tokens, since the registry was last read.
         self._pending: dict[int, int] = {}
         self._prompt_tokens = self._completion_tokens = 0
         if model == NO_MODEL:  # failed before any model was served: no token or TTFT series
-            self._ttft = self._tokens_in = self._tokens_out = None
+            self._tokens_in = self._tokens_out = None
         else:
-            self._ttft = owner.ttft.labels(route, model)
+            self.ttft = _Buckets(_TTFT_BUCKETS)
             self._tokens_in = owner.tokens.labels(model, "prompt")
             self._tokens_out = owner.tokens.labels(model, "completion")
 
     def finished(self, status: int, elapsed_s: float) -> None:
         pending = self._pending
         pending[status] = pending.get(status, 0) + 1
-        self._latency.observe(elapsed_s)
+        self.latency.observe(elapsed_s)
 
     def first_token(self, elapsed_s: float) -> None:
-        if self._ttft is not None:
-            self._ttft.observe(elapsed_s)
+        if self.ttft is not None:
+            self.ttft.observe(elapsed_s)
 
     def usage(self, usage: Usage | Any | None) -> None:
         if usage is None or self._tokens_in is None:
@@ -110,6 +139,29 @@ class _Fold(Collector):
         return iter(())
 
 
+class _Histograms(Collector):
+    """The latency and TTFT histogram families, from every route's plain bucket counts."""
+
+    def __init__(self, owner: ServerMetrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        routes = list(self._owner._routes.values())
+        latency = HistogramMetricFamily(
+            "blueprint_http_request_duration_seconds",
+            "Time from request to the end of the response (whole stream).", labels=["route", "model"])
+        ttft = HistogramMetricFamily("blueprint_http_time_to_first_token_seconds",
+                                     "Time from request to the first streamed token.",
+                                     labels=["route", "model"])
+        for route in routes:
+            labels = [route._route, route._model]
+            latency.add_metric(labels, route.latency.cumulative(), route.latency.sum)
+            if route.ttft is not None:
+                ttft.add_metric(labels, route.ttft.cumulative(), route.ttft.sum)
+        yield latency
+        yield ttft
+
+
 class _NodeCollector(Collector):
     """Per-node gauges read from the balancer when Prometheus scrapes."""
 
@@ -141,12 +193,7 @@ class ServerMetrics:
         self.in_flight_now = 0
         self.requests = Counter("blueprint_http_requests", "HTTP requests by route, model and status.",
                                 ["route", "model", "status"], registry=r)
-        self.latency = Histogram("blueprint_http_request_duration_seconds",
-                                 "Time from request to the end of the response (whole stream).",
-                                 ["route", "model"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("blueprint_http_time_to_first_token_seconds",
-                              "Time from request to the first streamed token.", ["route", "model"],
-                              buckets=_TTFT_BUCKETS, registry=r)
+        r.register(_Histograms(self))
         self.tokens = Counter("blueprint_http_tokens", "Tokens in (prompt) and out (completion).",
                               ["model", "kind"], registry=r)
         self.in_flight = Gauge("blueprint_http_in_flight", "Requests being served now.", registry=r)
