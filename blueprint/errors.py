@@ -116,6 +116,15 @@ class BackendTimeoutError(BackendError):
     code = "backend_timeout"
 
 
+class AnswerTooLargeBackendError(BackendError):
+    """A backend's answer (or one event of it) passed the node's size bound. How large an answer
+    is can be the caller's choice (``n``, ``max_tokens``, logprobs), so it is neither retried on
+    another node (which would make it again) nor counted against the node's health."""
+
+    code = "answer_too_large"
+    retryable = False
+
+
 class StreamInterruptedError(BackendError):
     """The backend failed after tokens were already sent: never retried, reported as is."""
 

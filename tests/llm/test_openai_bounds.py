@@ -15,18 +15,25 @@ import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from blueprint.balancer import Balancer, BalancerSettings
-from blueprint.errors import BackendError, InvalidRequestError, StreamInterruptedError
+from blueprint.errors import (
+    AnswerTooLargeBackendError,
+    BackendError,
+    InvalidRequestError,
+    StreamInterruptedError,
+)
+from blueprint.llm import create_client
 from blueprint.llm.config import NodeConfig
 from blueprint.llm.engines.openai_http import OpenAIHttpClient
 from blueprint.llm.raw import RawChunk
 from blueprint.llm.types import ChatCompletionRequest, parse_request
-from blueprint.server import ServerSettings, create_app
+from blueprint.server import ServerSettings, create_app, start_server
 from tests.loopback import serve_upstream
 
 BACKEND_MODEL = "org/backend-model"
@@ -174,7 +181,7 @@ async def test_a_whole_answer_over_the_bound_is_a_clear_error_and_the_node_serve
         failed, beside = await asyncio.gather(client.chat(chat_request()), client.chat(normal),
                                               return_exceptions=True)
     assert not isinstance(beside, BaseException) and beside.choices[0].message.content == "fine"
-    assert type(failed) is BackendError and failed.http_status == 502
+    assert type(failed) is AnswerTooLargeBackendError and failed.http_status == 502 and not failed.retryable
     assert failed.message.startswith(
         f"Backend {NODE!r} sent an answer over 64 KiB (the node's max_answer_bytes)")
     assert time.monotonic() - started < 2
@@ -208,7 +215,7 @@ async def test_an_sse_event_that_never_ends_fails_the_stream(upstream: Served) -
     with pytest.raises(BackendError) as caught:
         async for _ in client.chat_stream(chat_request(stream=True)):
             pass
-    assert type(caught.value) is BackendError
+    assert type(caught.value) is AnswerTooLargeBackendError
     assert caught.value.message.startswith(
         f"Backend {NODE!r} sent an SSE event over 64 KiB (the node's max_event_bytes)")
 
@@ -321,3 +328,72 @@ async def test_the_api_client_gets_a_502_and_the_daemon_serves_on() -> None:
         await balancer.close()
         for runner in runners:
             await runner.cleanup()
+
+
+BREAKER_KEY = "sk-review"
+
+
+async def _sized_upstream(hits: list[str], name: str) -> tuple[asyncio.Server, str]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                if not head.startswith(b"GET"):
+                    hits.append(name)
+                if head.startswith(b"GET"):
+                    out = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+                else:
+                    # The answer's size is the client's choice (n, max_tokens, logprobs): 'big' asks for much.
+                    text = "x" * (20000 if b"big" in body else 5)
+                    out = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": text}}],
+                                      "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                "total_tokens": 2}}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d"
+                             b"\r\n\r\n%b" % (len(out), out))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+async def test_answers_too_large_for_one_client_do_not_open_every_nodes_breaker() -> None:
+    """How large an answer is can be the caller's choice (n, max_tokens, logprobs): one caller's
+    oversized answers are their own 502s, not the nodes' failures. Not retried on another node
+    (which would make it again), not counted against the node, and another caller is served."""
+    servers, configs, hits = [], [], []
+    for name in ("a", "b"):
+        server, url = await _sized_upstream(hits, name)
+        servers.append(server)
+        configs.append(NodeConfig(name=name, engine="openai", model="ours", served_model="m", base_url=url,
+                                  options={"max_answer_bytes": 16384}))
+    balancer = Balancer([create_client(c) for c in configs], node_configs={c.node_name: c for c in configs})
+    await balancer.start()
+    api = await start_server(balancer, ServerSettings(host="127.0.0.1", port=0, api_keys=[BREAKER_KEY],
+                                                      shutdown_timeout_s=1.0))
+    url = f"http://127.0.0.1:{api.port}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {BREAKER_KEY}"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):  # one client's oversized asks
+                async with session.post(url, headers=headers, json={
+                        "model": "ours", "messages": [{"role": "user", "content": "big"}]}) as response:
+                    assert response.status == 502
+            async with session.post(url, headers=headers, json={
+                    "model": "ours", "messages": [{"role": "user", "content": "hi"}]}) as response:
+                status = response.status
+        assert status == 200, f"another client's ordinary request got {status}"
+        assert len(hits) == 6  # each oversized answer made once, never again on the other node
+        assert {n.name: n.breaker.state for n in balancer.nodes()} == {"a": "closed", "b": "closed"}
+    finally:
+        await api.close()
+        await balancer.close()
+        for server in servers:
+            server.close()

@@ -58,6 +58,7 @@ from pydantic import BaseModel, ValidationError
 from blueprint import safejson
 from blueprint.bounded import KIB, MIB, AnswerTooLargeError, read_bounded, size_text
 from blueprint.errors import (
+    AnswerTooLargeBackendError,
     BackendError,
     BackendTimeoutError,
     BlueprintError,
@@ -581,7 +582,7 @@ class OpenAIHttpClient(LlmClient):
                     f"connection was closed. Raise options.{option} if its answers are really this large.")
         if streamed:
             return StreamInterruptedError(f"Backend {self.name!r} failed mid-stream: {text}")
-        return BackendError(f"Backend {self.name!r} {text}")
+        return AnswerTooLargeBackendError(f"Backend {self.name!r} {text}")
 
     async def _post(self, path: str, body: bytes, response_type: type[ResponseT]) -> ResponseT:
         """One non-streamed request: the whole answer within ``timeout_s``."""
