@@ -325,12 +325,17 @@ async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: 
             out = _ClientSink(opener, rm, include_usage, deadline, settings.request_timeout_s)
             asend = getattr(iterator, "asend", None)
             relay = out if asend is not None and out.transport is not None else None
+            sent = False  # the headers wait for the first bytes the client gets (one send)
             try:
                 while True:
                     data = out.encode(chunk)
                     if data is not None:
                         await write(data)
+                        sent = True
                     if relay is not None:
+                        if not sent:  # nothing for the client yet (a usage-only event it did
+                            await write(b"")  # not ask for): the headers, before the relay
+                            sent = True  # writes the rest straight to the socket
                         # Hand the chunks that follow to the engine's read callback (written from
                         # there as they are read: no task switch per chunk), unless this client
                         # reads slower than the upstream writes: then one at a time, at its pace.
@@ -346,6 +351,8 @@ async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: 
     except TimeoutError:
         if not opener.committed:
             raise
+        if opener.response.ended_by_relay:
+            return  # the answer was whole before the bound ran out (see _fail)
         if stage == "mid_stream":
             error = BackendTimeoutError(f"The stream was silent for {settings.request_timeout_s:g} s.",
                                         code="request_timeout")
@@ -357,14 +364,23 @@ async def _relay(opener: _Opener, iterator: AsyncIterator[BaseModel], settings: 
     except BlueprintError as exc:
         if not opener.committed:  # refused within the grace: answered with its real HTTP status
             raise
+        if opener.response.ended_by_relay:
+            log.warning("stream_failed_after_its_end", code=exc.code, route=route, model=model)
+            await _close(iterator)
+            return
         outcome.status = exc.http_status
         await _fail(opener, iterator, metrics, route, model, stage, exc)
     except (ConnectionResetError, asyncio.CancelledError):
-        outcome.status = 499
+        if not opener.response.ended_by_relay:  # a client gone after its whole answer: a 200
+            outcome.status = 499
         raise
     except Exception:
         if not opener.committed:
             raise
+        if opener.response.ended_by_relay:
+            log.exception("stream_failed_after_its_end", route=route, model=model)
+            await _close(iterator)
+            return
         outcome.status = 500
         log.exception("stream failed unexpectedly")
         await _fail(opener, iterator, metrics, route, model, stage,
@@ -376,13 +392,12 @@ async def _fail(opener: _Opener, iterator: AsyncIterator[BaseModel], metrics: Se
     """A stream that fails after its headers: one log line, one count, and the SSE error event
     (a mid-stream failure is what OpenRouter holds against a provider's uptime). The stream is
     closed first, freeing its node slot: the event's write may wait on a client that never
-    reads (its silence is what timed out), and must not hold the slot meanwhile."""
+    reads (its silence is what timed out), and must not hold the slot meanwhile. Never called
+    once the relay ended the answer: the client has it whole, and nothing failed for them."""
     log.warning("stream_failed", stage=stage, code=exc.code, status=exc.http_status, route=route,
                 model=model)
     metrics.stream_failures.labels(route, model, stage, exc.code).inc()
     await _close(iterator)
-    if opener.response.ended_by_relay:
-        return  # the client has its whole answer: what failed after it is not theirs to hear
     with contextlib.suppress(ConnectionResetError):
         response = await opener.open()
         await response.write(error_event(exc))

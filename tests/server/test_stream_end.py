@@ -45,8 +45,9 @@ class RawUpstream:
     ``tail``: ``"hold"`` waits ``hold_s`` before the chunked body's end, ``"cut"`` closes the
     connection without it, ``"end"`` ends it at once (all in one write)."""
 
-    def __init__(self, tail: str, hold_s: float = 2.0) -> None:
+    def __init__(self, tail: str, hold_s: float = 2.0, events: bytes | None = None) -> None:
         self.tail, self.hold_s = tail, hold_s
+        self.events = _events("m") if events is None else events
         self.requests = 0
         self.connections = 0  # connections that carried a chat request
         self.server: asyncio.Server | None = None
@@ -71,7 +72,7 @@ class RawUpstream:
                 if not counted:
                     counted, self.connections = True, self.connections + 1
                 answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                          b"Transfer-Encoding: chunked\r\n\r\n" + _events("m"))
+                          b"Transfer-Encoding: chunked\r\n\r\n" + self.events)
                 if self.tail == "end":
                     writer.write(answer + b"0\r\n\r\n")
                     continue
@@ -195,3 +196,32 @@ async def test_an_upstream_end_that_comes_later_still_returns_its_connection(ser
         await _stream_twice(port)
         assert upstream.requests == 4 and upstream.connections == 2
     assert balancer.nodes()[0].client.metrics().errors_total == 0
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return _frame(b"data: " + json.dumps(data).encode() + b"\n\n")
+
+
+USAGE_ONLY = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}}
+TOKEN = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}
+
+
+@pytest.mark.parametrize("events", [
+    _event(USAGE_ONLY) + _frame(b"data: [DONE]\n\n"),
+    _event(USAGE_ONLY) + _event(TOKEN) + _event(TOKEN) + _frame(b"data: [DONE]\n\n"),
+], ids=["usage-only-then-done", "usage-only-then-tokens"])
+async def test_a_first_event_the_client_does_not_get_still_sends_the_headers_first(
+        serve: Any, events: bytes) -> None:
+    """The headers leave with the first bytes the client gets. When the first event has none for
+    it (a usage-only event it did not ask for), they must still leave before the relay writes the
+    rest straight to the socket: else the client reads a body without a status line."""
+    async with RawUpstream("end", events=events) as upstream:
+        _, port = await serve(upstream)
+        bodies, _ = await _stream_twice(port)  # asserts "HTTP/1.1 200" and chunked, twice
+    tokens = events.count(b'"content"')
+    for body in bodies:
+        assert body.endswith(b"data: [DONE]\n\n")
+        assert body.count(b'"content": "a"') + body.count(b'"content":"a"') == tokens
+        assert b'"usage"' not in body
