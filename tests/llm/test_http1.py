@@ -206,3 +206,36 @@ async def test_trailers_that_never_end_are_an_error(serve) -> None:  # type: ign
     with pytest.raises(Http1Error, match="trailer"):
         await conn.read_all()
     pool.release(conn)
+
+
+async def test_a_pool_closed_while_a_connection_awaits_its_end_holds_no_socket() -> None:
+    """A connection waiting (off the request's path) for the end of an answer whose content was
+    all read belongs to its pool: closing the pool (a node removed, the daemon stopping) closes
+    it, and an end that comes later never puts it back into a closed pool."""
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b"0\r\n\r\n")  # the end comes after the pool was closed
+        await writer.drain()
+        await reader.read()  # until we close
+        closed.set()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http1Pool(f"http://127.0.0.1:{port}", headers={}, keepalive_s=30, connect_timeout_s=2)
+    conn = await pool.post("/x", b"{}", 5)
+    assert await conn.read_some() == b"ok"
+    pool.release_when_ended(conn, 5.0)
+    pool.close()  # the node is removed / the daemon stops
+    await asyncio.sleep(0.6)
+    try:
+        assert conn.closed, "still open after its pool was closed"
+        assert not pool._idle, "back in a closed pool's idle list"
+    finally:
+        conn.close()
+        server.close()

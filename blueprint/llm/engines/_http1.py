@@ -15,12 +15,12 @@ on a reused connection before any byte of the answer came back is sent once more
 the server closed the idle connection as we wrote, and never saw the request.
 
 What an upstream can make us hold is bounded (it is a peer we do not control): the head (64 KiB),
-a chunked body's trailers (64 KiB), a whole answer (:meth:`_Connection.read_all`, the pool's
-``max_answer_bytes``: cut as soon as it is crossed, a ``Content-Length`` over it refused before
-reading), and the bytes that arrived but nobody has read yet (a slow consumer of a stream): past
-:data:`READ_HIGH_WATER` the connection stops reading, so TCP holds the upstream back, and resumes
-when they are read. A stream's total is not bounded (a long stream is legitimate); its events are,
-by the reader that parses them.
+each trailer line of a chunked body (64 KiB; endless short ones end at the read timeout), a whole
+answer (:meth:`_Connection.read_all`, the pool's ``max_answer_bytes``: cut as soon as it is
+crossed, a ``Content-Length`` over it refused before reading), and the bytes that arrived but
+nobody has read yet (a slow consumer of a stream): past :data:`READ_HIGH_WATER` the connection
+stops reading, so TCP holds the upstream back, and resumes when they are read. A stream's total
+is not bounded (a long stream is legitimate); its events are, by the reader that parses them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -396,6 +397,9 @@ class Http1Pool:
         self._max_idle = max_idle
         self._max_answer = max_answer_bytes
         self._idle: deque[_Connection] = deque()
+        #: Connections awaiting the end of an answer already read (``release_when_ended``): still
+        #: this pool's, so closing it closes them (weak: one that timed out closed itself).
+        self._ending: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -467,13 +471,17 @@ class Http1Pool:
             conn.take_body()  # whatever trails the last event: read, and dropped
             if conn.complete:
                 conn.listener = None
+                self._ending.discard(conn)
                 self.release(conn)
                 return False
             return True
 
+        self._ending.add(conn)
         conn.listener = on_data
         conn.arm(within_s)  # its timer closes the connection
 
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+        for conn in list(self._ending):
+            conn.close()
