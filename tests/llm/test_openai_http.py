@@ -434,3 +434,39 @@ def test_sse_reader_cuts_events_across_reads_and_line_endings() -> None:
     assert reader.feed(b"ta: d\r") == []  # half of a CRLF held back
     assert reader.feed(b"\n\r\ndata: e\r\n\r\n") == [b"d", b"e"]
     assert reader.feed(b"data: [DONE]") == [] and reader.flush() == [b"[DONE]"]
+
+
+def test_sse_reader_reads_the_same_events_however_the_bytes_are_cut() -> None:
+    """Every way of cutting a stream into reads (line ends LF, CRLF or CR, multi-line data,
+    comments, a blank line split across two reads, a CRLF split in two) gives the events that
+    reading it whole gives; a long event trickled in small reads is kept whole."""
+    import random
+
+    from blueprint.llm.engines.openai_http import _SseReader
+
+    long = b"x" * 5000
+    for newline in (b"\n", b"\r\n", b"\r"):
+        stream = newline.join([b"data: a", b"", b": keep-alive", b"", b"data: b", b"data: c", b"",
+                               b"event: x", b"data: " + long, b"", b"data: [DONE]", b"", b""])
+        whole = _SseReader()
+        expected = whole.feed(stream) + whole.flush()
+        assert expected == [b"a", b"b\nc", long, b"[DONE]"]
+        rng = random.Random(len(newline))
+        for _ in range(200):
+            reader, got, at = _SseReader(), [], 0
+            while at < len(stream):
+                step = rng.choice((1, 1, 2, 3, 7, 64, 1500))
+                got += reader.feed(stream[at:at + step])
+                at += step
+            assert got + reader.flush() == expected, newline
+
+
+def test_sse_reader_bounds_an_event_trickled_in_small_reads() -> None:
+    from blueprint.bounded import AnswerTooLargeError
+    from blueprint.llm.engines.openai_http import _SseReader
+
+    reader = _SseReader(max_event=64 * 1024)
+    assert reader.feed(b"data: a\n\ndata: ") == [b"a"]
+    with pytest.raises(AnswerTooLargeError):
+        for _ in range(1000):
+            reader.feed(b"y" * 1460)

@@ -200,24 +200,53 @@ class _SseReader:
     """Incremental SSE parser: feed bytes, get complete ``data`` payloads (multi-line data joined
     by newlines as the SSE spec says; comments and other fields ignored). Events are cut at blank
     lines with one ``split`` per read, the common one-line ``data:`` event taking no further work.
-    An event still unfinished past ``max_event`` bytes raises :class:`AnswerTooLargeError` (a
-    backend that never ends one would otherwise grow the buffer without end)."""
+    An event still arriving is kept in pieces, its line ends already made ``\n``, and only the new
+    bytes are searched for its end: an upstream trickling one long event in small reads costs
+    linear work, not a re-scan of all it sent before at every read. An event still unfinished past
+    ``max_event`` bytes raises :class:`AnswerTooLargeError` (a backend that never ends one would
+    otherwise grow the buffer without end)."""
 
-    __slots__ = ("_buffer", "_max_event")
+    __slots__ = ("_held_cr", "_max_event", "_parts", "_size")
 
     def __init__(self, max_event: int = DEFAULT_MAX_EVENT_BYTES) -> None:
-        self._buffer = b""
+        self._parts: list[bytes] = []  # the event still arriving, in pieces
+        self._size = 0
+        self._held_cr = False  # the last read ended in "\r": maybe half of a CRLF
         self._max_event = max_event
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if buffer.find(b"\r") >= 0:  # find, not in: see blueprint.llm.raw
-            held = b"\r" if buffer.endswith(b"\r") else b""  # maybe half of a CRLF
-            buffer = buffer[:len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
+        if self._held_cr:
+            chunk = b"\r" + chunk
+            self._held_cr = False
+        if chunk.find(b"\r") >= 0:  # find, not in: see blueprint.llm.raw
+            if chunk.endswith(b"\r"):
+                chunk = chunk[:-1]
+                self._held_cr = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not chunk:
+            return []
+        parts = self._parts
+        if parts:
+            parts.append(chunk)
+            # A blank line in the new bytes, or one that straddles the two reads?
+            if chunk.find(b"\n\n") < 0 and not (chunk[0] == 10 and parts[-2].endswith(b"\n")):
+                self._size += len(chunk)
+                if self._size > self._max_event:
+                    raise AnswerTooLargeError(self._max_event, _EVENT)
+                return []
+            buffer = b"".join(parts)
+        else:
+            buffer = chunk
         blocks = buffer.split(b"\n\n")
-        self._buffer = blocks.pop()  # what follows the last blank line: an event still arriving
-        if len(self._buffer) > self._max_event and not blocks:  # (the events before it go first)
-            raise AnswerTooLargeError(self._max_event, _EVENT)
+        rest = blocks.pop()  # what follows the last blank line: an event still arriving
+        if rest:
+            self._parts = [rest]
+            self._size = len(rest)
+            if self._size > self._max_event and not blocks:  # (the events before it go first)
+                raise AnswerTooLargeError(self._max_event, _EVENT)
+        elif parts:
+            self._parts = []
+            self._size = 0
         events = []
         for block in blocks:
             if block.startswith(b"data:") and block.find(b"\n") < 0:
@@ -230,10 +259,11 @@ class _SseReader:
 
     def flush(self) -> list[bytes]:
         """Whatever a server left without the final blank line."""
-        buffer, self._buffer = self._buffer, b""
+        buffer = b"".join(self._parts)
+        self._parts, self._size, self._held_cr = [], 0, False
         if len(buffer) > self._max_event:
             raise AnswerTooLargeError(self._max_event, _EVENT)
-        event = _event_data(buffer.replace(b"\r\n", b"\n").strip(b"\n")) if buffer else None
+        event = _event_data(buffer.strip(b"\n")) if buffer else None
         return [event] if event is not None else []
 
 
