@@ -34,7 +34,7 @@ from blueprint.llm.engines.openai_http import OpenAIHttpClient
 from blueprint.llm.raw import RawChunk
 from blueprint.llm.types import ChatCompletionRequest, parse_request
 from blueprint.server import ServerSettings, create_app, start_server
-from tests.loopback import serve_upstream
+from tests.loopback import read_request, serve_upstream
 
 BACKEND_MODEL = "org/backend-model"
 OUR_MODEL = "our-model"
@@ -337,12 +337,7 @@ async def _sized_upstream(hits: list[str], name: str) -> tuple[asyncio.Server, s
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
+                head, body = await read_request(reader)
                 if not head.startswith(b"GET"):
                     hits.append(name)
                 if head.startswith(b"GET"):

@@ -20,6 +20,7 @@ from blueprint.llm import create_client
 from blueprint.llm.config import NodeConfig
 from blueprint.server import start_server
 from blueprint.server.settings import ServerSettings
+from tests.loopback import read_request
 
 KEY = "sk-stream-end"
 TOKENS = ["a", "b", "c"]
@@ -57,12 +58,7 @@ class RawUpstream:
         counted = False
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
+                head, _ = await read_request(reader)
                 if head.startswith(b"GET"):
                     body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d"
