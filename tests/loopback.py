@@ -36,3 +36,22 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
     return head, await reader.readexactly(length)
+
+
+async def pour(request: web.Request, opening: bytes, piece: bytes, outcomes: list[str],
+               total: int = 64 << 20) -> web.StreamResponse:
+    """Answer with ``opening`` and then ``piece`` again and again (``total`` bytes, chunked): an
+    answer without a useful end from a broken or hostile peer. ``outcomes`` gets ``"cut"`` when
+    the reader closed the connection first, ``"finished"`` when it read it all."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        await response.write(opening)
+        for _ in range(total // len(piece)):
+            await response.write(piece)
+    except ConnectionError:
+        outcomes.append("cut")
+        return response
+    outcomes.append("finished")
+    return response

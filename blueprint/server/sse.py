@@ -220,33 +220,33 @@ class _ClientSink:
         if data is not None:
             self._out.append(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
-    def flush(self) -> bool:
-        """ChunkSink: write what :meth:`send` took, at once; True when the client falls behind
-        (or went away: the stream's own next write finds out, 499)."""
+    def _write_out(self) -> bool:
+        """Write what :meth:`send` took, in one write; False (dropped) if the client went away:
+        the stream's own next write, or its end, finds out (499)."""
         transport = self.transport
         assert transport is not None
         out = self._out
         if transport.is_closing():
             out.clear()
-            return True
+            return False
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+        return True
+
+    def flush(self) -> bool:
+        """ChunkSink: write what :meth:`send` took, at once; True when the client falls behind
+        (or went away)."""
+        if not self._write_out():
+            return True
         self.progressed()
-        return transport.get_write_buffer_size() > _CONGESTED
+        return self.congested()
 
     def end(self) -> None:
         """ChunkSink: the last chunks, ``[DONE]`` and the body's end, in one write."""
-        transport = self.transport
-        assert transport is not None
-        out = self._out
-        if transport.is_closing():
-            out.clear()  # the handler's own end finds out (499)
-            return
-        out.append(b"%x\r\n%b\r\n0\r\n\r\n" % (len(DONE), DONE) if self._chunked else DONE)
-        transport.write(b"".join(out))
-        out.clear()
-        self._response.end_written()
+        self._out.append(b"%x\r\n%b\r\n0\r\n\r\n" % (len(DONE), DONE) if self._chunked else DONE)
+        if self._write_out():
+            self._response.end_written()
 
     def congested(self) -> bool:
         transport = self.transport

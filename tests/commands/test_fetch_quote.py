@@ -11,25 +11,14 @@ from aiohttp import web
 
 from blueprint.cli_errors import CommandFailed
 from blueprint.commands.submit import fetch_quote
-from tests.loopback import serve_upstream
+from tests.loopback import pour, serve_upstream
 
 
 async def test_a_quote_answer_without_end_is_cut_at_the_bound() -> None:
     outcomes: list[str] = []
 
     async def quote(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        try:
-            await response.write(b'{"quote": "')
-            for _ in range(4096):  # 64 MiB
-                await response.write(b"q" * 16384)
-        except ConnectionError:
-            outcomes.append("cut")
-            return response
-        outcomes.append("finished")
-        return response
+        return await pour(request, b'{"quote": "', b"q" * 16384, outcomes)  # 64 MiB
 
     runner, base_url = await serve_upstream(post={"/v1/quote": quote})
     try:

@@ -16,6 +16,7 @@ from web3.exceptions import Web3RPCError
 from blueprint.bounded import AnswerTooLargeError
 from blueprint.devnet.anvil import free_port
 from blueprint.tangle.rpc import PooledHTTPProvider, lean_web3, raw_request, rpc_error_of
+from tests import loopback
 
 
 @dataclass
@@ -44,18 +45,8 @@ class FakeNode:
         return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": hex(100 + len(self.peers))})
 
     async def pour(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        try:
-            await response.write(b'{"jsonrpc": "2.0", "id": 1, "result": [')
-            for _ in range(4096):  # 64 MiB
-                await response.write(b'"0x00",' * 2048)
-        except ConnectionError:
-            self.outcomes.append("cut")
-            return response
-        self.outcomes.append("finished")
-        return response
+        return await loopback.pour(request, b'{"jsonrpc": "2.0", "id": 1, "result": [', b'"0x00",' * 2048,
+                                   self.outcomes)  # 64 MiB
 
     async def start(self) -> None:
         app = web.Application()

@@ -337,11 +337,7 @@ class _Connection(asyncio.Protocol):
             if self.complete:
                 return b""
             await self._wait()
-        body, self._body = self._body, []
-        self._unread = 0
-        if self._paused:
-            self._resume()
-        return body[0] if len(body) == 1 else b"".join(body)
+        return self.take_body()
 
     async def read_all(self, limit: int | None = None) -> bytes:
         """The whole body; :class:`AnswerTooLargeError` (and the connection closed) as soon as
@@ -470,9 +466,8 @@ class Http1Pool:
         def on_data() -> bool:
             conn.take_body()  # whatever trails the last event: read, and dropped
             if conn.complete:
-                conn.listener = None
                 self._ending.discard(conn)
-                self.release(conn)
+                self.release(conn)  # (clears the listener)
                 return False
             return True
 
