@@ -9,6 +9,7 @@ pre-bound, and nothing is logged per request above debug.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -52,18 +53,22 @@ from blueprint.server.responses import (
     DEFAULT_RETRY_AFTER_S,
     JSON,
     HttpStatusError,
+    error_body,
     error_response,
+    model_body,
     model_response,
+    retry_after,
 )
-from blueprint.server.routes import BY_NAME, ROUTES, RouteSpec
+from blueprint.server.routes import BY_NAME, ROUTES, Auth, RouteSpec
 from blueprint.server.settings import ServerSettings
-from blueprint.server.sse import StreamOutcome, stream_sse
+from blueprint.server.sse import SSE_HEADERS, StreamAnswer, StreamClient, StreamOutcome, stream_sse
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
     from blueprint.balancer import Balancer
     from blueprint.balancer.node import NodeState
+    from blueprint.server.front import FrontRequest
 
 log = structlog.get_logger(__name__)
 
@@ -170,16 +175,19 @@ class Api:
     def _authorize(self, request: web.Request, spec: RouteSpec) -> None:
         if spec.auth == "admin" and self.admin_session is not None and self.admin_session(request):
             return
-        keys = self.admin_keys if spec.auth == "admin" else self.keys
+        self._check_key(spec.auth, request.headers.get("Authorization"))
+
+    def _check_key(self, auth: Auth, authorization: str | None) -> None:
+        keys = self.admin_keys if auth == "admin" else self.keys
         if not keys.enabled:
-            if spec.auth == "admin":
+            if auth == "admin":
                 raise AuthenticationError(
                     "The admin API is off: the operator has configured no server.admin_keys.",
                     code="admin_disabled")
             return
-        index = keys.check(request.headers.get("Authorization"))
+        index = keys.check(authorization)
         if self.limiter.enabled:
-            self.limiter.check(index if spec.auth == "api" else -1 - index)
+            self.limiter.check(index if auth == "api" else -1 - index)
 
     @staticmethod
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -206,10 +214,8 @@ class Api:
                                            f"{self.settings.body_timeout_s:g} s.", "body_timeout") from None
         if len(body) > limit:
             raise RequestTooLargeError(f"Request body larger than {limit} bytes.")
-        if request.content_type != "application/json":  # a form post or text is never a request body
-            raise InvalidRequestError(
-                f"Send the body as JSON with 'Content-Type: application/json' (got "
-                f"{request.headers.get('Content-Type', 'none')!r}).", code="unsupported_content_type")
+        if request.content_type != "application/json":
+            _refuse_content_type(request.headers.get("Content-Type"))
         return body
 
 
@@ -220,22 +226,33 @@ class Api:
             raise BackendTimeoutError(f"The request ran past {self.settings.request_timeout_s:g} s.",
                                       code="request_timeout") from None
 
+    async def _stream(self, request: StreamClient, response: StreamAnswer | None,
+                      req: ChatCompletionRequest | CompletionRequest, route: str,
+                      stream: Callable[[Any], AsyncIterator[BaseModel]],
+                      outcome: StreamOutcome) -> StreamAnswer:
+        started = time.perf_counter()
+        wants_usage = req.wants_usage_in_stream()
+        if not wants_usage:  # always ask the engine, for the token metrics
+            req = req.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
+        return await stream_sse(request, stream(req), response=response, settings=self.settings,
+                                metrics=self.telemetry, route=route, model=req.model,
+                                include_usage=wants_usage, started=started, outcome=outcome)
+
+    async def _once(self, req: BaseModel, route: str,
+                    once: Callable[[Any], Awaitable[BaseModel]]) -> BaseModel:
+        RELAY_RAW.set(True)  # this request's task only: a proxy node may answer with its bytes
+        result = await self._call(once(req))
+        self.telemetry.route(route, req.model).usage(getattr(result, "usage", None))  # type: ignore[attr-defined]
+        return result
+
     async def _generate(self, request: web.Request, req: ChatCompletionRequest | CompletionRequest,
                         route: str, once: Callable[[Any], Awaitable[BaseModel]],
                         stream: Callable[[Any], AsyncIterator[BaseModel]]) -> web.StreamResponse:
-        started = time.perf_counter()
         if req.stream:
-            wants_usage = req.wants_usage_in_stream()
-            if not wants_usage:  # always ask the engine, for the token metrics
-                req = req.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
             outcome = StreamOutcome()
             request[OUTCOME] = outcome
-            return await stream_sse(request, stream(req), settings=self.settings, metrics=self.telemetry,
-                                    route=route, model=req.model, include_usage=wants_usage,
-                                    started=started, outcome=outcome)
-        RELAY_RAW.set(True)  # this request's task only: a proxy node may answer with its bytes
-        result = await self._call(once(req))
-        self.telemetry.route(route, req.model).usage(getattr(result, "usage", None))
+            return await self._stream(request, None, req, route, stream, outcome)  # type: ignore[return-value]
+        result = await self._once(req, route, once)
         with tracing.span("http.encode_response"):
             return model_response(result)
 
@@ -257,6 +274,74 @@ class Api:
         result = await self._call(self.balancer.embed(req))
         self.telemetry.route("embeddings", req.model).usage(getattr(result, "usage", None))
         return model_response(result)
+
+    # ---- the front (blueprint.server.front) -------------------------------------------------
+
+    async def serve_front(self, request: FrontRequest) -> None:
+        """A request the front took (chat, completions, embeddings): the guard's and the
+        handler's work of the aiohttp path, in the same order, with the same checks, metrics,
+        answers and errors, and no aiohttp request or response objects."""
+        started = time.perf_counter()
+        rid = request.request_id
+        if rid is None or not _REQUEST_ID_RE.match(rid):
+            rid = os.urandom(16).hex()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        route = request.route
+        self.telemetry.in_flight_now += 1
+        status = 499
+        model = NO_MODEL
+        try:
+            self._check_key("api", request.authorization)
+            body = await request.read_body(self.settings.max_body_bytes, self.settings.body_timeout_s)
+            if request.content_type is None or \
+                    request.content_type.partition(";")[0].strip().lower() != "application/json":
+                _refuse_content_type(request.content_type)
+            if route == "embeddings":
+                embedding = parse_request(EmbeddingRequest, body)
+                model = embedding.model
+                result = await self._once(embedding, route, self.balancer.embed)
+            else:
+                if route == "chat_completions":
+                    req: ChatCompletionRequest | CompletionRequest = parse_request(
+                        ChatCompletionRequest, body)
+                    once, stream = self.balancer.chat, self.balancer.chat_stream
+                else:
+                    req = parse_request(CompletionRequest, body)
+                    once, stream = self.balancer.complete, self.balancer.complete_stream
+                model = req.model
+                if req.stream:
+                    outcome = StreamOutcome()
+                    try:
+                        answer = request.sse_response({**SSE_HEADERS, "X-Request-Id": rid})
+                        await self._stream(request, answer, req, route, stream, outcome)
+                        if answer.prepared:  # after an error event: the body's end, as aiohttp writes it
+                            with contextlib.suppress(ConnectionResetError):
+                                await answer.write_eof()
+                    finally:
+                        status = outcome.status
+                    return
+                result = await self._once(req, route, once)
+            request.respond(200, model_body(result), [("Content-Type", JSON), ("X-Request-Id", rid)])
+            status = 200
+        except BlueprintError as exc:
+            status = exc.http_status
+            if isinstance(exc, ModelNotFoundError):  # keep unknown names out of the metric labels
+                model = NO_MODEL
+            if status >= 500:
+                log.warning("request failed", code=exc.code, status=status)
+            headers = [("Content-Type", JSON), ("X-Request-Id", rid)]
+            wait = retry_after(exc)
+            if wait is not None:
+                headers.append(("Retry-After", wait))
+            request.respond(status, error_body(exc), headers)
+        except Exception:
+            status = 500
+            log.exception("unhandled error")
+            request.respond(500, error_body(BlueprintError("Internal server error.")),
+                            [("Content-Type", JSON), ("X-Request-Id", rid)])
+        finally:
+            self.telemetry.in_flight_now -= 1
+            self.telemetry.route(route, model).finished(status, time.perf_counter() - started)
 
     # ---- catalog and probes -----------------------------------------------------------------
 
@@ -355,6 +440,12 @@ class Api:
         await self.balancer.remove_node(name)
         log.info("node removed", node=name)
         return _json({"name": name, "removed": True})
+
+
+def _refuse_content_type(given: str | None) -> None:
+    """A form post or text is never a request body."""
+    raise InvalidRequestError(f"Send the body as JSON with 'Content-Type: application/json' (got "
+                              f"{given or 'none'!r}).", code="unsupported_content_type")
 
 
 def include_metrics(app: web.Application, *collectors: Collector) -> None:

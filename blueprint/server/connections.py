@@ -76,16 +76,22 @@ class GuardedServer(web.Server):
 
     def connection_made(self, handler: RequestHandler, transport: Any) -> None:
         if self.max_connections and len(self._connections) >= self.max_connections:
-            self._shed(transport)
+            self.shed(transport)
             return
         super().connection_made(handler, transport)
 
-    def _shed(self, transport: Any) -> None:
+    def open_count(self) -> int:
+        return len(self._connections)
+
+    def shed(self, transport: Any, open_now: int | None = None) -> None:
+        """Answer a connection beyond ``max_connections`` 503 and close it (also the front's,
+        :mod:`blueprint.server.front`, whose count includes this server's connections)."""
         self._shed_count += 1
         now = time.monotonic()
         if now - self._shed_logged_at >= 1.0:
             peer = transport.get_extra_info("peername")
-            log.warning("connection_shed", open=len(self._connections), limit=self.max_connections,
+            log.warning("connection_shed", open=self.open_count() if open_now is None else open_now,
+                        limit=self.max_connections,
                         shed_since_last_line=self._shed_count, last_peer=peer[0] if peer else None)
             self._shed_count, self._shed_logged_at = 0, now
         try:

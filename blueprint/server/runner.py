@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from aiohttp import web
 
-from blueprint.server.app import create_app
+from blueprint import tracing
+from blueprint.server.app import API_KEY, Api, create_app
+from blueprint.server.connections import GuardedServer
 from blueprint.server.connections import guard as guard_connections
+from blueprint.server.front import Front
 from blueprint.server.responses import UnsafeBindError
 from blueprint.server.settings import ServerSettings
 
@@ -38,11 +41,30 @@ def check_exposure(settings: ServerSettings) -> None:
         "(or API_KEYS), bind to 127.0.0.1, or set server.allow_public_without_auth = true.")
 
 
+class FrontSite(web.TCPSite):
+    """aiohttp's TCP site listening with the front's protocol factory
+    (:mod:`blueprint.server.front`), which hands aiohttp the connections it does not serve."""
+
+    def __init__(self, runner: web.AppRunner, front: Front, host: str, port: int, **options: Any) -> None:
+        super().__init__(runner, host, port, **options)
+        self.front = front
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.front, self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
 class RunningServer:
     """A started API server; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, runner: web.AppRunner, site: web.TCPSite, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite, port: int, front: Front | None = None,
+                 shutdown_timeout_s: float = 30.0) -> None:
         self.runner, self.site, self.port = runner, site, port
+        self.front = front
+        self._shutdown_timeout_s = shutdown_timeout_s
 
     @property
     def url(self) -> str:
@@ -51,7 +73,17 @@ class RunningServer:
 
     async def close(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), release the socket."""
-        await self.runner.cleanup()
+        if self.front is None:
+            await self.runner.cleanup()
+            return
+        await self.site.stop()  # no new connection; then both kinds of connection wind down
+        await asyncio.gather(self.front.shutdown(self._shutdown_timeout_s), self.runner.cleanup())
+
+
+def front_serves(settings: ServerSettings) -> bool:
+    """Whether the front takes the hot routes: on unless turned off, or unless a feature only
+    the aiohttp path has is on (the access log, tracing's server spans)."""
+    return settings.fast_front and not settings.access_log and not tracing.active()
 
 
 async def start_server(balancer: Balancer, settings: ServerSettings,
@@ -64,15 +96,27 @@ async def start_server(balancer: Balancer, settings: ServerSettings,
                            keepalive_timeout=settings.idle_timeout_s, **extra)
     await runner.setup()
     guard_connections(runner, max_connections=settings.max_connections)
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True,
-                       reuse_port=settings.workers > 1 or None)  # workers share the port
+    listen: dict[str, Any] = {"backlog": 1024, "reuse_address": True,
+                              "reuse_port": settings.workers > 1 or None}  # workers share the port
+    front = None
+    site: web.TCPSite
+    if front_serves(settings):
+        api: Api = app[API_KEY]  # type: ignore[assignment]
+        server = runner.server
+        assert isinstance(server, GuardedServer)
+        front = Front(api.serve_front, server, idle_timeout_s=settings.idle_timeout_s,
+                      max_connections=settings.max_connections, max_body_bytes=settings.max_body_bytes)
+        site = FrontSite(runner, front, settings.host, settings.port, **listen)
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, **listen)
     await site.start()
     port = settings.port
-    server = site._server
-    if server is not None and getattr(server, "sockets", None):
-        port = server.sockets[0].getsockname()[1]
-    log.info("http api listening", host=settings.host, port=port, auth=bool(settings.api_keys))
-    return RunningServer(runner, site, port)
+    listening = site._server
+    if listening is not None and getattr(listening, "sockets", None):
+        port = listening.sockets[0].getsockname()[1]
+    log.info("http api listening", host=settings.host, port=port, auth=bool(settings.api_keys),
+             front=front is not None)
+    return RunningServer(runner, site, port, front, settings.shutdown_timeout_s)
 
 
 #: Allocations of container objects between two young-generation collections (CPython's 700

@@ -21,7 +21,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import HttpVersion11, web
@@ -84,6 +84,30 @@ class SseResponse(web.StreamResponse):
         self._eof_sent = True
 
 
+class StreamAnswer(Protocol):
+    """What a stream is written through: aiohttp's :class:`SseResponse`, or the front's
+    ``FrontStream`` (:mod:`blueprint.server.front`), which writes to the socket itself."""
+
+    prepared: bool
+    chunked: bool
+    ended_by_relay: bool
+
+    def enable_chunked_encoding(self) -> None: ...
+    async def prepare(self, request: Any) -> Any: ...
+    async def write(self, data: bytes) -> None: ...
+    async def write_eof(self, data: bytes = b"") -> None: ...
+    def end_written(self) -> None: ...
+
+
+class StreamClient(Protocol):
+    """The request side a stream needs: its HTTP version and its socket (None once gone)."""
+
+    @property
+    def version(self) -> Any: ...
+    @property
+    def transport(self) -> Any: ...
+
+
 class _Opener:
     """Sends a stream's headers once. When the first event comes within the header grace (the
     common case) the handler sends them with it, so a stream costs no task and no timer besides
@@ -93,13 +117,14 @@ class _Opener:
     __slots__ = ("_keepalive_s", "_metrics", "_request", "_sent", "_started", "_task", "late",
                  "response")
 
-    def __init__(self, request: web.Request, keepalive_s: float, metrics: ServerMetrics) -> None:
+    def __init__(self, request: StreamClient, response: StreamAnswer, keepalive_s: float,
+                 metrics: ServerMetrics) -> None:
         self._request = request
         self._keepalive_s = keepalive_s
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._started = self._sent = False  # the keep-alive task ran / sent the headers
-        self.response = SseResponse(headers=SSE_HEADERS)
+        self.response = response
         #: True once the grace ran out: from then on an error is an SSE event, never a status.
         self.late = False
 
@@ -134,7 +159,7 @@ class _Opener:
             await self.response.prepare(self._request)
             self._metrics.streams_now += 1
 
-    async def open(self) -> web.StreamResponse:
+    async def open(self) -> StreamAnswer:
         """The response with its headers sent, and no keep-alive pending."""
         task = self._task
         if task is not None:
@@ -263,9 +288,10 @@ class _ClientSink:
 
 
 async def stream_sse(
-    request: web.Request,
+    request: StreamClient,
     chunks: AsyncIterator[BaseModel],
     *,
+    response: StreamAnswer | None = None,
     settings: ServerSettings,
     metrics: ServerMetrics,
     route: str,
@@ -273,15 +299,17 @@ async def stream_sse(
     include_usage: bool,
     started: float,
     outcome: StreamOutcome,
-) -> web.StreamResponse:
-    """Relay ``chunks`` as SSE. ``include_usage`` is what the client asked for: the engine is
-    always asked for usage (for the metrics), and it is passed on only when asked.
+) -> StreamAnswer:
+    """Relay ``chunks`` as SSE through ``response`` (an aiohttp :class:`SseResponse` when None).
+    ``include_usage`` is what the client asked for: the engine is always asked for usage (for
+    the metrics), and it is passed on only when asked.
 
     The first event is awaited in the handler's own task (no extra task or hop per stream); a
     timer of ``stream_header_grace_s`` decides whether an error answers with its real status
     (before it fires) or as an SSE error event (after, when the headers went out)."""
     iterator = aiter(chunks)
-    opener = _Opener(request, settings.stream_keepalive_s, metrics)
+    opener = _Opener(request, response if response is not None else SseResponse(headers=SSE_HEADERS),
+                     settings.stream_keepalive_s, metrics)
     metrics.waiting_first_token_now += 1
     outcome.waiting = True
     try:
