@@ -62,6 +62,13 @@ _READ = frozenset((b"authorization", b"content-type", b"content-length", b"x-req
 _REFUSED = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
 #: Bytes of pipelined requests held while one is answered, beyond which reading pauses.
 _MAX_HELD = 1 << 16
+#: An answer sent before its body came whole (a 401, a 413, a 408) is followed by reading and
+#: dropping the rest of that body, until it is whole, the client is quiet for
+#: ``_LINGER_QUIET_S``, or ``_LINGER_S`` passed, and only then the close: closing a socket with
+#: unread bytes makes the kernel reset the connection, which fails the send of a client still
+#: writing its body and can destroy the answer in flight (aiohttp's lingering close, 10 s).
+_LINGER_S = 10.0
+_LINGER_QUIET_S = 1.0
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity",
             429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
@@ -296,8 +303,8 @@ class Front:
 class FrontConnection(asyncio.Protocol):
     """One client connection while the front serves it (see the module's docstring)."""
 
-    __slots__ = ("_buffer", "_drain", "_front", "_idle_since", "_paused", "_reading_paused",
-                 "_request", "_scanned", "_timer", "task", "transport")
+    __slots__ = ("_buffer", "_drain", "_front", "_idle_since", "_last_read", "_linger", "_linger_end",
+                 "_paused", "_reading_paused", "_request", "_scanned", "_timer", "task", "transport")
 
     def __init__(self, front: Front) -> None:
         self._front = front
@@ -313,6 +320,8 @@ class FrontConnection(asyncio.Protocol):
         self._paused = False  # writing paused: the client's socket buffer is full
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._linger: asyncio.TimerHandle | None = None  # set while an unread body is dropped
+        self._linger_end = self._last_read = 0.0
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -333,6 +342,11 @@ class FrontConnection(asyncio.Protocol):
         request = self._request
         if request is not None and not request.body_complete:
             data = request._feed(data)
+            if self._linger is not None:  # its answer went out: the rest is dropped, then the close
+                self._last_read = time.monotonic()
+                if request.body_complete and self.transport is not None:
+                    self.transport.close()
+                return
             if not data:
                 return
         if not self._buffer:
@@ -356,6 +370,9 @@ class FrontConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self.task is not None:
             self.task.cancel()  # as aiohttp's handler_cancellation: a client gone frees its slot
         self._wake_drain()
@@ -486,7 +503,10 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None:
             return
         if not request.finished or request.close or self._front.closing:
-            self.transport.close()
+            if request.finished and not request.body_complete and not self.transport.is_closing():
+                self._start_linger(request)
+            else:
+                self.transport.close()
             return
         self._idle_since = time.monotonic()
         if self._reading_paused:
@@ -494,6 +514,33 @@ class FrontConnection(asyncio.Protocol):
             self.transport.resume_reading()
         if self._buffer:
             self._next()
+
+    def _start_linger(self, request: FrontRequest) -> None:
+        """Read and drop the rest of ``request``'s body before closing (see ``_LINGER_S``)."""
+        assert self.transport is not None
+        request._held = False
+        request._body_parts.clear()
+        self._request = request
+        self._buffer = b""
+        now = time.monotonic()
+        self._idle_since = self._last_read = now
+        self._linger_end = now + _LINGER_S
+        self._linger = asyncio.get_running_loop().call_later(_LINGER_QUIET_S, self._check_linger)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _check_linger(self) -> None:
+        self._linger = None
+        if self.transport is None:
+            return
+        now = time.monotonic()
+        quiet_left = self._last_read + _LINGER_QUIET_S - now
+        if quiet_left <= 0 or now >= self._linger_end:
+            self.transport.close()
+            return
+        self._linger = asyncio.get_running_loop().call_later(min(quiet_left, self._linger_end - now),
+                                                             self._check_linger)
 
     def _check_idle(self) -> None:
         """The idle timer: close a connection without a whole request head for ``idle_timeout_s``

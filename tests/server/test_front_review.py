@@ -1,0 +1,39 @@
+"""Review of the lean HTTP/1.1 front: each test pins a client-visible behaviour the front must
+share with the aiohttp path, against a real server on loopback over raw sockets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.server.conftest import LiveServer
+from tests.server.test_front import connect, post
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["front", "aiohttp"])
+@pytest.mark.parametrize("case", ["wrong key", "too large"])
+def test_an_early_answer_lets_the_client_finish_sending_its_body(
+        emulated_server: Callable[..., LiveServer], fast: bool, case: str) -> None:
+    """A 401 (or 413) answered before the body came: the client, still sending it (as HTTP
+    clients do: the whole body, then read), must not be reset. aiohttp reads and drops the rest
+    (its lingering close); a close with unread bytes makes the kernel send an RST, which fails
+    the client's send and can destroy the answer in flight."""
+    live = emulated_server(fast_front=fast, max_body_bytes=1 << 20)
+    size = 256 << 10 if case == "wrong key" else 2 << 20
+    head = post("/v1/completions", b"", key="sk-wrong" if case == "wrong key" else "sk-test-0123456789abcdef",
+                extra=f"Content-Length: {size}\r\n")
+    with connect(live) as (sock, reader):
+        sock.sendall(head + b"{" + b" " * 1023)
+        answer = reader.answer()
+        assert answer.status == (401 if case == "wrong key" else 413)
+        sent = 1024
+        chunk = b" " * (32 << 10)
+        while sent < size:  # the rest of the body, at a client's pace
+            part = chunk[:size - sent]
+            sock.sendall(part)  # ConnectionResetError / BrokenPipeError: the server reset us
+            sent += len(part)
+            time.sleep(0.002)
+        if fast:  # the answer said it closes: once the body is whole, it does
+            assert reader.closed(within_s=3)
