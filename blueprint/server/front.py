@@ -416,7 +416,8 @@ class FrontConnection(asyncio.Protocol):
             return
         end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3), MAX_HEAD_BYTES + 4)
         if end < 0:
-            if len(buffer) > MAX_HEAD_BYTES or not _could_be_ours(buffer):
+            if len(buffer) > MAX_HEAD_BYTES or not _could_be_ours(buffer) \
+                    or _bare_line_feed(buffer, self._scanned):
                 self._hand_over()
             else:
                 self._scanned = len(buffer)
@@ -588,6 +589,13 @@ def _could_be_ours(partial: bytes | bytearray) -> bool:
 
 
 _LINES = tuple(b"POST %s HTTP/1.1\r\n" % path for path in _ROUTE_NAMES)
+
+
+def _bare_line_feed(partial: bytes | bytearray, scanned: int) -> bool:
+    """Whether an unfinished head has a line feed without its carriage return past ``scanned``:
+    aiohttp may take that head as whole (a line ending in LF) and answers it 400 at once, while
+    the front would wait for a CRLF CRLF that never comes; it is aiohttp's."""
+    return partial.count(b"\n", scanned) != partial.count(b"\r\n", max(0, scanned - 1))
 
 
 def _text(value: bytes | None) -> str | None:

@@ -37,3 +37,20 @@ def test_an_early_answer_lets_the_client_finish_sending_its_body(
             time.sleep(0.002)
         if fast:  # the answer said it closes: once the body is whole, it does
             assert reader.closed(within_s=3)
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n\n", b"\n\r\n"])
+def test_a_head_with_bare_line_feeds_is_refused_at_once(
+        emulated_server: Callable[..., LiveServer], ending: bytes) -> None:
+    """aiohttp answers a head whose lines end in a bare LF 400 at once; the front, seeing one of
+    its request lines, must not sit on it waiting for a CRLF CRLF that never comes (a silent
+    close after idle_timeout_s)."""
+    live = emulated_server(idle_timeout_s=5.0)
+    request = post()
+    head, body = request.split(b"\r\n\r\n", 1)
+    with connect(live) as (sock, reader):
+        sock.settimeout(2)
+        sock.sendall(head.replace(b"Host: t\r\n", b"Host: t\n") + ending + body)
+        started = time.monotonic()
+        assert reader.answer().status == 400
+        assert time.monotonic() - started < 1
