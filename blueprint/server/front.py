@@ -25,6 +25,7 @@ order; ``max_connections`` counts both kinds of connection.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -303,8 +304,9 @@ class Front:
 class FrontConnection(asyncio.Protocol):
     """One client connection while the front serves it (see the module's docstring)."""
 
-    __slots__ = ("_buffer", "_drain", "_front", "_idle_since", "_last_read", "_linger", "_linger_end",
-                 "_paused", "_reading_paused", "_request", "_scanned", "_timer", "task", "transport")
+    __slots__ = ("_buffer", "_context", "_drain", "_front", "_idle_since", "_last_read", "_linger",
+                 "_linger_end", "_paused", "_reading_paused", "_request", "_scanned", "_timer", "task",
+                 "transport")
 
     def __init__(self, front: Front) -> None:
         self._front = front
@@ -322,6 +324,9 @@ class FrontConnection(asyncio.Protocol):
         self._reading_paused = False
         self._linger: asyncio.TimerHandle | None = None  # set while an unread body is dropped
         self._linger_end = self._last_read = 0.0
+        #: The context each request's task (and aiohttp, on a hand-over) starts from: the
+        #: connection's, never the previous request's task (its request id and context variables).
+        self._context = contextvars.copy_context()
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -418,7 +423,7 @@ class FrontConnection(asyncio.Protocol):
         if end < 0:
             if len(buffer) > MAX_HEAD_BYTES or not _could_be_ours(buffer) \
                     or _bare_line_feed(buffer, self._scanned):
-                self._hand_over()
+                self._context.copy().run(self._hand_over)
             else:
                 self._scanned = len(buffer)
             return  # more of the head is coming (the idle timer bounds how long)
@@ -431,7 +436,7 @@ class FrontConnection(asyncio.Protocol):
             log.exception("front_head_failed")
             request = None
         if request is None:
-            self._hand_over()
+            self._context.copy().run(self._hand_over)
             return
         self._buffer = b""
         rest = buffer[end + 4:]
@@ -441,7 +446,8 @@ class FrontConnection(asyncio.Protocol):
             rest = request._feed(rest)
         self._buffer = rest
         self._request = request
-        self.task = asyncio.get_running_loop().create_task(self._answer(request))
+        self.task = asyncio.get_running_loop().create_task(self._answer(request),
+                                                           context=self._context.copy())
 
     def _parse_head(self, buffer: bytes, end: int) -> FrontRequest | None:
         """The request if its head is in the front's subset, else None (aiohttp's to serve)."""

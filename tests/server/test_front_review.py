@@ -7,9 +7,15 @@ import time
 from collections.abc import Callable
 
 import pytest
+import structlog
 
 from tests.server.conftest import LiveServer
 from tests.server.test_front import connect, post
+
+
+@pytest.fixture
+def served(emulated_server: Callable[..., LiveServer]) -> LiveServer:
+    return emulated_server(idle_timeout_s=5.0)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["front", "aiohttp"])
@@ -54,3 +60,32 @@ def test_a_head_with_bare_line_feeds_is_refused_at_once(
         started = time.monotonic()
         assert reader.answer().status == 400
         assert time.monotonic() - started < 1
+
+
+def test_a_pipelined_request_starts_with_none_of_the_previous_ones_context(served: LiveServer) -> None:
+    """Each request's task starts from the connection's context, not from the task of the request
+    before it (whose log fields, request id included, and context variables would carry over)."""
+    front = served.server.front
+    assert front is not None
+    handler = front.handler
+    seen: list[dict[str, object]] = []
+
+    async def spy(request):  # type: ignore[no-untyped-def]
+        seen.append(structlog.contextvars.get_contextvars())
+        await handler(request)
+
+    front.handler = spy
+    with connect(served) as (sock, reader):
+        sock.sendall(post(extra="X-Request-Id: first-one\r\n") + post(extra="X-Request-Id: second-one\r\n"))
+        assert [reader.answer().status for _ in range(2)] == [200, 200]
+    assert [fields.get("request_id") for fields in seen] == [None, None]
+
+
+def test_a_connection_handed_over_after_a_pipelined_request_logs_none_of_its_fields(
+        served: LiveServer, capfd: pytest.CaptureFixture[str]) -> None:
+    with connect(served) as (sock, reader):
+        sock.sendall(post(extra="X-Request-Id: leak-me\r\n")
+                     + b"GET /health HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n")
+        assert [reader.answer().status for _ in range(2)] == [200, 400]
+    malformed = [line for line in capfd.readouterr().out.splitlines() if "http_malformed_request" in line]
+    assert malformed and not any("leak-me" in line for line in malformed)
