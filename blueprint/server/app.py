@@ -334,11 +334,14 @@ class Api:
             if wait is not None:
                 headers.append(("Retry-After", wait))
             request.respond(status, error_body(exc), headers)
+        except ConnectionResetError:  # a write found the client gone: the front closes
+            status = 499
         except Exception:
             status = 500
             log.exception("unhandled error")
-            request.respond(500, error_body(BlueprintError("Internal server error.")),
-                            [("Content-Type", JSON), ("X-Request-Id", rid)])
+            if not request.committed:  # never a second head inside a stream that began
+                request.respond(500, error_body(BlueprintError("Internal server error.")),
+                                [("Content-Type", JSON), ("X-Request-Id", rid)])
         finally:
             self.telemetry.in_flight_now -= 1
             self.telemetry.route(route, model).finished(status, time.perf_counter() - started)

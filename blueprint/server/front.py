@@ -115,7 +115,8 @@ class FrontRequest:
     ways to answer it (:meth:`respond`, or :meth:`sse_response` for a stream)."""
 
     __slots__ = ("_body", "_body_parts", "_body_waiter", "_conn", "_held", "_length", "_received",
-                 "authorization", "close", "content_type", "finished", "request_id", "route")
+                 "authorization", "close", "committed", "content_type", "finished", "request_id",
+                 "route")
 
     version = HttpVersion11
 
@@ -137,6 +138,8 @@ class FrontRequest:
         self._body_waiter: asyncio.Future[None] | None = None
         #: The whole answer was written (a stream's end included): the connection may go on.
         self.finished = False
+        #: A stream's head is made (it leaves with the first bytes): no other answer may follow.
+        self.committed = False
 
     @property
     def content_length(self) -> int:
@@ -225,7 +228,7 @@ class FrontStream:
         """Build the head; it leaves with the first write."""
         if self.prepared:
             return
-        self.prepared = True
+        self.prepared = self._request.committed = True
         self._head = response_head(self.status, list(self.headers.items()),
                                    b"Transfer-Encoding: chunked", close=self._request.close)
 

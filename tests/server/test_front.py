@@ -344,3 +344,45 @@ def test_mangled_heads_never_hurt_the_server(live: LiveServer) -> None:
     with connect(live) as (sock, reader):
         sock.sendall(good)
         assert reader.answer().status == 200
+
+
+def test_a_stream_whose_client_breaks_mid_write_is_a_499_not_a_500(
+        emulated_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream's write that finds the client's socket closing (before asyncio reports the loss)
+    ends the request as the client's going away: counted 499, not logged as a defect, and no
+    error answer written where the stream was to be."""
+    from blueprint.server import front
+
+    writes = {"n": 0}
+    real_write = front.FrontStream.write
+
+    async def breaking_write(self: front.FrontStream, data: bytes) -> None:
+        writes["n"] += 1
+        if writes["n"] == 1:
+            raise ConnectionResetError("The client closed its connection.")
+        await real_write(self, data)
+
+    monkeypatch.setattr(front.FrontStream, "write", breaking_write)
+    live = emulated_server(backend=EmulatedOptions(model="emu", decode_s_per_token=0.001))
+    body = json.dumps({"model": "emu", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                       "max_tokens": 8}).encode()
+    with connect(live) as (sock, _reader):
+        sock.sendall(post(body=body))
+        received = b""
+        sock.settimeout(5)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not data:
+                break
+            received += data
+    assert b"HTTP/1.1" not in received, received
+    metrics = live.run(_scrape(live))
+    assert 'route="chat_completions",status="499"} 1.0' in metrics
+    assert 'status="500"' not in metrics
+
+
+async def _scrape(live: LiveServer) -> str:
+    return live.server.runner.app[API_KEY_APP].telemetry.render().decode()
