@@ -150,6 +150,11 @@ class Api:
             if status >= 500:
                 log.warning("request failed", code=exc.code, status=status)
             return error_response(exc)
+        except ConnectionResetError:  # a write found the client gone: close, answer nothing
+            status = 499
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=499)  # aiohttp's write of it fails on the closing socket
         except web.HTTPException as exc:
             status = exc.status
             if status == 413:
