@@ -53,9 +53,11 @@ _ROUTE_NAMES = {b"/v1/chat/completions": "chat_completions", b"/v1/completions":
                 b"/v1/embeddings": "embeddings"}
 #: One header line: a token, a colon, a value of visible ASCII (spaces and tabs inside).
 _HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*")
-#: A head larger than this, or with more lines, is aiohttp's to judge (and refuse).
+#: A head larger than this, with more lines, or with a longer line, is aiohttp's to judge (and
+#: refuse: its parser takes lines of 8,190 bytes and 128 headers at most).
 MAX_HEAD_BYTES = 16384
 MAX_HEADER_LINES = 100
+MAX_HEADER_LINE_BYTES = 8190
 #: Headers the front reads; a second copy of one of these sends the request to aiohttp.
 _READ = frozenset((b"authorization", b"content-type", b"content-length", b"x-request-id",
                    b"connection"))
@@ -462,7 +464,7 @@ class FrontConnection(asyncio.Protocol):
         lines = 0
         while start < end + 2:
             stop = buffer.find(b"\r\n", start, end + 2)
-            if not _HEADER_LINE.fullmatch(buffer, start, stop):
+            if stop - start > MAX_HEADER_LINE_BYTES or not _HEADER_LINE.fullmatch(buffer, start, stop):
                 return None
             colon = buffer.index(b":", start, stop)
             name = buffer[start:colon].lower()
