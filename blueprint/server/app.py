@@ -1,5 +1,7 @@
 """The aiohttp application: one guard middleware (request id, auth, rate limit, errors, metrics)
-and the endpoint handlers, all talking to LLMs only through the balancer.
+and the endpoint handlers, all talking to LLMs only through the balancer. The inference routes
+are also served without aiohttp, by :meth:`Api.serve_front` for :mod:`blueprint.server.front`,
+which shares the guard's parts (key check, body bounds, answers, errors) with this path.
 
 The hot path is kept lean on purpose (the gateway must add well under a millisecond): the body is
 parsed once by pydantic from bytes, responses are serialised once by pydantic, metric children are
