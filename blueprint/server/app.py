@@ -44,6 +44,7 @@ from blueprint.llm.types import (
     parse_request,
 )
 from blueprint.server.auth import KeyRing, RateLimiter
+from blueprint.server.auth_failures import AuthFailures, HasTransport, peer_of
 from blueprint.server.console import install_console
 from blueprint.server.deadlines import Deadlines
 from blueprint.server.metrics import NO_MODEL, ServerMetrics
@@ -108,6 +109,8 @@ class Api:
         self.keys = KeyRing(settings.api_key_values())
         self.admin_keys = KeyRing(settings.admin_key_values())
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        #: Failed key checks per client address (API, admin and the console's login share it).
+        self.auth_failures = AuthFailures(settings.auth_failures_per_minute, settings.auth_failure_burst)
         self.quote_limiter = RateLimiter(settings.quote_rate_per_minute, settings.quote_burst,
                                          what="/v1/quote from this address")
         self.telemetry = ServerMetrics(self.node_rows)
@@ -182,9 +185,11 @@ class Api:
     def _authorize(self, request: web.Request, spec: RouteSpec) -> None:
         if spec.auth == "admin" and self.admin_session is not None and self.admin_session(request):
             return
-        self._check_key(spec.auth, request.headers.get("Authorization"))
+        self._check_key(spec.auth, request.headers.get("Authorization"), request)
 
-    def _check_key(self, auth: Auth, authorization: str | None) -> None:
+    def _check_key(self, auth: Auth, authorization: str | None, request: HasTransport) -> None:
+        """The key check of both paths. The client's address is looked up only when some address
+        is blocked or this check fails: a correct key costs nothing more here."""
         keys = self.admin_keys if auth == "admin" else self.keys
         if not keys.enabled:
             if auth == "admin":
@@ -192,7 +197,15 @@ class Api:
                     "The admin API is off: the operator has configured no server.admin_keys.",
                     code="admin_disabled")
             return
-        index = keys.check(authorization)
+        failures = self.auth_failures
+        if failures.blocked:
+            failures.refuse_if_blocked(peer_of(request))
+        try:
+            index = keys.check(authorization)
+        except AuthenticationError:
+            if authorization and failures.enabled:  # a key presented and wrong (none is no guess)
+                failures.failed(peer_of(request))
+            raise
         if self.limiter.enabled:
             self.limiter.check(index if auth == "api" else -1 - index)
 
@@ -298,7 +311,7 @@ class Api:
         status = 499
         model = NO_MODEL
         try:
-            self._check_key("api", request.authorization)
+            self._check_key("api", request.authorization, request)
             body = await request.read_body(self.settings.max_body_bytes, self.settings.body_timeout_s)
             if request.content_type is None or \
                     request.content_type.partition(";")[0].strip().lower() != "application/json":

@@ -109,6 +109,14 @@ class ServerSettings(BaseModel):
     rate_limit_burst: int | None = Field(
         default=None, ge=1, description="Bucket size; None: one minute's worth of requests."
     )
+    auth_failures_per_minute: float | None = Field(
+        default=30.0, gt=0,
+        description="Failed key checks per minute per client address (TCP peer; per worker), refilling "
+        "a bucket of auth_failure_burst; once it is empty the address gets 429 on every request that "
+        "needs a key, the right key too. None: no limit.",
+    )
+    auth_failure_burst: int = Field(default=10, ge=1,
+                                    description="Failed key checks an address may make in a row.")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413).")
     quote_max_body_bytes: int = Field(default=1 << 18, ge=1024,
                                       description="Largest /v1/quote body accepted (413).")

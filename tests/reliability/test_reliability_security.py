@@ -52,7 +52,10 @@ def live(backend_process: Any, thread_server: Any) -> ThreadServer:
     backend = backend_process("--trivial")
     return thread_server([openai_node("emu-node", backend.base_url, api_key=UPSTREAM_KEY)],
                          server_settings(api_keys=[API_KEY, OTHER_KEY], rate_limit_per_minute=60,
-                                         rate_limit_burst=3))
+                                         rate_limit_burst=3,
+                                         # every route is tried with wrong keys below; the bound on
+                                         # failed keys is tests/server/test_auth_failures.py's
+                                         auth_failures_per_minute=None))
 
 
 def _routes(live: ThreadServer) -> list[tuple[str, str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -14,7 +15,9 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from blueprint.errors import OverloadedError
 from blueprint.server.auth import KeyRing
+from blueprint.server.auth_failures import AuthFailures, peer_of
 from blueprint.server.console.sampler import MetricsSampler
 from blueprint.server.console.sessions import ConsoleSessions
 from blueprint.server.console.settings import ConsoleSettings
@@ -63,8 +66,11 @@ class Console:
 
     def __init__(self, *, admin_keys: KeyRing, settings: ConsoleSettings,
                  node_rows: Callable[[], list[JsonObject]], models: Callable[[], Sequence[BaseModel]],
-                 balancer_info: Callable[[], JsonObject], registry: CollectorRegistry) -> None:
+                 balancer_info: Callable[[], JsonObject], registry: CollectorRegistry,
+                 auth_failures: AuthFailures) -> None:
         self.admin_keys = admin_keys
+        #: The API's failed-authentication limiter: a login guess counts as a wrong Bearer key.
+        self.auth_failures = auth_failures
         self.settings = settings
         self.node_rows = node_rows
         self.models = models
@@ -86,12 +92,18 @@ class Console:
     # --- auth --------------------------------------------------------------------------------
 
     def _admin_bearer(self, request: web.Request) -> bool:
+        """Whether the request carries an admin key; a wrong one counts against its address,
+        and a blocked address is refused 429 (the guard answers the OverloadedError)."""
         header = request.headers.get("Authorization")
         if not header:
             return False
+        failures = self.auth_failures
+        if failures.blocked:
+            failures.refuse_if_blocked(peer_of(request))
         try:
             self.admin_keys.check(header)
         except Exception:
+            failures.failed(peer_of(request))
             return False
         return True
 
@@ -107,9 +119,11 @@ class Console:
 
     # --- pages -------------------------------------------------------------------------------
 
-    def _login_page(self, message: str = "", status: int = 401) -> web.Response:
+    def _login_page(self, message: str = "", status: int = 401,
+                    headers: dict[str, str] | None = None) -> web.Response:
         text = self._login.replace("{{MESSAGE}}", message)
-        return web.Response(text=text, status=status, content_type="text/html", headers=_HEADERS)
+        return web.Response(text=text, status=status, content_type="text/html",
+                            headers={**_HEADERS, **(headers or {})})
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         session = self.sessions.session(request)
@@ -122,10 +136,20 @@ class Console:
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         key = str(form.get("key", "")).strip()
+        failures = self.auth_failures
+        if failures.blocked:
+            try:
+                failures.refuse_if_blocked(peer_of(request))
+            except OverloadedError as exc:
+                wait = max(1, math.ceil(exc.retry_after))
+                return self._login_page(f"Too many failed logins from this address: try again in {wait} s.",
+                                        429, {"Retry-After": str(wait)})
         try:
             self.admin_keys.check(f"Bearer {key}")
         except Exception:
             log.warning("console.login_refused", peer=request.remote)
+            if key:
+                failures.failed(peer_of(request))
             return self._login_page("That is not an admin key.")
         token, _session = self.sessions.open()
         response = web.Response(status=303, headers={**_HEADERS, "Location": "/"})
@@ -242,7 +266,7 @@ def install_console(app: web.Application, api: Api) -> Console | None:
         return None
     console = Console(admin_keys=api.admin_keys, settings=settings, node_rows=api.node_rows,
                       models=api.catalog, balancer_info=api.balancer.describe,
-                      registry=api.telemetry.registry)
+                      registry=api.telemetry.registry, auth_failures=api.auth_failures)
     app[CONSOLE_KEY] = console
     api.admin_session = console.sessions.admits
     app.router.add_get("/", console.index, name="console_index")
