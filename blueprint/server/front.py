@@ -3,7 +3,8 @@
 Every connection starts here. A request for ``POST /v1/chat/completions``, ``/v1/completions`` or
 ``/v1/embeddings`` whose head falls in a strict, unambiguous subset of HTTP/1.1 (one request
 line of those exact bytes, visible-ASCII header lines, at most one ``Content-Length`` of digits,
-no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, no duplicate of a header we read) is served
+no ``Transfer-Encoding`` or ``Upgrade``, no ``Expect`` but ``100-continue``, no duplicate of a
+header we read) is served
 here: the head is split by hand, the answer written straight to the socket. Anything else (another
 route, a query string, a chunked body, HTTP/1.0, a malformed or merely unusual head) hands the
 connection, with every byte it sent so far, to aiohttp's own protocol, which then serves it to
@@ -60,9 +61,12 @@ MAX_HEADER_LINES = 100
 MAX_HEADER_LINE_BYTES = 8190
 #: Headers the front reads; a second copy of one of these sends the request to aiohttp.
 _READ = frozenset((b"authorization", b"content-type", b"content-length", b"x-request-id",
-                   b"connection"))
+                   b"connection", b"expect"))
 #: Headers whose presence sends the request to aiohttp (framing or protocol it handles).
-_REFUSED = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+_REFUSED = frozenset((b"transfer-encoding", b"upgrade"))
+#: The interim answer to ``Expect: 100-continue`` (curl sends it with any body over 1 KiB and
+#: waits for it), written as aiohttp's default expect handler does: before the guard runs.
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Bytes of pipelined requests held while one is answered, beyond which reading pauses.
 _MAX_HELD = 1 << 16
 #: An answer sent before its body came whole (a 401, a 413, a 408) is followed by reading and
@@ -117,8 +121,8 @@ class FrontRequest:
     ways to answer it (:meth:`respond`, or :meth:`sse_response` for a stream)."""
 
     __slots__ = ("_body", "_body_parts", "_body_waiter", "_conn", "_held", "_length", "_received",
-                 "authorization", "close", "committed", "content_type", "finished", "request_id",
-                 "route")
+                 "authorization", "close", "committed", "content_type", "expects_continue", "finished",
+                 "request_id", "route")
 
     version = HttpVersion11
 
@@ -142,6 +146,8 @@ class FrontRequest:
         self.finished = False
         #: A stream's head is made (it leaves with the first bytes): no other answer may follow.
         self.committed = False
+        #: The client sent ``Expect: 100-continue``.
+        self.expects_continue = False
 
     @property
     def content_length(self) -> int:
@@ -444,6 +450,8 @@ class FrontConnection(asyncio.Protocol):
             self._context.copy().run(self._hand_over)
             return
         self._buffer = b""
+        if request.expects_continue:
+            self.write(_CONTINUE)
         rest = buffer[end + 4:]
         if request.content_length == 0:
             request._feed(b"")
@@ -484,6 +492,9 @@ class FrontConnection(asyncio.Protocol):
             if not stated.isdigit() or len(stated) > 15:
                 return None
             length = int(stated)
+        expect = found.get(b"expect")
+        if expect is not None and expect.lower() != b"100-continue":
+            return None  # aiohttp answers 417
         close = False
         connection = found.get(b"connection")
         if connection is not None:
@@ -491,9 +502,11 @@ class FrontConnection(asyncio.Protocol):
             if b"upgrade" in tokens:
                 return None
             close = b"close" in tokens
-        return FrontRequest(self, _ROUTE_NAMES[line.group(1)], length, close or self._front.closing,
-                            _text(found.get(b"authorization")), _text(found.get(b"content-type")),
-                            _text(found.get(b"x-request-id")), self._front.max_body_bytes)
+        request = FrontRequest(self, _ROUTE_NAMES[line.group(1)], length, close or self._front.closing,
+                               _text(found.get(b"authorization")), _text(found.get(b"content-type")),
+                               _text(found.get(b"x-request-id")), self._front.max_body_bytes)
+        request.expects_continue = expect is not None
+        return request
 
     async def _answer(self, request: FrontRequest) -> None:
         try:

@@ -392,3 +392,23 @@ def test_a_stream_whose_client_breaks_mid_write_is_a_499_not_a_500(
 
 async def _scrape(live: LiveServer) -> str:
     return live.server.runner.app[API_KEY_APP].telemetry.render().decode()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_expect_100_continue_is_answered_before_the_body(
+        emulated_server: Callable[..., LiveServer], fast: bool) -> None:
+    """curl sends ``Expect: 100-continue`` with any body over 1 KiB and waits for the interim
+    answer before sending it: both paths send it, and the front keeps such requests."""
+    live = emulated_server(fast_front=fast)
+    served = counting(live) if fast else []
+    request = post(extra="Expect: 100-continue\r\n")
+    head, body = request.split(b"\r\n\r\n", 1)
+    with connect(live) as (sock, reader):
+        sock.sendall(head + b"\r\n\r\n")
+        assert reader._until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue"
+        sock.sendall(body)
+        assert reader.answer().json()["object"] == "chat.completion"
+    assert served == (["chat_completions"] if fast else [])
+    with connect(live) as (sock, reader):  # any other expectation: aiohttp's 417
+        sock.sendall(post(extra="Expect: something\r\n"))
+        assert reader.answer().status == 417
