@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -124,7 +125,7 @@ class AuthFailures:
         wait = self.retry_after(address)
         if wait:
             raise OverloadedError("Too many failed authentications from this address: retry after "
-                                  f"{wait:.0f} s with a valid key.", retry_after=wait,
+                                  f"{math.ceil(wait)} s with a valid key.", retry_after=wait,
                                   code="too_many_auth_failures")
 
     def failed(self, address: str) -> None:

@@ -159,16 +159,22 @@ def test_front_blocks_an_address_after_the_burst_even_with_the_right_key(
         emulated_server: Callable[..., LiveServer]) -> None:
     live = emulated_server(**SLOW)
     served = counting(live)
-    with raw(live) as (sock, reader):
+    with structlog.testing.capture_logs() as logs, raw(live) as (sock, reader):
         def wrong() -> int:
-            sock.sendall(post(key="sk-guess"))
+            sock.sendall(post(key="sk-guess-d41d8c"))
             return reader.answer().status
         statuses = _until_blocked(wrong, 3)
         _assert_blocked_after_burst(statuses, 3)
         sock.sendall(post())  # the right key: refused too, or the 429 would tell which guess was right
         answer = reader.answer()
         _too_many(answer.status, answer.headers, answer.json())
-    assert set(served) == {"chat_completions"} and len(served) == len(statuses) + 1  # all the front's
+        for _ in range(3):  # still blocked: no further warning within the window
+            sock.sendall(post(key="sk-guess-d41d8c"))
+            assert reader.answer().status == 429
+    warnings = [entry for entry in logs if entry["event"] == "auth_failures_blocked"]
+    assert len(warnings) == 1 and warnings[0]["peer"] == "127.0.0.1" and warnings[0]["log_level"] == "warning"
+    assert "sk-guess-d41d8c" not in repr(logs) and API_KEY not in repr(logs)
+    assert set(served) == {"chat_completions"} and len(served) == len(statuses) + 4  # all the front's
     with raw(live, OTHER_PEER) as (sock, reader):  # another peer is served as ever
         sock.sendall(post())
         assert reader.answer().status == 200
