@@ -16,7 +16,8 @@ REF = "#/components/schemas/{model}"
 _STATUS_TEXT = {
     400: "Invalid request (bad JSON or fields).", 401: "Missing or invalid API key.",
     404: "Unknown model or node.", 413: "Body or prompt too large.",
-    429: "Overloaded or rate limited; see Retry-After.", 500: "Internal error.",
+    429: "Overloaded, rate limited, or too many failed keys from this address; see Retry-After.",
+    500: "Internal error.",
     503: "No healthy node.", 504: "The backend timed out.",
 }
 
