@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import HttpVersion11
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
 from aiohttp.tcp_helpers import tcp_keepalive, tcp_nodelay
 
 from blueprint.errors import RequestTooLargeError
@@ -59,9 +60,10 @@ _HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*")
 MAX_HEAD_BYTES = 16384
 MAX_HEADER_LINES = 100
 MAX_HEADER_LINE_BYTES = 8190
-#: Headers the front reads; a second copy of one of these sends the request to aiohttp.
-_READ = frozenset((b"authorization", b"content-type", b"content-length", b"x-request-id",
-                   b"connection", b"expect"))
+#: Headers taken once: those the front reads, and those aiohttp's parser refuses twice (its
+#: ``SINGLETON_HEADERS``: ``Host``, ``User-Agent``...). A second copy sends the request to aiohttp.
+_ONCE = frozenset((b"authorization", b"content-type", b"content-length", b"x-request-id",
+                   b"connection", b"expect", *(name.encode() for name in SINGLETON_HEADERS)))
 #: Headers whose presence sends the request to aiohttp (framing or protocol it handles).
 _REFUSED = frozenset((b"transfer-encoding", b"upgrade"))
 #: The interim answer to ``Expect: 100-continue`` (curl sends it with any body over 1 KiB and
@@ -476,12 +478,12 @@ class FrontConnection(asyncio.Protocol):
                 return None
             colon = buffer.index(b":", start, stop)
             name = buffer[start:colon].lower()
-            if name in _READ:
+            if name in _REFUSED:
+                return None
+            if name in _ONCE:
                 if name in found:
                     return None
                 found[name] = buffer[colon + 1:stop].strip(b" \t")
-            elif name in _REFUSED:
-                return None
             start = stop + 2
             lines += 1
             if lines > MAX_HEADER_LINES:

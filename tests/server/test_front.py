@@ -219,6 +219,8 @@ def test_a_chunked_body_is_aiohttps_and_served(live: LiveServer) -> None:
     "X-Bad Name: a\r\n",  # not a token
     "X-Control: a\x01b\r\n",  # a control character
     "X-Long: " + "a" * 9000 + "\r\n",  # a field longer than aiohttp takes (it answers 400)
+    "User-Agent: a\r\nUser-Agent: b\r\n",  # a second copy of a header aiohttp takes once
+    "Host: other\r\n",  # (post() sends Host already)
 ])
 def test_ambiguous_heads_are_never_the_fronts(live: LiveServer, extra: str) -> None:
     """A head two parsers could read two ways goes whole to aiohttp (one parser decides)."""
