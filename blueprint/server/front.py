@@ -234,6 +234,9 @@ class FrontStream:
     def enable_chunked_encoding(self) -> None:
         self.chunked = True
 
+    def force_close(self) -> None:
+        self._request.close = True
+
     async def prepare(self, request: object) -> None:
         """Build the head; it leaves with the first write."""
         if self.prepared:

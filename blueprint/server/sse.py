@@ -93,6 +93,7 @@ class StreamAnswer(Protocol):
     ended_by_relay: bool
 
     def enable_chunked_encoding(self) -> None: ...
+    def force_close(self) -> None: ...
     async def prepare(self, request: Any) -> Any: ...
     async def write(self, data: bytes) -> None: ...
     async def write_eof(self, data: bytes = b"") -> None: ...
@@ -156,6 +157,8 @@ class _Opener:
         if not self.response.prepared:
             if self._request.version == HttpVersion11:  # stated, so relayed writes frame alike
                 self.response.enable_chunked_encoding()
+            else:  # no chunked framing before HTTP/1.1: the body ends with the connection
+                self.response.force_close()  # (aiohttp kept a keep-alive one open, the end unseen)
             await self.response.prepare(self._request)
             self._metrics.streams_now += 1
 

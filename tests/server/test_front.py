@@ -78,8 +78,15 @@ class Reader:
                 self._exactly(2)
                 if size == 0:
                     break
-        else:
+        elif "content-length" in headers or status in (100, 204, 304):
             body = self._exactly(int(headers.get("content-length", "0")))
+        else:  # neither length nor chunked: the body ends with the connection
+            try:
+                while True:
+                    self._fill()
+            except ConnectionError:
+                pass
+            body, self.buffer = self.buffer, b""
         return Answer(status, headers, names, body)
 
     def closed(self, within_s: float = 3.0) -> bool:
@@ -414,3 +421,26 @@ def test_expect_100_continue_is_answered_before_the_body(
     with connect(live) as (sock, reader):  # any other expectation: aiohttp's 417
         sock.sendall(post(extra="Expect: something\r\n"))
         assert reader.answer().status == 417
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_an_http10_stream_ends_with_its_connection(emulated_server: Callable[..., LiveServer],
+                                                   fast: bool) -> None:
+    """HTTP/1.0 has no chunked framing: a stream's body ends only with the connection, even
+    when the client asked to keep it alive (aiohttp kept it open: the client waited for an end
+    that came only after idle_timeout_s)."""
+    live = emulated_server(fast_front=fast)
+    body = json.dumps({"model": "emu", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                       "max_tokens": 3}).encode()
+    with connect(live) as (sock, _reader):
+        sock.sendall(post(body=body, version="1.0", extra="Connection: keep-alive\r\n"))
+        sock.settimeout(3)
+        received = b""
+        started = time.monotonic()
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+        assert time.monotonic() - started < 2
+    assert received.startswith(b"HTTP/1.0 200") and received.endswith(b"data: [DONE]\n\n")

@@ -25,9 +25,10 @@ STREAM = json.dumps({"model": "emu", "messages": [{"role": "user", "content": "h
                      "stream": True})
 
 
-def _request(rng: random.Random) -> tuple[bytes, bytes]:
+def _request(rng: random.Random, *, whole_bodies: bool = False) -> tuple[bytes, bytes]:
     """One request from a small grammar of what clients (and attackers) send, and the request
-    as its framing delimits it (without bytes past its end: see the test)."""
+    as its framing delimits it (without bytes past its end: see the test). ``whole_bodies``:
+    never a body shorter than its ``Content-Length``."""
     method = rng.choice(["POST"] * 8 + ["GET", "post", "PUT"])
     path = rng.choice(["/v1/chat/completions"] * 6 + ["/v1/completions", "/v1/embeddings",
                        "/v1/chat/completions?x=1", "/v1/chat/completions/", "//v1/chat/completions",
@@ -66,7 +67,7 @@ def _request(rng: random.Random) -> tuple[bytes, bytes]:
     elif framing == "longer-body":
         headers.append(("Content-Length", str(max(0, len(data) - 3))))
     elif framing == "shorter-body":  # the body never comes whole: a 408 after body_timeout_s
-        headers.append(("Content-Length", str(len(data) + 5)))
+        headers.append(("Content-Length", str(len(data) + (0 if whole_bodies else 5))))
     for _ in range(rng.randint(0, 3)):
         headers.append(rng.choice([
             ("Connection", "keep-alive"), ("Connection", "close"), ("Connection", "Keep-Alive, close"),
@@ -140,4 +141,59 @@ def test_the_front_and_aiohttp_answer_random_requests_alike(pair: tuple[LiveServ
             accepted.append(_first_answer(reference, framed))
         if ours not in accepted:
             differences.append((number, ours, accepted, request[:300]))
+    assert not differences, "\n".join(map(repr, differences))
+
+
+def _plain_request(rng: random.Random) -> bytes:
+    """A request a well-behaved client sends: an inference route (or, now and then, another
+    route, which hands the connection to aiohttp), with harmless variations."""
+    auth = f"{rng.choice(['Authorization', 'authorization'])}:{rng.choice([' ', ''])}Bearer {API_KEY}\r\n"
+    if rng.random() < 0.2:
+        path = rng.choice(["/v1/models", "/health", "/ready"])
+        return f"GET {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\n".encode()
+    path, body = rng.choice([("/v1/chat/completions", GOOD), ("/v1/chat/completions", STREAM),
+                             ("/v1/completions", json.dumps({"model": "emu", "prompt": "x"})),
+                             ("/v1/embeddings", json.dumps({"model": "emu", "input": "x"}))])
+    extra = rng.choice(["", "Accept: */*\r\n", "Connection: keep-alive\r\n", "User-Agent: diff/1\r\n",
+                        "X-Request-Id: abc-123\r\n"])
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def _answers_in_turn(live: LiveServer, requests: list[bytes]) -> list[tuple[int | None, str | None]]:
+    """Each request sent after the answer to the one before, on one connection; (None, None)
+    once the connection is closed."""
+    answers: list[tuple[int | None, str | None]] = []
+    with socket.create_connection(("127.0.0.1", live.server.port), timeout=3) as sock:
+        reader = Reader(sock)
+        for request in requests:
+            try:
+                sock.sendall(request)
+                answer = reader.answer()
+                if answer.status == 100:
+                    answer = reader.answer()
+            except (ConnectionError, TimeoutError):
+                answers.append((None, None))
+                break
+            code = None
+            if answer.status >= 400 and answer.headers.get("content-type", "").startswith("application/json"):
+                code = answer.json().get("error", {}).get("code")
+            answers.append((answer.status, code))
+    return answers
+
+
+def test_the_front_and_aiohttp_agree_on_a_connection_kept_alive(pair: tuple[LiveServer, LiveServer]) -> None:
+    """Three requests in turn on one connection (the front may take some and hand the
+    connection over at another): the same answers, and the same point where it closes. (Bodies
+    are whole here: after an answer given before its body came whole, the front closes the
+    connection, where aiohttp reads the next request's bytes as the rest of that body.)"""
+    front, reference = pair
+    rng = random.Random(int(os.environ.get("FRONT_DIFF_SEED", "1531")))
+    differences = []
+    for number in range(int(os.environ.get("FRONT_DIFF_CASES", "100"))):
+        requests = [_request(rng, whole_bodies=True)[1] if rng.random() < 0.3 else _plain_request(rng)
+                    for _ in range(3)]  # mostly plain (the grammar's requests often end a connection)
+        ours, theirs = _answers_in_turn(front, requests), _answers_in_turn(reference, requests)
+        if ours != theirs:
+            differences.append((number, ours, theirs, [request[:120] for request in requests]))
     assert not differences, "\n".join(map(repr, differences))
