@@ -310,6 +310,7 @@ class Api:
         self.telemetry.in_flight_now += 1
         status = 499
         model = NO_MODEL
+        headers = [("Content-Type", JSON), ("X-Request-Id", rid)]
         try:
             self._check_key("api", request.authorization, request)
             body = await request.read_body(self.settings.max_body_bytes, self.settings.body_timeout_s)
@@ -341,7 +342,7 @@ class Api:
                         status = outcome.status
                     return
                 result = await self._once(req, route, once)
-            request.respond(200, model_body(result), [("Content-Type", JSON), ("X-Request-Id", rid)])
+            request.respond(200, model_body(result), headers)
             status = 200
         except BlueprintError as exc:
             status = exc.http_status
@@ -349,7 +350,6 @@ class Api:
                 model = NO_MODEL
             if status >= 500:
                 log.warning("request failed", code=exc.code, status=status)
-            headers = [("Content-Type", JSON), ("X-Request-Id", rid)]
             wait = retry_after(exc)
             if wait is not None:
                 headers.append(("Retry-After", wait))
@@ -360,8 +360,7 @@ class Api:
             status = 500
             log.exception("unhandled error")
             if not request.committed:  # never a second head inside a stream that began
-                request.respond(500, error_body(BlueprintError("Internal server error.")),
-                                [("Content-Type", JSON), ("X-Request-Id", rid)])
+                request.respond(500, error_body(BlueprintError("Internal server error.")), headers)
         finally:
             self.telemetry.in_flight_now -= 1
             self.telemetry.route(route, model).finished(status, time.perf_counter() - started)

@@ -31,6 +31,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import structlog
@@ -78,10 +79,9 @@ _MAX_HELD = 1 << 16
 #: writing its body and can destroy the answer in flight (aiohttp's lingering close, 10 s).
 _LINGER_S = 10.0
 _LINGER_QUIET_S = 1.0
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity",
-            429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+#: Each status line, made once: the standard library's phrases, which aiohttp sends too.
+_STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
+                 for status in HTTPStatus}
 
 
 class _Clock:
@@ -108,7 +108,7 @@ _SERVER = SERVER_SOFTWARE.encode()
 def response_head(status: int, headers: list[tuple[str, str]], framing: bytes, *, close: bool) -> bytes:
     """An HTTP/1.1 status line, ``headers``, the ``framing`` header line (``Content-Length`` or
     ``Transfer-Encoding``), and ``Date`` and ``Server`` as aiohttp sends them."""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode())]
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
     for name, value in headers:
         lines.append(b"%s: %s\r\n" % (name.encode(), value.encode("latin-1")))
     lines.append(b"%b\r\nDate: %b\r\nServer: %b\r\n" % (framing, _CLOCK.date(), _SERVER))
@@ -223,7 +223,7 @@ class FrontStream:
 
     def __init__(self, request: FrontRequest, headers: dict[str, str]) -> None:
         self._request = request
-        self.headers = dict(headers)
+        self.headers = headers
         self.status = 200
         self.chunked = False
         self.prepared = False

@@ -8,14 +8,7 @@ from balancer_fakes import FakeClient, chat_request
 
 from blueprint.balancer import Balancer, BalancerSettings, BreakerState, CircuitBreaker
 from blueprint.balancer.settings import HealthSettings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import ManualClock as Clock
 
 
 def breaker(clock: Clock, **knobs: object) -> CircuitBreaker:

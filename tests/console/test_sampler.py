@@ -10,14 +10,7 @@ import pytest
 
 from blueprint.server.console.sampler import MetricsSampler, quantile
 from blueprint.server.metrics import ServerMetrics
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import ManualClock as Clock
 
 
 def test_quantile_interpolates_within_buckets() -> None:

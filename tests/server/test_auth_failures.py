@@ -19,6 +19,7 @@ from blueprint.server import ServerSettings
 from blueprint.server.app import API_KEY as API_KEY_APP
 from blueprint.server.auth_failures import AuthFailures, client_address
 from blueprint.server.console.sessions import COOKIE
+from tests.clock import ManualClock as Clock
 from tests.server.conftest import API_KEY, LiveServer
 from tests.server.test_front import Reader, counting, post
 
@@ -29,13 +30,6 @@ SLOW = {"auth_failures_per_minute": 60.0, "auth_failure_burst": 3}
 
 
 # ---- the limiter itself ---------------------------------------------------------------------
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_burst_then_blocked_then_refilled() -> None:

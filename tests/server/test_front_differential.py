@@ -91,30 +91,6 @@ def _request(rng: random.Random, *, whole_bodies: bool = False) -> tuple[bytes, 
     return head.encode("latin-1") + data, head.encode("latin-1") + framed
 
 
-def _first_answer(live: LiveServer, request: bytes) -> tuple[int | None, str | None]:
-    """The status and error code of the first answer, or (None, None) when the connection
-    closed (or stayed silent) without one."""
-    with socket.create_connection(("127.0.0.1", live.server.port), timeout=3) as sock:
-        sock.sendall(request)
-        reader = Reader(sock)
-        try:
-            answer = reader.answer()
-        except (ConnectionError, TimeoutError):
-            return None, None
-        if answer.status == 100:  # the interim answer to Expect: the real one follows
-            try:
-                answer = reader.answer()
-            except (ConnectionError, TimeoutError):
-                return None, None
-    code = None
-    if answer.headers.get("content-type", "").startswith("application/json") and answer.status >= 400:
-        try:
-            code = answer.json()["error"]["code"]
-        except (ValueError, KeyError, TypeError):
-            code = "unparsable"
-    return answer.status, code
-
-
 @pytest.fixture
 def pair(emulated_server: Callable[..., LiveServer]) -> tuple[LiveServer, LiveServer]:
     options = {"node_overrides": {"options": {"embeddings": True}}, "body_timeout_s": 0.3,
@@ -177,9 +153,18 @@ def _answers_in_turn(live: LiveServer, requests: list[bytes]) -> list[tuple[int 
                 break
             code = None
             if answer.status >= 400 and answer.headers.get("content-type", "").startswith("application/json"):
-                code = answer.json().get("error", {}).get("code")
+                try:
+                    code = answer.json()["error"]["code"]
+                except (ValueError, KeyError, TypeError):
+                    code = "unparsable"
             answers.append((answer.status, code))
     return answers
+
+
+def _first_answer(live: LiveServer, request: bytes) -> tuple[int | None, str | None]:
+    """The status and error code of the answer to ``request`` alone (None, None: closed or
+    silent without one)."""
+    return _answers_in_turn(live, [request])[0]
 
 
 def test_the_front_and_aiohttp_agree_on_a_connection_kept_alive(pair: tuple[LiveServer, LiveServer]) -> None:
