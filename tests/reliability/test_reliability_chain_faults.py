@@ -186,34 +186,62 @@ async def test_rpc_loss_reconnects_and_backfills(stack: Stack) -> None:
 
 async def test_foreign_transactions_from_the_operator_key(stack: Stack) -> None:
     """Someone else uses the operator's key while the daemon submits: its nonce goes stale, the
-    transaction manager must resync and every result must still land."""
+    transaction manager must resync and every result must still land.
+
+    A foreign transaction sent between two batches makes the daemon's cached nonce stale for
+    certain (the daemon is idle then, so nothing collides); a meddler thread also sends them
+    during both batches, which races the daemon's own submissions as a real second user would.
+    """
     operator = stack.service.operator.account
     stop = threading.Event()
     sent: list[str] = []
 
+    def foreign_tx() -> bool:
+        try:
+            nonce = int(stack.anvil.rpc("eth_getTransactionCount", [operator.address, "pending"]), 16)
+            tx = operator.sign_transaction({"to": operator.address, "value": 0, "gas": 21000,
+                                            "gasPrice": 0, "nonce": nonce, "chainId": 31337})
+            sent.append(str(stack.anvil.rpc("eth_sendRawTransaction", ["0x" + tx.raw_transaction.hex()])))
+            return True
+        except DevnetError:
+            return False  # our nonce collided with the daemon's: fine, that is the point
+
     def meddle() -> None:
-        for _ in range(15):
-            if stop.is_set():
-                return
-            try:
-                nonce = int(stack.anvil.rpc("eth_getTransactionCount", [operator.address, "pending"]), 16)
-                tx = operator.sign_transaction({"to": operator.address, "value": 0, "gas": 21000,
-                                                "gasPrice": 0, "nonce": nonce, "chainId": 31337})
-                sent.append(str(stack.anvil.rpc("eth_sendRawTransaction", ["0x" + tx.raw_transaction.hex()])))
-            except DevnetError:
-                pass  # our nonce collided with the daemon's: fine, that is the point
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            foreign_tx()
             time.sleep(0.15)
 
+    def resyncs() -> int:
+        return stack.daemon.log_path.read_text().count("tx.nonce_resync")
+
+    async def between_batches() -> None:
+        for _ in range(20):
+            if await asyncio.to_thread(foreign_tx):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("no foreign transaction got through between the batches")
+
+    call_ids: list[int] = []
     meddler = threading.Thread(target=meddle, daemon=True)
-    async with chain_client(stack.anvil) as client:
-        meddler.start()
-        call_ids = await submit_jobs(client, stack.service.owner, stack.service.service_id,
-                                     _jobs(30, "nonce"))
-    counts = await _wait_all(stack, call_ids, 90)
-    stop.set()
-    meddler.join(10)
-    assert len(sent) >= 3, "the foreign transactions were not sent"
-    _assert_each_once(counts, call_ids)
+    try:
+        for batch in ("first", "second"):
+            await between_batches()
+            resyncs_before = resyncs()
+            if batch == "first":
+                meddler.start()
+            async with chain_client(stack.anvil) as client:
+                ids = await submit_jobs(client, stack.service.owner, stack.service.service_id,
+                                        _jobs(15, f"nonce {batch}"))
+            call_ids += ids
+            counts = await _wait_all(stack, ids, 90)
+            _assert_each_once(counts, ids)
+        # the second batch began with a nonce the foreign transaction had used
+        assert resyncs() > resyncs_before, "the daemon never resynced its nonce"
+    finally:
+        stop.set()
+        meddler.join(10)
+    _assert_each_once(await _results(stack), call_ids)
 
 
 def test_daemon_log_holds_no_secret(stack: Stack) -> None:
