@@ -272,9 +272,8 @@ def test_a_body_that_never_comes_is_a_408_and_the_connection_closes(live: LiveSe
 def test_a_key_is_checked_before_the_body_is_waited_for(live: LiveServer) -> None:
     with connect(live) as (sock, reader):
         sock.sendall(post(key="sk-wrong")[:-5])
-        started = time.monotonic()
+        # a 401, not the 408 that waiting for the body would end in after body_timeout_s
         assert reader.answer().status == 401
-        assert time.monotonic() - started < 0.4  # not after body_timeout_s
         assert reader.closed()  # its body never came whole: the connection cannot go on
 
 
