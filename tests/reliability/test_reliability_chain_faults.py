@@ -189,8 +189,9 @@ async def test_foreign_transactions_from_the_operator_key(stack: Stack) -> None:
     transaction manager must resync and every result must still land.
 
     A foreign transaction sent between two batches makes the daemon's cached nonce stale for
-    certain (the daemon is idle then, so nothing collides); a meddler thread also sends them
-    during both batches, which races the daemon's own submissions as a real second user would.
+    certain (the daemon is idle then; a send that meets the meddler's is tried again). The
+    meddler thread sends them all along, racing the daemon's own submissions as a real second
+    user of the key would.
     """
     operator = stack.service.operator.account
     stop = threading.Event()
@@ -224,12 +225,11 @@ async def test_foreign_transactions_from_the_operator_key(stack: Stack) -> None:
 
     call_ids: list[int] = []
     meddler = threading.Thread(target=meddle, daemon=True)
+    meddler.start()
     try:
         for batch in ("first", "second"):
             await between_batches()
             resyncs_before = resyncs()
-            if batch == "first":
-                meddler.start()
             async with chain_client(stack.anvil) as client:
                 ids = await submit_jobs(client, stack.service.owner, stack.service.service_id,
                                         _jobs(15, f"nonce {batch}"))
